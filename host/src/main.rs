@@ -1,0 +1,2 @@
+//! The `sluicegate` command line.
+fn main() {}
