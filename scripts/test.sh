@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, as a newcomer runs it on a fresh machine and as CI runs it (.ci/run).
+# It installs what the tests need by itself: the wasm toolchain for building plugins is set up by
+# `sluicegate plugin build` (Debian's rustc-web recipe when rustup lacks wasm32, installed as root).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy -q --workspace --all-targets -- -D warnings
+echo "== embedded default plugins are the build of their source"
+scripts/default-plugins.sh check
+echo "== tests"
+cargo test --workspace
