@@ -1,3 +1,21 @@
 //! Sluicegate: a load balancer and edge proxy whose decisions are WebAssembly components.
+//!
+//! Layout: [`config`] reads and validates the TOML file; [`gateway`] builds it into what serves
+//! requests ([`routes`], [`upstream`] clusters with their balancer plugins); [`proxy`] runs the
+//! phases of one request; [`server`] owns listeners and shutdown; [`reload`] swaps configs;
+//! [`admin`], [`metrics`] and [`access_log`] report; [`plugin`] is the Wasm plugin runtime.
 
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod headers;
+pub mod metrics;
 pub mod plugin;
+pub mod proxy;
+pub mod reload;
+pub mod routes;
+pub mod server;
+pub mod shutdown;
+pub mod upstream;

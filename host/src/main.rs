@@ -1,2 +1,144 @@
-//! The `sluicegate` command line.
-fn main() {}
+//! The `sluicegate` command line: `run`, `check`, `demo` (the default) and `plugin build`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluicegate::config::Config;
+use sluicegate::server::{Listeners, Server, runtime_options};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A load balancer and edge proxy whose decisions are WebAssembly components.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file (reloaded on change and on SIGHUP; SIGTERM drains and exits).
+    Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config and every plugin it names, without serving.
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Serve a demo: three in-process backends behind the proxy on 127.0.0.1:8080 (the default).
+    Demo,
+    /// Plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Build a plugin crate to a Wasm component.
+    Build {
+        /// The plugin crate's directory.
+        crate_dir: PathBuf,
+        /// Where to write the `.wasm`.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command.unwrap_or(Command::Demo) {
+        Command::Run { config } => serve(config),
+        Command::Check { config } => check(config),
+        Command::Demo => demo(),
+        Command::Plugin {
+            command: PluginCommand::Build { crate_dir, out },
+        } => sluicegate::plugin::build::build_plugin(&crate_dir, out.as_deref())
+            .map(|path| println!("{}", path.display()))
+            .map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    runtime()?.block_on(async move {
+        let listeners = Listeners::bind(&config).await?;
+        let server = Server::new(config)?;
+        for addr in listeners.proxy_addrs() {
+            tracing::info!(%addr, "listening");
+        }
+        if let Some(addr) = listeners.admin_addr() {
+            tracing::info!(%addr, "admin listening");
+        }
+        let _reloader = sluicegate::reload::watch(server.proxy.clone(), &path)
+            .with_context(|| format!("watching {}", path.display()))?;
+        server.run(listeners, sluicegate::shutdown::signal()).await;
+        Ok(())
+    })
+}
+
+fn check(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let runtime = sluicegate::plugin::PluginRuntime::new(runtime_options(&config))?;
+    if let Some(dir) = &config.plugins.dir {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading the plugin directory {}", dir.display()))? {
+            let p = entry?.path();
+            if p.extension().is_some_and(|e| e == "wasm") {
+                runtime.load_file(&p)?;
+            }
+        }
+    }
+    let metrics = sluicegate::metrics::Metrics::new(runtime.clone());
+    let gateway = sluicegate::gateway::Gateway::build(config, &runtime, &metrics)?;
+    println!(
+        "{}: ok ({} listener(s), {} cluster(s), {} filter(s))",
+        path.display(),
+        gateway.config.listeners.len(),
+        gateway.clusters.len(),
+        gateway.filters.len()
+    );
+    for p in runtime.plugins() {
+        println!("  plugin {} {} ({})", p.name, p.version, p.source);
+    }
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let backends = sluicegate::demo::start_backends().await?;
+        let text = sluicegate::demo::demo_config(&backends);
+        let config = Config::parse(&text, "(embedded demo config)", std::path::Path::new("."))?;
+        let listeners = Listeners::bind(&config).await?;
+        let server = Server::new(config)?;
+        let proxy = listeners.proxy_addrs()[0];
+        print!("{}", sluicegate::demo::banner(proxy, listeners.admin_addr()));
+        server.run(listeners, sluicegate::shutdown::signal()).await;
+        Ok(())
+    })
+}

@@ -1,0 +1,118 @@
+//! The config file as written: serde structures that keep the spans of the keys we validate later,
+//! so semantic errors can name the line.
+
+use super::duration::ConfigDuration;
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub access_log: RawAccessLog,
+    #[serde(default)]
+    pub plugins: RawPlugins,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+    pub router: Option<RawPluginUse>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub filters: Vec<RawPluginUse>,
+    #[serde(default)]
+    pub clusters: Vec<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub address: Spanned<String>,
+    pub protocol: Option<Spanned<String>>,
+    pub header_read_timeout: Option<ConfigDuration>,
+    pub idle_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub address: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccessLog {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlugins {
+    pub dir: Option<String>,
+    pub cache_dir: Option<String>,
+    pub call_deadline: Option<ConfigDuration>,
+    pub memory_limit_mb: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShutdown {
+    pub drain_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPluginUse {
+    pub plugin: Spanned<String>,
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub host: Option<String>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub cluster: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+    pub balancer: Option<Spanned<String>>,
+    #[serde(default)]
+    pub balancer_settings: toml::Table,
+    pub fallback_balancer: Option<Spanned<String>>,
+    pub connect_timeout: Option<ConfigDuration>,
+    pub response_timeout: Option<ConfigDuration>,
+    pub idle_timeout: Option<ConfigDuration>,
+    pub max_idle_per_endpoint: Option<usize>,
+    #[serde(default)]
+    pub retry: RawRetry,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEndpoint {
+    pub address: Spanned<String>,
+    pub weight: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub metadata: toml::Table,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetry {
+    pub attempts: Option<Spanned<u32>>,
+    pub on_status: Option<Vec<Spanned<u16>>>,
+    pub budget_ratio: Option<Spanned<f64>>,
+    pub min_retries: Option<u32>,
+}

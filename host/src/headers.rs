@@ -1,0 +1,187 @@
+//! Header rules of a proxy: hop-by-hop headers stop here (RFC 9110 §7.6.1), forwarding headers record
+//! the client (X-Forwarded-For, X-Forwarded-Proto, Forwarded), and upgrades keep what they need.
+
+use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use std::net::{IpAddr, SocketAddr};
+
+/// Headers that apply to one connection only, besides those named by `Connection`.
+const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "proxy-authenticate-info"];
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `Forwarded`.
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// `X-Request-Id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Whether `Connection` lists `token` (case-insensitive).
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether a request asks for a protocol upgrade (`Connection: upgrade` and `Upgrade`).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `Proxy-*`,
+/// `TE`, `Trailer`, `Transfer-Encoding` and `Upgrade`. With `keep_upgrade`, `Upgrade` stays and
+/// `Connection: upgrade` is set again, as a WebSocket handshake needs.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    match headers.get_all(CONNECTION).iter().count() {
+        0 => {}
+        1 => {
+            let value = headers.remove(CONNECTION).expect("counted one");
+            remove_named(headers, &value, keep_upgrade);
+        }
+        _ => {
+            // Several Connection lines are rare: copying them is fine here.
+            let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+            headers.remove(CONNECTION);
+            for v in &values {
+                remove_named(headers, v, keep_upgrade);
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(TE);
+    headers.remove(TRAILER);
+    headers.remove(TRANSFER_ENCODING);
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade: bool) {
+    let Ok(text) = connection.to_str() else { return };
+    for token in text.split(',').map(str::trim) {
+        if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
+            continue;
+        }
+        headers.remove(token);
+    }
+}
+
+/// Adds the forwarding headers for a request from `client` asking for `host`: appends the client to
+/// `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto`.
+pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+    let ip = client.ip();
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if headers.get_all(X_FORWARDED_FOR).iter().count() == 1 => format!("{prev}, {ip}"),
+        Some(_) => {
+            let prev: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+            format!("{}, {ip}", prev.join(", "))
+        }
+        None => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let node = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let element = match host {
+        Some(h) if h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',') => {
+            format!("for={node};proto=http;host={h}")
+        }
+        _ => format!("for={node};proto=http"),
+    };
+    if let Ok(v) = HeaderValue::try_from(element) {
+        headers.append(FORWARDED, v);
+    }
+}
+
+/// The host the client asked for (`:authority` for HTTP/2, else `Host`), port included.
+pub fn request_authority<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// `authority` without its port, for matching.
+pub fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split_inclusive(']').next().unwrap_or(authority);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+            ("content-type", "text/plain"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        left.sort();
+        assert_eq!(left, vec!["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn upgrades_keep_upgrade_and_connection_upgrade() {
+        let mut h = map(&[("connection", "Upgrade, x-private"), ("upgrade", "websocket"), ("x-private", "1")]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
+        assert!(!h.contains_key("x-private"));
+        assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])), "Upgrade alone is not a request to upgrade");
+    }
+
+    #[test]
+    fn forwarding_headers_append_the_client() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-proto", "https")]);
+        add_forwarding(&mut h, "192.0.2.7:5555".parse().unwrap(), Some("example.com"));
+        assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 192.0.2.7");
+        assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
+        assert_eq!(h.get(FORWARDED).unwrap(), "for=192.0.2.7;proto=http;host=example.com");
+
+        let mut h = HeaderMap::new();
+        add_forwarding(&mut h, "[2001:db8::1]:80".parse().unwrap(), None);
+        assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "2001:db8::1");
+        assert_eq!(h.get(FORWARDED).unwrap(), "for=\"[2001:db8::1]\";proto=http");
+    }
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+}

@@ -1,0 +1,624 @@
+//! The HTTP proxy phases of one request: request filters -> routing -> the cluster's balancer ->
+//! upstream (with retries inside the budget) -> response filters, then the access log and metrics
+//! when the response body ends.
+
+use crate::access_log::{AccessLog, Entry, rfc3339_now};
+use crate::gateway::{Gateway, Router};
+use crate::headers::{self, X_REQUEST_ID};
+use crate::metrics::Metrics;
+use crate::plugin::{
+    EndpointId, HeaderOp, LocalResponse, PluginRuntime, RequestAction, RequestHead, ResponseHead, RouteDecision,
+};
+use crate::upstream::{ActiveRequest, BoxError, Cluster, InFlight, RequestBody};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// At most this many tried endpoints are remembered per request (and passed to the balancer).
+const MAX_TRIED: usize = 16;
+
+/// The proxy's shared state: the current gateway (swapped on reload), the plugin runtime, metrics
+/// and the access log.
+pub struct Proxy {
+    gateway: ArcSwap<Gateway>,
+    /// The plugin runtime.
+    pub runtime: PluginRuntime,
+    /// Metrics.
+    pub metrics: Metrics,
+    access_log: AccessLog,
+    draining: AtomicBool,
+    id_prefix: u32,
+    id_counter: AtomicU64,
+    reload: std::sync::Mutex<ReloadState>,
+}
+
+/// What happened to config reloads (for `/status`).
+#[derive(Clone, Debug, Default)]
+pub struct ReloadState {
+    /// Reloads applied.
+    pub reloads: u64,
+    /// Why the last refused reload was refused (cleared by a good one).
+    pub last_error: Option<String>,
+}
+
+impl Proxy {
+    /// A proxy serving `gateway`.
+    pub fn new(gateway: Gateway, runtime: PluginRuntime, metrics: Metrics, access_log: AccessLog) -> Arc<Self> {
+        let id_prefix = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+            h.finish() as u32
+        };
+        Arc::new(Proxy {
+            gateway: ArcSwap::from_pointee(gateway),
+            runtime,
+            metrics,
+            access_log,
+            draining: AtomicBool::new(false),
+            id_prefix,
+            id_counter: AtomicU64::new(0),
+            reload: std::sync::Mutex::new(ReloadState::default()),
+        })
+    }
+
+    /// The gateway serving now.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.load_full()
+    }
+
+    /// Swaps in a new gateway; requests in flight finish on the old one.
+    pub fn swap(&self, gateway: Gateway) {
+        self.gateway.store(Arc::new(gateway));
+    }
+
+    /// Reload outcomes so far.
+    pub fn reload_state(&self) -> ReloadState {
+        self.reload.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Records a reload's outcome (a config reload, never the request path).
+    pub fn record_reload(&self, result: Result<(), String>) {
+        let mut state = self.reload.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match result {
+            Ok(()) => {
+                state.reloads += 1;
+                state.last_error = None;
+            }
+            Err(e) => state.last_error = Some(e),
+        }
+    }
+
+    /// Marks the proxy as draining (`/ready` answers 503).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the proxy is draining.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    fn new_request_id(&self) -> String {
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:016x}", self.id_prefix, n)
+    }
+
+    /// Serves one client request.
+    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let gateway = self.gateway();
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let body = RequestBody::new(body);
+
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        if !parts.headers.contains_key(HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(HOST, v);
+        }
+        let host = headers::request_authority(&parts.uri, &parts.headers).map(headers::strip_port).map(str::to_owned);
+        headers::add_forwarding(&mut parts.headers, client, host.as_deref());
+        let request_id = match parts.headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            Some(id) => id.to_owned(),
+            None => {
+                let id = self.new_request_id();
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    parts.headers.insert(X_REQUEST_ID, v);
+                }
+                id
+            }
+        };
+        let mut head = Arc::new(RequestHead { parts, client, request_id });
+        let mut done = Finish::new(self.clone(), head.clone(), start);
+
+        // Request filters, in config order.
+        for f in &gateway.filters {
+            match f.on_request(&head) {
+                Ok(RequestAction::Proceed(ops)) if ops.is_empty() => {}
+                Ok(RequestAction::Proceed(ops)) => {
+                    drop(done.head.take());
+                    match Arc::get_mut(&mut head) {
+                        Some(h) => apply_ops(&mut h.parts.headers, ops),
+                        None => tracing::warn!(plugin = f.plugin(), "request head still shared: header changes skipped"),
+                    }
+                    done.head = Some(head.clone());
+                }
+                Ok(RequestAction::Respond(local)) => {
+                    return done.plugin_response(local, format!("answered by filter {}", f.plugin()).into());
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = f.plugin(), error = %e, "filter fault: the request continues unchanged");
+                    self.metrics.fallback(f.plugin(), "filter");
+                }
+            }
+        }
+
+        // Routing.
+        let cluster = match &gateway.router {
+            Router::Table(table) => {
+                match table.route(host.as_deref(), head.parts.uri.path()) {
+                    Some(i) => gateway.clusters[i].clone(),
+                    None => return done.local(StatusCode::NOT_FOUND, "no route".into()),
+                }
+            }
+            Router::Plugin(router) => match router.route(&head) {
+                Ok(RouteDecision::Cluster(name)) => match gateway.cluster(&name) {
+                    Some(c) => c.clone(),
+                    None => {
+                        tracing::warn!(plugin = router.plugin(), cluster = %name, "router chose an unknown cluster");
+                        return done.local(StatusCode::BAD_GATEWAY, format!("router chose unknown cluster {name}").into());
+                    }
+                },
+                Ok(RouteDecision::Respond(local)) => {
+                    return done.plugin_response(local, format!("answered by router {}", router.plugin()).into());
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = router.plugin(), error = %e, "router fault");
+                    self.metrics.fallback(router.plugin(), "router");
+                    return done.local(StatusCode::BAD_GATEWAY, format!("router fault: {}", router.plugin()).into());
+                }
+            },
+        };
+        done.cluster = Some(cluster.clone());
+        done.active = Some(cluster.budget.request());
+        self.forward(done, &gateway, &cluster, head, body, client_upgrade).await
+    }
+
+    /// Tries endpoints of `cluster` until one answers, within the retry policy and budget.
+    async fn forward(
+        &self,
+        mut done: Finish,
+        gateway: &Gateway,
+        cluster: &Arc<Cluster>,
+        head: Arc<RequestHead>,
+        body: RequestBody,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<ProxyBody> {
+        let policy = &cluster.config.retry;
+        let idempotent = is_idempotent(&head.parts.method);
+        let mut failure: Option<(StatusCode, &'static str)> = None;
+        let mut _permit = None;
+        for attempt in 1..=policy.attempts {
+            if attempt > 1 {
+                match cluster.budget.try_retry() {
+                    Some(p) => _permit = Some(p),
+                    None => {
+                        tracing::debug!(cluster = %cluster.config.name, "retry budget exhausted");
+                        break;
+                    }
+                }
+                cluster.metrics.retries.inc();
+            }
+            let Some(id) = self.pick(cluster, &head, attempt, done.tried()) else {
+                if attempt == 1 {
+                    return done.local(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint".into());
+                }
+                break;
+            };
+            let endpoint = &cluster.endpoints[id as usize];
+            done.attempts = attempt;
+            done.push_tried(id);
+            let in_flight = cluster.facts.start(id);
+            let upstream = upstream_request(&head.parts, &endpoint.authority, &body);
+            let sent = Instant::now();
+            let result = tokio::time::timeout(cluster.config.response_timeout, cluster.client.request(upstream)).await;
+            let elapsed = sent.elapsed();
+            done.upstream = Some(elapsed);
+            // Safe to send again: an idempotent method whose body (if any) no attempt has read yet.
+            let safe = idempotent && body.reusable();
+            match result {
+                Err(_) => {
+                    // Timeouts are not retried: the endpoint may still be working on it.
+                    failure = Some((StatusCode::GATEWAY_TIMEOUT, "upstream timeout"));
+                    break;
+                }
+                Ok(Err(e)) => {
+                    let connect = e.is_connect();
+                    tracing::debug!(endpoint = %endpoint.address, error = %e, connect, "upstream attempt failed");
+                    failure = Some((
+                        StatusCode::BAD_GATEWAY,
+                        if connect { "upstream connect failure" } else { "upstream reset" },
+                    ));
+                    // A connect failure sent nothing; otherwise only safe requests go again.
+                    let retry = (connect && body.reusable()) || safe;
+                    if !retry {
+                        break;
+                    }
+                }
+                Ok(Ok(resp)) => {
+                    if let Some(stats) = cluster.facts.get(id) {
+                        stats.record_latency_micros(elapsed.as_micros() as u64);
+                    }
+                    let status = resp.status().as_u16();
+                    if attempt < policy.attempts && safe && policy.on_status.contains(&status) {
+                        failure = Some((StatusCode::BAD_GATEWAY, "retried status"));
+                        drop(resp);
+                        continue;
+                    }
+                    done.endpoint = Some(id);
+                    done.in_flight = Some(in_flight);
+                    return self.respond(done, gateway, cluster, head, resp, client_upgrade);
+                }
+            }
+        }
+        let (status, reason) = failure.unwrap_or((StatusCode::BAD_GATEWAY, "no endpoint reachable"));
+        done.local(status, reason.into())
+    }
+
+    /// The cluster's balancer picks, falling back to the fallback balancer when it faults.
+    fn pick(&self, cluster: &Cluster, head: &Arc<RequestHead>, attempt: u32, tried: &[EndpointId]) -> Option<EndpointId> {
+        let valid = |id: EndpointId| (id as usize) < cluster.endpoints.len();
+        match cluster.balancer.pick(head, attempt, tried) {
+            Ok(Some(id)) if valid(id) => return Some(id),
+            Ok(None) => return None,
+            Ok(Some(id)) => {
+                tracing::warn!(plugin = cluster.balancer.plugin(), id, "balancer picked an unknown endpoint: falling back");
+            }
+            Err(e) => {
+                tracing::warn!(plugin = cluster.balancer.plugin(), error = %e, "balancer fault: falling back");
+            }
+        }
+        self.metrics.fallback(cluster.balancer.plugin(), "balancer");
+        match cluster.fallback.pick(head, attempt, tried) {
+            Ok(Some(id)) if valid(id) => Some(id),
+            Ok(None) => None,
+            _ => {
+                // Both faulted: the host's last resort is the first endpoint not yet tried.
+                self.metrics.fallback(cluster.fallback.plugin(), "balancer");
+                (0..cluster.endpoints.len() as EndpointId)
+                    .find(|id| !tried.contains(id))
+                    .or((!cluster.endpoints.is_empty()).then_some(0))
+            }
+        }
+    }
+
+    /// Passes the upstream's response on: hop-by-hop headers out, response filters, upgrades.
+    fn respond(
+        &self,
+        mut done: Finish,
+        gateway: &Gateway,
+        cluster: &Arc<Cluster>,
+        head: Arc<RequestHead>,
+        mut resp: Response<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<ProxyBody> {
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upstream_upgrade = (switching && client_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, upstream_upgrade.is_some());
+        if !gateway.filters.is_empty() {
+            parts.headers = self.response_filters(gateway, cluster, &head, &done, parts.status, parts.headers);
+        }
+        done.status = parts.status.as_u16();
+        if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
+            let in_flight = done.in_flight.take();
+            tokio::spawn(tunnel(client, upstream, in_flight));
+        }
+        Response::from_parts(parts, ProxyBody::upstream(body, done))
+    }
+
+    fn response_filters(
+        &self,
+        gateway: &Gateway,
+        cluster: &Arc<Cluster>,
+        head: &Arc<RequestHead>,
+        done: &Finish,
+        status: StatusCode,
+        headers: HeaderMap,
+    ) -> HeaderMap {
+        let mut rh = Arc::new(ResponseHead {
+            status,
+            headers,
+            endpoint: done.endpoint,
+            cluster: Some(cluster.config.name.clone()),
+        });
+        for f in gateway.filters.iter().rev() {
+            match f.on_response(head, &rh) {
+                Ok(ops) if ops.is_empty() => {}
+                Ok(ops) => match Arc::get_mut(&mut rh) {
+                    Some(r) => apply_ops(&mut r.headers, ops),
+                    None => tracing::warn!(plugin = f.plugin(), "response head still shared: header changes skipped"),
+                },
+                Err(e) => {
+                    tracing::warn!(plugin = f.plugin(), error = %e, "filter fault: the response continues unchanged");
+                    self.metrics.fallback(f.plugin(), "filter");
+                }
+            }
+        }
+        match Arc::try_unwrap(rh) {
+            Ok(r) => r.headers,
+            Err(rh) => rh.headers.clone(),
+        }
+    }
+}
+
+/// Methods that can be sent twice without a different effect (RFC 9110 §9.2.2).
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// The request for one attempt to `authority`: same method, path, query and headers, HTTP/1.1.
+fn upstream_request(
+    parts: &http::request::Parts,
+    authority: &http::uri::Authority,
+    body: &RequestBody,
+) -> Request<crate::upstream::AttemptBody> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    let mut req = Request::new(body.attempt());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+/// Applies plugin header operations; invalid names or values are skipped and logged.
+fn apply_ops(headers: &mut HeaderMap, ops: Vec<HeaderOp>) {
+    for op in ops {
+        let (name, value) = match &op {
+            HeaderOp::Set(n, v) | HeaderOp::Append(n, v) => (n, Some(v)),
+            HeaderOp::Remove(n) => (n, None),
+        };
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            tracing::debug!(?op, "invalid header name from a plugin");
+            continue;
+        };
+        let value = match value.map(|v| HeaderValue::from_str(v)) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(_)) => {
+                tracing::debug!(?op, "invalid header value from a plugin");
+                continue;
+            }
+            None => None,
+        };
+        match (op, value) {
+            (HeaderOp::Set(..), Some(v)) => {
+                headers.insert(name, v);
+            }
+            (HeaderOp::Append(..), Some(v)) => {
+                headers.append(name, v);
+            }
+            _ => {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, in_flight: Option<InFlight>) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    match (client, upstream) {
+        (Ok(c), Ok(u)) => {
+            let mut c = TokioIo::new(c);
+            let mut u = TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        (c, u) => tracing::debug!(client = c.is_ok(), upstream = u.is_ok(), "upgrade failed"),
+    }
+    drop(in_flight);
+}
+
+/// What is known about a request when it ends: written to the access log and metrics on drop, which
+/// is when its response body has been sent (or the client went away).
+struct Finish {
+    proxy: Arc<Proxy>,
+    head: Option<Arc<RequestHead>>,
+    start: Instant,
+    cluster: Option<Arc<Cluster>>,
+    endpoint: Option<EndpointId>,
+    tried: [EndpointId; MAX_TRIED],
+    n_tried: usize,
+    attempts: u32,
+    status: u16,
+    upstream: Option<Duration>,
+    reason: Option<Cow<'static, str>>,
+    in_flight: Option<InFlight>,
+    active: Option<ActiveRequest>,
+}
+
+impl Finish {
+    fn new(proxy: Arc<Proxy>, head: Arc<RequestHead>, start: Instant) -> Self {
+        Finish {
+            proxy,
+            head: Some(head),
+            start,
+            cluster: None,
+            endpoint: None,
+            tried: [0; MAX_TRIED],
+            n_tried: 0,
+            attempts: 0,
+            status: 0,
+            upstream: None,
+            reason: None,
+            in_flight: None,
+            active: None,
+        }
+    }
+
+    fn tried(&self) -> &[EndpointId] {
+        &self.tried[..self.n_tried]
+    }
+
+    fn push_tried(&mut self, id: EndpointId) {
+        if self.n_tried < MAX_TRIED {
+            self.tried[self.n_tried] = id;
+            self.n_tried += 1;
+        }
+    }
+
+    /// A response made by the proxy itself, with the reason for the log.
+    fn local(mut self, status: StatusCode, reason: Cow<'static, str>) -> Response<ProxyBody> {
+        let body = Bytes::from(format!("{reason}\n"));
+        self.status = status.as_u16();
+        self.reason = Some(reason);
+        let mut resp = Response::new(ProxyBody::full(body, self));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp
+    }
+
+    /// A response a plugin asked for.
+    fn plugin_response(mut self, local: LocalResponse, reason: Cow<'static, str>) -> Response<ProxyBody> {
+        let status = StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        self.status = status.as_u16();
+        self.reason = Some(reason);
+        let mut headers = HeaderMap::new();
+        for (n, v) in &local.headers {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(v)) {
+                headers.append(n, v);
+            }
+        }
+        headers.remove(CONTENT_LENGTH);
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(local.body), self));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let total = self.start.elapsed();
+        let cluster = self.cluster.as_deref();
+        let endpoint = cluster.zip(self.endpoint).and_then(|(c, id)| c.endpoint(id));
+        match (cluster, endpoint) {
+            (_, Some(e)) => e.metrics.count(self.status),
+            (Some(c), None) => c.metrics.local.count(self.status),
+            (None, None) => self.proxy.metrics.unrouted().count(self.status),
+        }
+        if let Some(c) = cluster {
+            c.metrics.duration.observe(total.as_secs_f64());
+        }
+        let log = &self.proxy.access_log;
+        if !log.enabled() {
+            return;
+        }
+        let Some(head) = &self.head else { return };
+        let mut tried = [""; MAX_TRIED];
+        if let Some(c) = cluster
+            && self.n_tried > 1
+        {
+            for (slot, id) in tried.iter_mut().zip(self.tried()) {
+                *slot = c.endpoint(*id).map_or("", |e| e.address.as_str());
+            }
+        }
+        let n_tried = if self.n_tried > 1 { self.n_tried } else { 0 };
+        log.write(&Entry {
+            time: rfc3339_now(),
+            request_id: &head.request_id,
+            client: head.client.to_string(),
+            method: head.parts.method.as_str(),
+            host: headers::request_authority(&head.parts.uri, &head.parts.headers).unwrap_or(""),
+            path: head.parts.uri.path(),
+            status: self.status,
+            cluster: cluster.map(|c| c.config.name.as_str()),
+            endpoint: endpoint.map(|e| e.address.as_str()),
+            attempts: self.attempts,
+            tried: &tried[..n_tried],
+            upstream_ms: self.upstream.map(|d| d.as_secs_f64() * 1e3),
+            total_ms: total.as_secs_f64() * 1e3,
+            reason: self.reason.as_deref(),
+        });
+    }
+}
+
+/// The body of every response the proxy sends: the upstream's, streamed, or a local one. It
+/// carries the request's [`Finish`], so the log line and metrics are written when the body ends.
+pub struct ProxyBody {
+    inner: Inner,
+    finish: Option<Finish>,
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    fn upstream(body: Incoming, finish: Finish) -> Self {
+        ProxyBody { inner: Inner::Upstream(body), finish: Some(finish) }
+    }
+
+    fn full(body: Bytes, finish: Finish) -> Self {
+        ProxyBody { inner: Inner::Full(Some(body)), finish: Some(finish) }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if let Poll::Ready(None | Some(Err(_))) = &polled {
+            this.finish = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

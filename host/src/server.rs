@@ -1,0 +1,351 @@
+//! Listeners and the serving loop. Shaped like mini-redis: the caller binds ([`Listeners`]) and
+//! passes a shutdown future to [`Server::run`], so tests bind port 0 and run the real server
+//! in-process.
+//!
+//! Shutdown: stop accepting, mark the proxy draining (`/ready` answers 503), ask every connection to
+//! finish its in-flight requests (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY),
+//! and wait for them up to the config's drain deadline.
+
+use crate::access_log::AccessLog;
+use crate::config::{Config, ConfigError, ListenerConfig};
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::plugin::{PluginError, PluginRuntime, PluginWatcher, RuntimeOptions};
+use crate::proxy::Proxy;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Sleep};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is wrong (or names a plugin that cannot be used).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The plugin runtime could not start.
+    #[error("the plugin runtime could not start: {0}")]
+    Runtime(#[source] PluginError),
+    /// A listener could not bind.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The access log file could not be opened.
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The bound sockets: client listeners with their settings, and the admin listener.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Client listeners.
+    pub proxy: Vec<(TcpListener, ListenerConfig)>,
+    /// The admin listener.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every listener of `config` (port 0 picks a free port).
+    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let mut proxy = Vec::new();
+        for l in &config.listeners {
+            let listener = TcpListener::bind(l.address)
+                .await
+                .map_err(|source| StartError::Bind { address: l.address, source })?;
+            proxy.push((listener, l.clone()));
+        }
+        let admin = match config.admin {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::Bind { address, source })?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { proxy, admin })
+    }
+
+    /// The bound addresses of the client listeners.
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        self.proxy.iter().filter_map(|(l, _)| l.local_addr().ok()).collect()
+    }
+
+    /// The bound address of the admin listener.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// The runtime options a config asks for.
+pub fn runtime_options(config: &Config) -> RuntimeOptions {
+    RuntimeOptions {
+        call_deadline: config.plugins.call_deadline,
+        memory_limit: config.plugins.memory_limit_mb as usize * 1024 * 1024,
+        cache_dir: config.plugins.cache_dir.clone(),
+        ..RuntimeOptions::default()
+    }
+}
+
+/// A proxy ready to serve: plugins loaded, config built.
+pub struct Server {
+    /// The proxy's shared state.
+    pub proxy: Arc<Proxy>,
+    _plugin_watcher: Option<PluginWatcher>,
+}
+
+impl Server {
+    /// Starts the plugin runtime, loads (and watches) the config's plugin directory, builds the
+    /// config (every plugin use is created, so each `init` runs) and opens the access log.
+    pub fn new(config: Config) -> Result<Server, StartError> {
+        let runtime = PluginRuntime::new(runtime_options(&config)).map_err(StartError::Runtime)?;
+        Self::with_runtime(config, runtime)
+    }
+
+    /// Like [`Server::new`] with a runtime made by the caller.
+    pub fn with_runtime(config: Config, runtime: PluginRuntime) -> Result<Server, StartError> {
+        let watcher = match &config.plugins.dir {
+            Some(dir) => {
+                let (watcher, errors) = runtime.watch_dir(dir).map_err(StartError::Runtime)?;
+                for e in errors {
+                    tracing::error!(error = %e, "plugin refused");
+                }
+                Some(watcher)
+            }
+            None => None,
+        };
+        let metrics = Metrics::new(runtime.clone());
+        let access_log = if !config.access_log.enabled {
+            AccessLog::disabled()
+        } else if let Some(path) = &config.access_log.path {
+            AccessLog::file(path).map_err(|source| StartError::AccessLog { path: path.display().to_string(), source })?
+        } else {
+            AccessLog::stdout()
+        };
+        let gateway = Gateway::build(config, &runtime, &metrics)?;
+        Ok(Server {
+            proxy: Proxy::new(gateway, runtime, metrics, access_log),
+            _plugin_watcher: watcher,
+        })
+    }
+
+    /// Serves until `shutdown` completes, then drains (see the module docs).
+    pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        let proxy = self.proxy.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Every connection task holds a sender; when all are gone, every connection is done.
+        let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
+        let mut accept_tasks = Vec::new();
+        for (listener, config) in listeners.proxy {
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                config,
+                proxy.clone(),
+                stop_rx.clone(),
+                conns_tx.clone(),
+            )));
+        }
+        if let Some(admin) = listeners.admin {
+            accept_tasks.push(tokio::spawn(crate::admin::serve(admin, proxy.clone(), stop_rx.clone())));
+        }
+        drop(conns_tx);
+
+        shutdown.await;
+        let deadline = proxy.gateway().config.drain_timeout;
+        tracing::info!(?deadline, "shutting down: draining in-flight requests");
+        proxy.set_draining();
+        let _ = stop_tx.send(true);
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        match tokio::time::timeout(deadline, conns_rx.recv()).await {
+            Ok(_) => tracing::info!("drained"),
+            Err(_) => tracing::warn!("drain deadline passed: closing the remaining connections"),
+        }
+        drop(self);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: ListenerConfig,
+    proxy: Arc<Proxy>,
+    mut stop: watch::Receiver<bool>,
+    conns: mpsc::Sender<()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        let mut stop = stop.clone();
+        let conns = conns.clone();
+        let idle = config.idle_timeout;
+        tokio::spawn(async move {
+            proxy.metrics.open_connections.inc();
+            let service = {
+                let proxy = proxy.clone();
+                service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                })
+            };
+            let io = TokioIo::new(IdleIo::new(stream, idle));
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+            proxy.metrics.open_connections.dec();
+            drop(conns);
+        });
+    }
+}
+
+/// A connection that fails with `TimedOut` after `timeout` without a byte read or written.
+struct IdleIo {
+    inner: TcpStream,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl IdleIo {
+    fn new(inner: TcpStream, timeout: Duration) -> Self {
+        IdleIo { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)) }
+    }
+
+    fn progressed(&mut self) {
+        let deadline = Instant::now() + self.timeout;
+        self.sleep.as_mut().reset(deadline);
+    }
+
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn idle_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "client connection idle timeout")
+}
+
+impl AsyncRead for IdleIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending if this.idle_expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for IdleIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending if this.idle_expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                this.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending if this.idle_expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_time_out_and_busy_ones_do_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut io = IdleIo::new(server, Duration::from_secs(10));
+        let mut buf = [0u8; 4];
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(8)).await;
+            client.write_all(b"ping").await.unwrap();
+            io.read_exact(&mut buf).await.unwrap();
+        }
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,151 @@
+//! Upstream clusters: endpoints, their pooled keep-alive connections, the balancer that picks among
+//! them, the facts the host measures about them, and the retry budget.
+
+mod body;
+mod facts;
+mod retry;
+
+pub use body::{AttemptBody, BoxError, RequestBody};
+pub use facts::{ClusterFacts, EndpointStats, InFlight};
+pub use retry::{ActiveRequest, RetryBudget, RetryPermit};
+
+use crate::config::{ClusterConfig, ConfigError, PluginUse};
+use crate::metrics::{EndpointMetrics, Metrics};
+use crate::plugin::{BalancerHandle, EndpointId, PluginError, PluginRuntime, PoolEndpoint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+
+/// One backend of a cluster.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Stable id within the cluster (its index).
+    pub id: EndpointId,
+    /// `host:port` as configured.
+    pub address: String,
+    /// Parsed once, for building upstream URIs.
+    pub authority: http::uri::Authority,
+    /// Relative weight.
+    pub weight: u32,
+    /// Config metadata.
+    pub metadata: Vec<(String, String)>,
+    /// Its request counters, made once so the request path does no label lookup.
+    pub metrics: EndpointMetrics,
+}
+
+/// A cluster as served: endpoints, balancers, connection pool, facts and budget.
+pub struct Cluster {
+    /// Its config.
+    pub config: ClusterConfig,
+    /// Endpoints, indexed by id.
+    pub endpoints: Vec<Endpoint>,
+    /// The balancer.
+    pub balancer: BalancerHandle,
+    /// The balancer used when `balancer` faults.
+    pub fallback: BalancerHandle,
+    /// In-flight counts and latency EWMA per endpoint.
+    pub facts: Arc<ClusterFacts>,
+    /// The retry budget.
+    pub budget: Arc<RetryBudget>,
+    /// The pooled HTTP/1.1 client to this cluster's endpoints.
+    pub client: Client<HttpConnector, AttemptBody>,
+    /// The cluster's counters, made once.
+    pub metrics: crate::metrics::ClusterMetrics,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.config.name)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Turns a plugin error into a config error pointing at the plugin's key.
+pub fn plugin_error(file: &str, use_: &PluginUse, source: PluginError) -> ConfigError {
+    ConfigError::Plugin {
+        file: file.to_string(),
+        at: use_.at,
+        key: use_.key.clone(),
+        source,
+    }
+}
+
+impl Cluster {
+    /// Builds a cluster: creates its balancer uses through the runtime (running their `init`) and
+    /// pushes the pool to them.
+    pub fn build(
+        config: &ClusterConfig,
+        file: &str,
+        runtime: &PluginRuntime,
+        metrics: &Metrics,
+    ) -> Result<Cluster, ConfigError> {
+        let facts = ClusterFacts::new(config.endpoints.len());
+        let balancer = runtime
+            .balancer(&config.balancer.plugin, &config.balancer.settings, facts.clone())
+            .map_err(|e| plugin_error(file, &config.balancer, e))?;
+        let fallback = runtime
+            .balancer(
+                &config.fallback_balancer.plugin,
+                &config.fallback_balancer.settings,
+                facts.clone(),
+            )
+            .map_err(|e| plugin_error(file, &config.fallback_balancer, e))?;
+
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for (i, e) in config.endpoints.iter().enumerate() {
+            let authority = e.address.parse().map_err(|_| ConfigError::Other {
+                file: file.to_string(),
+                message: format!("cluster `{}`: bad endpoint address `{}`", config.name, e.address),
+            })?;
+            endpoints.push(Endpoint {
+                id: i as EndpointId,
+                address: e.address.clone(),
+                authority,
+                weight: e.weight,
+                metadata: e.metadata.clone(),
+                metrics: metrics.endpoint(&config.name, &e.address),
+            });
+        }
+        let pool: Vec<PoolEndpoint> = endpoints
+            .iter()
+            .map(|e| PoolEndpoint {
+                id: e.id,
+                address: e.address.clone(),
+                weight: e.weight,
+                healthy: true,
+                metadata: e.metadata.clone(),
+            })
+            .collect();
+        balancer.set_pool(pool.clone());
+        fallback.set_pool(pool);
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.idle_timeout)
+            .pool_max_idle_per_host(config.max_idle_per_endpoint)
+            .build(connector);
+
+        Ok(Cluster {
+            budget: RetryBudget::new(config.retry.budget_ratio, config.retry.min_retries),
+            metrics: metrics.cluster(&config.name),
+            config: config.clone(),
+            endpoints,
+            balancer,
+            fallback,
+            facts,
+            client,
+        })
+    }
+
+    /// The endpoint with this id.
+    pub fn endpoint(&self, id: EndpointId) -> Option<&Endpoint> {
+        self.endpoints.get(id as usize)
+    }
+}
