@@ -54,6 +54,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -107,7 +108,9 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let runtime = sluicegate::plugin::PluginRuntime::new(runtime_options(&config))?;
     if let Some(dir) = &config.plugins.dir {
-        for entry in std::fs::read_dir(dir).with_context(|| format!("reading the plugin directory {}", dir.display()))? {
+        for entry in std::fs::read_dir(dir)
+            .with_context(|| format!("reading the plugin directory {}", dir.display()))?
+        {
             let p = entry?.path();
             if p.extension().is_some_and(|e| e == "wasm") {
                 runtime.load_file(&p)?;
@@ -137,7 +140,10 @@ fn demo() -> anyhow::Result<()> {
         let listeners = Listeners::bind(&config).await?;
         let server = Server::new(config)?;
         let proxy = listeners.proxy_addrs()[0];
-        print!("{}", sluicegate::demo::banner(proxy, listeners.admin_addr()));
+        print!(
+            "{}",
+            sluicegate::demo::banner(proxy, listeners.admin_addr())
+        );
         server.run(listeners, sluicegate::shutdown::signal()).await;
         Ok(())
     })

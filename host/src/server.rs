@@ -68,9 +68,13 @@ impl Listeners {
     pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
         let mut proxy = Vec::new();
         for l in &config.listeners {
-            let listener = TcpListener::bind(l.address)
-                .await
-                .map_err(|source| StartError::Bind { address: l.address, source })?;
+            let listener =
+                TcpListener::bind(l.address)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        address: l.address,
+                        source,
+                    })?;
             proxy.push((listener, l.clone()));
         }
         let admin = match config.admin {
@@ -86,7 +90,10 @@ impl Listeners {
 
     /// The bound addresses of the client listeners.
     pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
-        self.proxy.iter().filter_map(|(l, _)| l.local_addr().ok()).collect()
+        self.proxy
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
     }
 
     /// The bound address of the admin listener.
@@ -136,7 +143,10 @@ impl Server {
         let access_log = if !config.access_log.enabled {
             AccessLog::disabled()
         } else if let Some(path) = &config.access_log.path {
-            AccessLog::file(path).map_err(|source| StartError::AccessLog { path: path.display().to_string(), source })?
+            AccessLog::file(path).map_err(|source| StartError::AccessLog {
+                path: path.display().to_string(),
+                source,
+            })?
         } else {
             AccessLog::stdout()
         };
@@ -151,6 +161,8 @@ impl Server {
     pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
         let proxy = self.proxy.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
+        // The admin API stays up while draining, so `/ready` can say 503.
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         // Every connection task holds a sender; when all are gone, every connection is done.
         let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
         let mut accept_tasks = Vec::new();
@@ -163,9 +175,9 @@ impl Server {
                 conns_tx.clone(),
             )));
         }
-        if let Some(admin) = listeners.admin {
-            accept_tasks.push(tokio::spawn(crate::admin::serve(admin, proxy.clone(), stop_rx.clone())));
-        }
+        let admin_task = listeners
+            .admin
+            .map(|admin| tokio::spawn(crate::admin::serve(admin, proxy.clone(), admin_stop_rx)));
         drop(conns_tx);
 
         shutdown.await;
@@ -179,6 +191,10 @@ impl Server {
         match tokio::time::timeout(deadline, conns_rx.recv()).await {
             Ok(_) => tracing::info!("drained"),
             Err(_) => tracing::warn!("drain deadline passed: closing the remaining connections"),
+        }
+        let _ = admin_stop_tx.send(true);
+        if let Some(t) = admin_task {
+            let _ = t.await;
         }
         drop(self);
     }
@@ -255,7 +271,11 @@ struct IdleIo {
 
 impl IdleIo {
     fn new(inner: TcpStream, timeout: Duration) -> Self {
-        IdleIo { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)) }
+        IdleIo {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
     }
 
     fn progressed(&mut self) {
@@ -269,11 +289,18 @@ impl IdleIo {
 }
 
 fn idle_error() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, "client connection idle timeout")
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "client connection idle timeout",
+    )
 }
 
 impl AsyncRead for IdleIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
@@ -287,7 +314,11 @@ impl AsyncRead for IdleIo {
 }
 
 impl AsyncWrite for IdleIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(r) => {
@@ -336,7 +367,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_connections_time_out_and_busy_ones_do_not() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let mut io = IdleIo::new(server, Duration::from_secs(10));
         let mut buf = [0u8; 4];
