@@ -1,0 +1,242 @@
+//! The typed uses of a plugin: balancer, router, filter and health handles. Each is a thin, cloneable wrapper
+//! over a shared `HandleCore`; calls are synchronous and run on this thread's instance of the use.
+
+use std::sync::Arc;
+
+use wasmtime::component::Resource;
+
+use super::bindings::{RequestRef, ResponseRef};
+use super::instance::{CallError, Exports, HandleCore, Live};
+use super::{
+    EndpointId, HeaderOp, Outcome, PluginError, PoolEndpoint, ProbeResult, RequestAction,
+    RequestHead, ResponseHead, RouteDecision, Verdict, convert,
+};
+
+/// The error for an instance made for another interface (cannot happen: a handle makes its own instances).
+fn wrong_exports() -> CallError {
+    CallError::Wasm(wasmtime::format_err!(
+        "internal: instance made for another interface"
+    ))
+}
+
+/// Runs `call` with `req` in the store's resource table, removing it afterwards whatever happened.
+fn with_request<R>(
+    live: &mut Live,
+    req: &Arc<RequestHead>,
+    call: impl FnOnce(&mut Live, Resource<RequestRef>) -> wasmtime::Result<R>,
+) -> Result<R, CallError> {
+    let own = live
+        .inst
+        .store
+        .data_mut()
+        .table
+        .push(RequestRef(Arc::clone(req)))
+        .map_err(wasmtime::Error::new)?;
+    let result = call(live, Resource::new_borrow(own.rep()));
+    let _ = live.inst.store.data_mut().table.delete(own);
+    Ok(result?)
+}
+
+/// A use of a plugin as a cluster's balancer.
+#[derive(Clone)]
+pub struct BalancerHandle {
+    core: Arc<HandleCore>,
+}
+
+impl BalancerHandle {
+    pub(crate) fn new(core: Arc<HandleCore>) -> Self {
+        BalancerHandle { core }
+    }
+
+    /// Replaces the pool; instances get `pool-changed` before their next pick.
+    pub fn set_pool(&self, endpoints: Vec<PoolEndpoint>) {
+        self.core.set_pool(endpoints);
+    }
+
+    /// Picks an endpoint for `req`. `Ok(None)`: the plugin chose none (answer 503). `Err`: the plugin faulted or
+    /// answered an id not in the pool; the caller falls back.
+    pub fn pick(
+        &self,
+        req: &Arc<RequestHead>,
+        attempt: u32,
+        tried: &[EndpointId],
+    ) -> Result<Option<EndpointId>, PluginError> {
+        self.core.call(|live| {
+            live.pick_context.attempt = attempt;
+            live.pick_context.tried.clear();
+            live.pick_context.tried.extend_from_slice(tried);
+            let picked = with_request(live, req, |live, r| {
+                let Exports::Balance(g) = &live.inst.exports else {
+                    wasmtime::bail!("internal: instance made for another interface");
+                };
+                g.call_pick(&mut live.inst.store, r, &live.pick_context)
+            })?;
+            match picked {
+                Some(id) if !live.in_pool(id) => Err(CallError::Invalid(format!(
+                    "picked endpoint {id}, which is not in its pool of {} endpoints",
+                    live.pool_len()
+                ))),
+                other => Ok(other),
+            }
+        })
+    }
+
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        &self.core.name
+    }
+}
+
+/// A use of a plugin as a router.
+#[derive(Clone)]
+pub struct RouterHandle {
+    core: Arc<HandleCore>,
+}
+
+impl RouterHandle {
+    pub(crate) fn new(core: Arc<HandleCore>) -> Self {
+        RouterHandle { core }
+    }
+
+    /// Chooses the cluster for `req`, or a local answer.
+    pub fn route(&self, req: &Arc<RequestHead>) -> Result<RouteDecision, PluginError> {
+        self.core.call(|live| {
+            let d = with_request(live, req, |live, r| {
+                let Exports::Route(g) = &live.inst.exports else {
+                    wasmtime::bail!("internal: instance made for another interface");
+                };
+                g.call_route(&mut live.inst.store, r)
+            })?;
+            Ok(convert::route_decision(d))
+        })
+    }
+
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        &self.core.name
+    }
+}
+
+/// A use of a plugin as a request/response filter.
+#[derive(Clone)]
+pub struct FilterHandle {
+    core: Arc<HandleCore>,
+}
+
+impl FilterHandle {
+    pub(crate) fn new(core: Arc<HandleCore>) -> Self {
+        FilterHandle { core }
+    }
+
+    /// Filters a request: header changes to apply, or a local answer.
+    pub fn on_request(&self, req: &Arc<RequestHead>) -> Result<RequestAction, PluginError> {
+        self.core.call(|live| {
+            let a = with_request(live, req, |live, r| {
+                let Exports::Filter(g) = &live.inst.exports else {
+                    wasmtime::bail!("internal: instance made for another interface");
+                };
+                g.call_on_request(&mut live.inst.store, r)
+            })?;
+            Ok(convert::request_action(a))
+        })
+    }
+
+    /// Filters a response: header changes to apply.
+    pub fn on_response(
+        &self,
+        req: &Arc<RequestHead>,
+        resp: &Arc<ResponseHead>,
+    ) -> Result<Vec<HeaderOp>, PluginError> {
+        self.core.call(|live| {
+            let table = &mut live.inst.store.data_mut().table;
+            let own = table
+                .push(ResponseRef(Arc::clone(resp)))
+                .map_err(wasmtime::Error::new)?;
+            let result = with_request(live, req, |live, r| {
+                let Exports::Filter(g) = &live.inst.exports else {
+                    wasmtime::bail!("internal: instance made for another interface");
+                };
+                g.call_on_response(&mut live.inst.store, r, Resource::new_borrow(own.rep()))
+            });
+            let _ = live.inst.store.data_mut().table.delete(own);
+            Ok(convert::header_ops(result?))
+        })
+    }
+
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        &self.core.name
+    }
+}
+
+/// A use of a plugin as a health policy.
+#[derive(Clone)]
+pub struct HealthHandle {
+    core: Arc<HandleCore>,
+}
+
+impl HealthHandle {
+    pub(crate) fn new(core: Arc<HandleCore>) -> Self {
+        HealthHandle { core }
+    }
+
+    /// Judges one active probe.
+    pub fn judge_probe(&self, result: &ProbeResult) -> Result<Verdict, PluginError> {
+        let probe = convert::probe_result(result);
+        self.core.call(|live| {
+            let Exports::Health(g) = &live.inst.exports else {
+                return Err(wrong_exports());
+            };
+            Ok(convert::verdict(
+                g.call_judge_probe(&mut live.inst.store, &probe)?,
+            ))
+        })
+    }
+
+    /// Judges one finished request.
+    pub fn observe(&self, outcome: &Outcome) -> Result<Verdict, PluginError> {
+        let outcome = convert::outcome(outcome);
+        self.core.call(|live| {
+            let Exports::Health(g) = &live.inst.exports else {
+                return Err(wrong_exports());
+            };
+            Ok(convert::verdict(
+                g.call_observe(&mut live.inst.store, outcome)?,
+            ))
+        })
+    }
+
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        &self.core.name
+    }
+}
+
+impl std::fmt::Debug for BalancerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalancerHandle")
+            .field("plugin", &&*self.core.name)
+            .finish()
+    }
+}
+impl std::fmt::Debug for RouterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterHandle")
+            .field("plugin", &&*self.core.name)
+            .finish()
+    }
+}
+impl std::fmt::Debug for FilterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterHandle")
+            .field("plugin", &&*self.core.name)
+            .finish()
+    }
+}
+impl std::fmt::Debug for HealthHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthHandle")
+            .field("plugin", &&*self.core.name)
+            .finish()
+    }
+}

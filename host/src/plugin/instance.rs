@@ -1,0 +1,511 @@
+//! Instances and the call path. Each use (handle) keeps one long-lived instance per worker thread, in a
+//! thread-local map keyed by the handle's id, made from the generation's `InstancePre` on the first call (and
+//! again after a reload or a fault). A call takes no lock shared across threads: an arc-swap load of the current
+//! generation and pool, the thread's own instance, and relaxed atomics for the statistics.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use wasmtime::Store;
+
+use super::bindings::{balance, filter, health, route, types};
+use super::registry::{Generation, RuntimeInner, Slot};
+use super::store::{StoreData, StoreParts};
+use super::{EndpointFacts, Kind, PluginError, PoolEndpoint, convert};
+
+/// Handle ids are process-wide, since the thread-local maps are shared by every runtime of the process.
+static NEXT_HANDLE_ID: AtomicU64 = AtomicU64::new(1);
+/// Bumped when a handle goes away; threads purge dead handles' instances when they see it move.
+static HANDLES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// A pool as pushed to a balancer: the WIT records, built once per change, and the sorted ids to check picks.
+pub(crate) struct Pool {
+    version: u64,
+    wit: Vec<types::Endpoint>,
+    ids: Vec<u32>,
+}
+
+impl Pool {
+    fn empty() -> Self {
+        Pool {
+            version: 0,
+            wit: Vec::new(),
+            ids: Vec::new(),
+        }
+    }
+}
+
+/// The shared part of a handle: which plugin, as what, with which settings.
+pub(crate) struct HandleCore {
+    id: u64,
+    pub(crate) kind: Kind,
+    pub(crate) name: Arc<str>,
+    rt: Arc<RuntimeInner>,
+    slot: Arc<Slot>,
+    settings: String,
+    facts: Arc<dyn EndpointFacts>,
+    pool: ArcSwap<Pool>,
+    pool_seq: AtomicU64,
+}
+
+impl Drop for HandleCore {
+    fn drop(&mut self) {
+        HANDLES_DROPPED.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// The exports of one instance, for the one interface its use needs.
+pub(crate) enum Exports {
+    Balance(balance::Guest),
+    Route(route::Guest),
+    Filter(filter::Guest),
+    Health(health::Guest),
+}
+
+/// A store and its instance's exports.
+pub(crate) struct Instance {
+    pub(crate) store: Store<StoreData>,
+    pub(crate) exports: Exports,
+}
+
+/// What went wrong in a call, before it is turned into a `PluginError`.
+pub(crate) enum CallError {
+    /// A trap, deadline, memory exhaustion or host error: the instance is dropped.
+    Wasm(wasmtime::Error),
+    /// The plugin answered something unusable: counted as a fault, the instance is kept.
+    Invalid(String),
+}
+
+impl From<wasmtime::Error> for CallError {
+    fn from(e: wasmtime::Error) -> Self {
+        CallError::Wasm(e)
+    }
+}
+
+/// One thread's instance of one handle.
+pub(crate) struct Live {
+    generation: Arc<Generation>,
+    owner: Weak<HandleCore>,
+    pub(crate) inst: Instance,
+    /// The pool this instance was last told about.
+    pool: Arc<Pool>,
+    /// Reused for every pick so a call does not allocate for `tried`.
+    pub(crate) pick_context: balance::PickContext,
+}
+
+impl Live {
+    /// Whether `id` is in the pool this instance was given.
+    pub(crate) fn in_pool(&self, id: u32) -> bool {
+        self.pool.ids.binary_search(&id).is_ok()
+    }
+
+    /// Size of the pool this instance was given.
+    pub(crate) fn pool_len(&self) -> usize {
+        self.pool.ids.len()
+    }
+}
+
+/// Hashes the u64 handle ids of the thread-local map with one multiply (they are sequential, not hostile).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+#[derive(Default)]
+struct LiveMap {
+    live: HashMap<u64, Live, BuildHasherDefault<IdHasher>>,
+    seen_dropped: u64,
+}
+
+thread_local! {
+    static LIVE: RefCell<LiveMap> = RefCell::new(LiveMap::default());
+}
+
+/// Makes an instance of `generation` for `kind` and runs `init(settings)` on it.
+fn instantiate(
+    rt: &RuntimeInner,
+    generation: &Generation,
+    kind: Kind,
+    settings: &str,
+    facts: Arc<dyn EndpointFacts>,
+) -> Result<Instance, PluginError> {
+    let mut inst = bare_instance(rt, generation, kind, facts)?;
+    let store = &mut inst.store;
+    store.set_epoch_deadline(rt.init_ticks);
+    let init = match &inst.exports {
+        Exports::Balance(g) => g.call_init(&mut *store, settings),
+        Exports::Route(g) => g.call_init(&mut *store, settings),
+        Exports::Filter(g) => g.call_init(&mut *store, settings),
+        Exports::Health(g) => g.call_init(&mut *store, settings),
+    };
+    match init {
+        Ok(Ok(())) => Ok(inst),
+        Ok(Err(message)) => Err(PluginError::InitRefused {
+            name: generation.name.to_string(),
+            version: generation.version.to_string(),
+            message,
+        }),
+        Err(e) => Err(classify(rt, generation, store, e, rt.opts.init_deadline)),
+    }
+}
+
+fn new_store(
+    rt: &RuntimeInner,
+    generation: &Generation,
+    facts: Arc<dyn EndpointFacts>,
+) -> Store<StoreData> {
+    let mut store = Store::new(
+        &rt.engine,
+        StoreData::new(StoreParts {
+            plugin: generation.name.clone(),
+            version: generation.version.clone(),
+            facts,
+            clock_base: rt.clock_base,
+            counters: rt.counters.clone(),
+            memory_limit: rt.opts.memory_limit,
+        }),
+    );
+    store.limiter(|d| &mut d.limiter);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(rt.init_ticks);
+    store
+}
+
+/// Makes an instance of `generation` and loads the exports of `kind`, without calling anything.
+fn bare_instance(
+    rt: &RuntimeInner,
+    generation: &Generation,
+    kind: Kind,
+    facts: Arc<dyn EndpointFacts>,
+) -> Result<Instance, PluginError> {
+    let mut store = new_store(rt, generation, facts);
+    let instance = match generation.pre.instantiate(&mut store) {
+        Ok(i) => i,
+        Err(e) => return Err(classify(rt, generation, &store, e, rt.opts.init_deadline)),
+    };
+    let wrong_world = || PluginError::WrongWorld {
+        name: generation.name.to_string(),
+        version: generation.version.to_string(),
+        interface: kind.interface(),
+    };
+    let mismatch = |e: wasmtime::Error| PluginError::Compile {
+        name: generation.name.to_string(),
+        version: generation.version.to_string(),
+        reason: format!(
+            "export `{}` does not match sluicegate:plugin@0.1.0: {e:#}",
+            kind.interface()
+        ),
+    };
+    let exports = match kind {
+        Kind::Balancer => Exports::Balance(
+            generation
+                .balance
+                .as_ref()
+                .ok_or_else(wrong_world)?
+                .load(&mut store, &instance)
+                .map_err(mismatch)?,
+        ),
+        Kind::Router => Exports::Route(
+            generation
+                .route
+                .as_ref()
+                .ok_or_else(wrong_world)?
+                .load(&mut store, &instance)
+                .map_err(mismatch)?,
+        ),
+        Kind::Filter => Exports::Filter(
+            generation
+                .filter
+                .as_ref()
+                .ok_or_else(wrong_world)?
+                .load(&mut store, &instance)
+                .map_err(mismatch)?,
+        ),
+        Kind::Health => Exports::Health(
+            generation
+                .health
+                .as_ref()
+                .ok_or_else(wrong_world)?
+                .load(&mut store, &instance)
+                .map_err(mismatch)?,
+        ),
+    };
+    Ok(Instance { store, exports })
+}
+
+/// Checks that every interface `generation` exports has the signatures this host expects.
+pub(crate) fn typecheck(rt: &RuntimeInner, generation: &Generation) -> Result<(), PluginError> {
+    for kind in &generation.kinds {
+        bare_instance(rt, generation, *kind, Arc::new(super::NoFacts))?;
+    }
+    Ok(())
+}
+
+/// Turns a wasmtime error of a call into the typed error saying why.
+fn classify(
+    rt: &RuntimeInner,
+    generation: &Generation,
+    store: &Store<StoreData>,
+    e: wasmtime::Error,
+    deadline: Duration,
+) -> PluginError {
+    let name = generation.name.to_string();
+    let version = generation.version.to_string();
+    if store.data().limiter.exhausted {
+        return PluginError::MemoryExhausted {
+            name,
+            version,
+            limit_bytes: rt.opts.memory_limit,
+        };
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => PluginError::DeadlineExceeded {
+            name,
+            version,
+            deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        },
+        Some(trap) => PluginError::Trap {
+            name,
+            version,
+            reason: trap.to_string(),
+        },
+        None => {
+            // Not a trap code: a host-side error (e.g. a lowering failure). Keep the first line only.
+            let full = format!("{e:#}");
+            let reason = full.lines().next().unwrap_or("unknown error").to_owned();
+            PluginError::Trap {
+                name,
+                version,
+                reason,
+            }
+        }
+    }
+}
+
+impl HandleCore {
+    pub(crate) fn new(
+        rt: Arc<RuntimeInner>,
+        slot: Arc<Slot>,
+        kind: Kind,
+        settings: &str,
+        facts: Arc<dyn EndpointFacts>,
+    ) -> Self {
+        let name = slot.current.load().name.clone();
+        HandleCore {
+            id: NEXT_HANDLE_ID.fetch_add(1, Ordering::Relaxed),
+            kind,
+            name,
+            rt,
+            slot,
+            settings: settings.to_owned(),
+            facts,
+            pool: ArcSwap::from_pointee(Pool::empty()),
+            pool_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// Checks `generation` can serve this use: it exports the interface, `init` accepts the settings and, for
+    /// balancers, it takes the current pool.
+    pub(crate) fn validate(
+        &self,
+        rt: &RuntimeInner,
+        generation: &Generation,
+    ) -> Result<(), PluginError> {
+        let mut inst = instantiate(
+            rt,
+            generation,
+            self.kind,
+            &self.settings,
+            self.facts.clone(),
+        )?;
+        if let Exports::Balance(g) = &inst.exports {
+            let pool = self.pool.load();
+            inst.store.set_epoch_deadline(rt.init_ticks);
+            if let Err(e) = g.call_pool_changed(&mut inst.store, &pool.wit) {
+                return Err(classify(
+                    rt,
+                    generation,
+                    &inst.store,
+                    e,
+                    rt.opts.init_deadline,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the pool; every thread's instance gets `pool-changed` before its next pick.
+    pub(crate) fn set_pool(&self, endpoints: Vec<PoolEndpoint>) {
+        let mut ids: Vec<u32> = endpoints.iter().map(|e| e.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let wit = endpoints.into_iter().map(convert::endpoint).collect();
+        let version = self.pool_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.pool.store(Arc::new(Pool { version, wit, ids }));
+    }
+
+    /// A fresh instance of `generation` for this use on this thread: init, then the pool for balancers.
+    fn make_live(self: &Arc<Self>, generation: Arc<Generation>) -> Result<Live, PluginError> {
+        let inst = instantiate(
+            &self.rt,
+            &generation,
+            self.kind,
+            &self.settings,
+            self.facts.clone(),
+        )?;
+        let mut live = Live {
+            generation,
+            owner: Arc::downgrade(self),
+            inst,
+            pool: Arc::new(Pool::empty()),
+            pick_context: balance::PickContext {
+                attempt: 0,
+                tried: Vec::new(),
+            },
+        };
+        if self.kind == Kind::Balancer {
+            self.sync_pool(&mut live)?;
+        }
+        Ok(live)
+    }
+
+    /// Tells the instance about the current pool if it has not seen it yet.
+    fn sync_pool(&self, live: &mut Live) -> Result<(), PluginError> {
+        let current = self.pool.load();
+        if current.version == live.pool.version && live.pool.version != 0 {
+            return Ok(());
+        }
+        if let Exports::Balance(g) = &live.inst.exports {
+            let store = &mut live.inst.store;
+            store.set_epoch_deadline(self.rt.init_ticks);
+            if let Err(e) = g.call_pool_changed(&mut *store, &current.wit) {
+                return Err(classify(
+                    &self.rt,
+                    &live.generation,
+                    store,
+                    e,
+                    self.rt.opts.init_deadline,
+                ));
+            }
+        }
+        live.pool = arc_swap::Guard::into_inner(current);
+        Ok(())
+    }
+
+    /// Runs `f` on this thread's instance of this handle, making or refreshing it first. Faults drop the
+    /// instance, are counted and logged, and come back as typed errors.
+    pub(crate) fn call<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Live) -> Result<R, CallError>,
+    ) -> Result<R, PluginError> {
+        LIVE.with(|cell| {
+            let Ok(mut map) = cell.try_borrow_mut() else {
+                return Err(PluginError::Reentrant {
+                    name: self.name.to_string(),
+                });
+            };
+            let dropped = HANDLES_DROPPED.load(Ordering::Acquire);
+            if dropped != map.seen_dropped {
+                map.seen_dropped = dropped;
+                map.live.retain(|_, l| l.owner.strong_count() > 0);
+            }
+            let current = self.slot.current.load();
+            let live = match map.live.entry(self.id) {
+                Entry::Occupied(mut o) => {
+                    if !Arc::ptr_eq(&o.get().generation, &current) {
+                        // A new generation was published: this thread moves to it at its next call.
+                        match self.fresh(arc_swap::Guard::into_inner(current)) {
+                            Ok(live) => {
+                                o.insert(live);
+                            }
+                            Err(e) => {
+                                o.remove();
+                                return Err(e);
+                            }
+                        }
+                    }
+                    o.into_mut()
+                }
+                Entry::Vacant(v) => v.insert(self.fresh(arc_swap::Guard::into_inner(current))?),
+            };
+            if self.kind == Kind::Balancer
+                && let Err(e) = self.sync_pool(live)
+            {
+                let generation = live.generation.clone();
+                map.live.remove(&self.id);
+                return Err(self.fault(&generation, e, true));
+            }
+            live.inst.store.set_epoch_deadline(self.rt.call_ticks);
+            let started = Instant::now();
+            let result = f(live);
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let generation = &live.generation;
+            generation.calls.fetch_add(1, Ordering::Relaxed);
+            generation.call_nanos.fetch_add(nanos, Ordering::Relaxed);
+            match result {
+                Ok(r) => Ok(r),
+                Err(CallError::Invalid(reason)) => {
+                    let e = PluginError::InvalidAnswer {
+                        name: generation.name.to_string(),
+                        version: generation.version.to_string(),
+                        reason,
+                    };
+                    Err(self.fault(generation, e, false))
+                }
+                Err(CallError::Wasm(e)) => {
+                    let e = classify(
+                        &self.rt,
+                        generation,
+                        &live.inst.store,
+                        e,
+                        self.rt.opts.call_deadline,
+                    );
+                    let generation = generation.clone();
+                    map.live.remove(&self.id);
+                    Err(self.fault(&generation, e, true))
+                }
+            }
+        })
+    }
+
+    /// A new instance for this thread; a failure is a fault of that generation.
+    fn fresh(self: &Arc<Self>, generation: Arc<Generation>) -> Result<Live, PluginError> {
+        self.make_live(generation.clone())
+            .map_err(|e| self.fault(&generation, e, true))
+    }
+
+    /// Counts and logs a fault in one line.
+    fn fault(&self, generation: &Generation, e: PluginError, dropped: bool) -> PluginError {
+        generation.faults.fetch_add(1, Ordering::Relaxed);
+        let what = if dropped {
+            "instance dropped"
+        } else {
+            "answer ignored"
+        };
+        tracing::warn!(
+            plugin = &*generation.name,
+            version = &*generation.version,
+            kind = ?self.kind,
+            "plugin fault, {what}: {e}"
+        );
+        e
+    }
+}
