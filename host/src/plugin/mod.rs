@@ -354,3 +354,63 @@ impl std::fmt::Debug for PluginRuntime {
         f.debug_struct("PluginRuntime").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head() -> Arc<RequestHead> {
+        let (parts, ()) = http::Request::builder().uri("/x").body(()).unwrap().into_parts();
+        Arc::new(RequestHead { parts, client: "127.0.0.1:9".parse().unwrap(), request_id: "r1".into() })
+    }
+
+    fn pool(n: u32) -> Vec<PoolEndpoint> {
+        (0..n)
+            .map(|i| PoolEndpoint {
+                id: i * 10,
+                address: format!("10.0.0.{i}:80"),
+                weight: 1,
+                healthy: true,
+                metadata: vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn embedded_round_robin_cycles_through_the_pool() {
+        let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
+        let status = rt.plugins();
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0].name, "round-robin");
+        assert_eq!(status[0].kinds, vec![Kind::Balancer]);
+        let b = rt.balancer("round-robin", "", Arc::new(NoFacts)).unwrap();
+        let req = head();
+        assert_eq!(b.pick(&req, 1, &[]).unwrap(), None, "empty pool: nothing to pick");
+        b.set_pool(pool(3));
+        let picks: Vec<_> = (0..6).map(|_| b.pick(&req, 1, &[]).unwrap().unwrap()).collect();
+        let mut first: Vec<_> = picks[..3].to_vec();
+        first.sort_unstable();
+        assert_eq!(first, vec![0, 10, 20]);
+        assert_eq!(picks[..3], picks[3..]);
+        assert!(Arc::strong_count(&req) == 1, "the request is released after each call");
+        assert_eq!(rt.plugins()[0].calls, 7);
+    }
+
+    #[test]
+    fn unknown_plugins_and_wrong_kinds_are_refused() {
+        let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
+        assert!(matches!(rt.router("nope", ""), Err(PluginError::NotFound { .. })));
+        let e = rt.router("round-robin", "").unwrap_err();
+        assert!(matches!(e, PluginError::WrongWorld { interface: "route", .. }), "{e}");
+        assert!(e.to_string().contains("round-robin"));
+    }
+
+    #[test]
+    fn junk_bytes_are_refused_and_the_old_version_keeps_serving() {
+        let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
+        let before = rt.plugins()[0].version.clone();
+        let e = rt.load_bytes("round-robin", b"#!/bin/sh\n", "test").unwrap_err();
+        assert!(matches!(e, PluginError::NotWasm { .. }), "{e}");
+        assert_eq!(rt.plugins()[0].version, before);
+    }
+}
