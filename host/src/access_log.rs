@@ -60,7 +60,10 @@ impl AccessLog {
 
     /// A log appended to `path`.
     pub fn file(path: &Path) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         Ok(Self::to_writer(f))
     }
 
@@ -100,7 +103,9 @@ impl AccessLog {
 
 /// `now` as RFC 3339 UTC with milliseconds (`2024-05-01T12:00:00.123Z`).
 pub fn rfc3339_now() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     rfc3339(d.as_secs(), d.subsec_millis())
 }
 

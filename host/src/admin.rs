@@ -43,13 +43,21 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Re
 
 fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/status" => reply(StatusCode::OK, "application/json", status(proxy).to_string()),
+        "/status" => reply(
+            StatusCode::OK,
+            "application/json",
+            status(proxy).to_string(),
+        ),
         "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             proxy.metrics.encode(),
         ),
-        "/ready" if proxy.draining() => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".into()),
+        "/ready" if proxy.draining() => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "draining\n".into(),
+        ),
         "/ready" => reply(StatusCode::OK, "text/plain", "ready\n".into()),
         _ => reply(
             StatusCode::NOT_FOUND,

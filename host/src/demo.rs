@@ -26,7 +26,9 @@ pub fn demo_config(backends: &[SocketAddr]) -> String {
 pub fn spawn_backend(listener: TcpListener, n: usize) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let service = service_fn(move |_req| async move {
                     Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(format!(
@@ -72,9 +74,12 @@ mod tests {
 
     #[test]
     fn the_demo_config_is_valid_once_filled_in() {
-        let addrs: Vec<SocketAddr> = (1..=3).map(|i| format!("127.0.0.1:{}", 9000 + i).parse().unwrap()).collect();
+        let addrs: Vec<SocketAddr> = (1..=3)
+            .map(|i| format!("127.0.0.1:{}", 9000 + i).parse().unwrap())
+            .collect();
         let text = demo_config(&addrs);
-        let config = crate::config::Config::parse(&text, "demo.toml", std::path::Path::new(".")).unwrap();
+        let config =
+            crate::config::Config::parse(&text, "demo.toml", std::path::Path::new(".")).unwrap();
         assert_eq!(config.clusters[0].endpoints.len(), 3);
         assert_eq!(config.clusters[0].endpoints[2].address, "127.0.0.1:9003");
     }

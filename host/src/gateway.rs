@@ -34,7 +34,11 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the gateway: creates every plugin use through the runtime (so each plugin's `init`
     /// runs with its settings). Any failure names the config line of the plugin.
-    pub fn build(config: Config, runtime: &PluginRuntime, metrics: &Metrics) -> Result<Gateway, ConfigError> {
+    pub fn build(
+        config: Config,
+        runtime: &PluginRuntime,
+        metrics: &Metrics,
+    ) -> Result<Gateway, ConfigError> {
         let file = config.file.as_str();
         let clusters = config
             .clusters
@@ -47,7 +51,9 @@ impl Gateway {
             .map(|(i, c)| (c.config.name.clone(), i))
             .collect();
         let router = match &config.routing {
-            Routing::Table(routes) => Router::Table(RouteTable::new(routes, |n| by_name.get(n).copied())),
+            Routing::Table(routes) => {
+                Router::Table(RouteTable::new(routes, |n| by_name.get(n).copied()))
+            }
             Routing::Plugin(use_) => Router::Plugin(
                 runtime
                     .router(&use_.plugin, &use_.settings)
@@ -57,9 +63,19 @@ impl Gateway {
         let filters = config
             .filters
             .iter()
-            .map(|f| runtime.filter(&f.plugin, &f.settings).map_err(|e| plugin_error(file, f, e)))
+            .map(|f| {
+                runtime
+                    .filter(&f.plugin, &f.settings)
+                    .map_err(|e| plugin_error(file, f, e))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Gateway { config, router, filters, clusters, by_name })
+        Ok(Gateway {
+            config,
+            router,
+            filters,
+            clusters,
+            by_name,
+        })
     }
 
     /// The cluster named `name`.

@@ -1,11 +1,19 @@
 //! Header rules of a proxy: hop-by-hop headers stop here (RFC 9110 §7.6.1), forwarding headers record
 //! the client (X-Forwarded-For, X-Forwarded-Proto, Forwarded), and upgrades keep what they need.
 
-use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use std::net::{IpAddr, SocketAddr};
 
 /// Headers that apply to one connection only, besides those named by `Connection`.
-const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "proxy-authenticate-info"];
+const HOP_BY_HOP: [&str; 5] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-authenticate-info",
+];
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -64,7 +72,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade: bool) {
-    let Ok(text) = connection.to_str() else { return };
+    let Ok(text) = connection.to_str() else {
+        return;
+    };
     for token in text.split(',').map(str::trim) {
         if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
             continue;
@@ -78,9 +88,15 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade:
 pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
     let ip = client.ip();
     let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if headers.get_all(X_FORWARDED_FOR).iter().count() == 1 => format!("{prev}, {ip}"),
+        Some(prev) if headers.get_all(X_FORWARDED_FOR).iter().count() == 1 => {
+            format!("{prev}, {ip}")
+        }
         Some(_) => {
-            let prev: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+            let prev: Vec<&str> = headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
             format!("{}, {ip}", prev.join(", "))
         }
         None => ip.to_string(),
@@ -94,7 +110,10 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
     let element = match host {
-        Some(h) if h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',') => {
+        Some(h)
+            if h.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',') =>
+        {
             format!("for={node};proto=http;host={h}")
         }
         _ => format!("for={node};proto=http"),
@@ -126,7 +145,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -155,27 +177,47 @@ mod tests {
 
     #[test]
     fn upgrades_keep_upgrade_and_connection_upgrade() {
-        let mut h = map(&[("connection", "Upgrade, x-private"), ("upgrade", "websocket"), ("x-private", "1")]);
+        let mut h = map(&[
+            ("connection", "Upgrade, x-private"),
+            ("upgrade", "websocket"),
+            ("x-private", "1"),
+        ]);
         assert!(is_upgrade_request(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
         assert!(!h.contains_key("x-private"));
-        assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])), "Upgrade alone is not a request to upgrade");
+        assert!(
+            !is_upgrade_request(&map(&[("upgrade", "websocket")])),
+            "Upgrade alone is not a request to upgrade"
+        );
     }
 
     #[test]
     fn forwarding_headers_append_the_client() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-proto", "https")]);
-        add_forwarding(&mut h, "192.0.2.7:5555".parse().unwrap(), Some("example.com"));
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        add_forwarding(
+            &mut h,
+            "192.0.2.7:5555".parse().unwrap(),
+            Some("example.com"),
+        );
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 192.0.2.7");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
-        assert_eq!(h.get(FORWARDED).unwrap(), "for=192.0.2.7;proto=http;host=example.com");
+        assert_eq!(
+            h.get(FORWARDED).unwrap(),
+            "for=192.0.2.7;proto=http;host=example.com"
+        );
 
         let mut h = HeaderMap::new();
         add_forwarding(&mut h, "[2001:db8::1]:80".parse().unwrap(), None);
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "2001:db8::1");
-        assert_eq!(h.get(FORWARDED).unwrap(), "for=\"[2001:db8::1]\";proto=http");
+        assert_eq!(
+            h.get(FORWARDED).unwrap(),
+            "for=\"[2001:db8::1]\";proto=http"
+        );
     }
 
     #[test]

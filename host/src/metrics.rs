@@ -86,14 +86,20 @@ impl Metrics {
             "Requests answered, by cluster, endpoint (empty for local answers) and status class",
             requests.clone(),
         );
-        let duration = Family::<ClusterLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
+        let duration = Family::<ClusterLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
         registry.register(
             "sluicegate_request_duration_seconds",
             "Time from request to the end of the response body, by cluster",
             duration.clone(),
         );
         let retries = Family::<ClusterLabels, Counter>::default();
-        registry.register("sluicegate_retries", "Upstream retries, by cluster", retries.clone());
+        registry.register(
+            "sluicegate_retries",
+            "Upstream retries, by cluster",
+            retries.clone(),
+        );
         let fallbacks = Family::<FallbackLabels, Counter>::default();
         registry.register(
             "sluicegate_plugin_fallbacks",
@@ -110,11 +116,23 @@ impl Metrics {
         let unrouted = EndpointMetrics {
             requests: CLASSES.map(|class| {
                 requests
-                    .get_or_create(&RequestLabels { cluster: String::new(), endpoint: String::new(), class })
+                    .get_or_create(&RequestLabels {
+                        cluster: String::new(),
+                        endpoint: String::new(),
+                        class,
+                    })
                     .clone()
             }),
         };
-        Metrics { registry, requests, duration, retries, fallbacks, open_connections, unrouted }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            retries,
+            fallbacks,
+            open_connections,
+            unrouted,
+        }
     }
 
     /// The counters of one endpoint (made once per config build).
@@ -122,7 +140,11 @@ impl Metrics {
         EndpointMetrics {
             requests: CLASSES.map(|class| {
                 self.requests
-                    .get_or_create(&RequestLabels { cluster: cluster.to_string(), endpoint: endpoint.to_string(), class })
+                    .get_or_create(&RequestLabels {
+                        cluster: cluster.to_string(),
+                        endpoint: endpoint.to_string(),
+                        class,
+                    })
                     .clone()
             }),
         }
@@ -130,7 +152,9 @@ impl Metrics {
 
     /// The metrics of one cluster (made once per config build).
     pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
-        let labels = ClusterLabels { cluster: cluster.to_string() };
+        let labels = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
         ClusterMetrics {
             local: self.endpoint(cluster, ""),
             duration: self.duration.get_or_create(&labels).clone(),
@@ -146,14 +170,18 @@ impl Metrics {
     /// Counts a request served by a fallback because `plugin` faulted.
     pub fn fallback(&self, plugin: &str, kind: &'static str) {
         self.fallbacks
-            .get_or_create(&FallbackLabels { plugin: plugin.to_string(), kind })
+            .get_or_create(&FallbackLabels {
+                plugin: plugin.to_string(),
+                kind,
+            })
             .inc();
     }
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
@@ -169,13 +197,26 @@ impl std::fmt::Debug for PluginCollector {
 }
 
 impl prometheus_client::collector::Collector for PluginCollector {
-    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
         use prometheus_client::metrics::MetricType;
         let plugins = self.0.plugins();
         let figures: [(&str, &str, fn(&crate::plugin::PluginStatus) -> f64); 3] = [
-            ("sluicegate_plugin_calls", "Plugin calls", |p| p.calls as f64),
-            ("sluicegate_plugin_faults", "Plugin faults (trap, deadline, memory, invalid answer)", |p| p.faults as f64),
-            ("sluicegate_plugin_call_seconds", "Time spent in plugin calls", |p| p.call_nanos_total as f64 / 1e9),
+            ("sluicegate_plugin_calls", "Plugin calls", |p| {
+                p.calls as f64
+            }),
+            (
+                "sluicegate_plugin_faults",
+                "Plugin faults (trap, deadline, memory, invalid answer)",
+                |p| p.faults as f64,
+            ),
+            (
+                "sluicegate_plugin_call_seconds",
+                "Time spent in plugin calls",
+                |p| p.call_nanos_total as f64 / 1e9,
+            ),
         ];
         for (name, help, value) in figures {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

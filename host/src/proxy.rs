@@ -7,7 +7,8 @@ use crate::gateway::{Gateway, Router};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::plugin::{
-    EndpointId, HeaderOp, LocalResponse, PluginRuntime, RequestAction, RequestHead, ResponseHead, RouteDecision,
+    EndpointId, HeaderOp, LocalResponse, PluginRuntime, RequestAction, RequestHead, ResponseHead,
+    RouteDecision,
 };
 use crate::upstream::{ActiveRequest, BoxError, Cluster, InFlight, RequestBody};
 use arc_swap::ArcSwap;
@@ -54,11 +55,21 @@ pub struct ReloadState {
 
 impl Proxy {
     /// A proxy serving `gateway`.
-    pub fn new(gateway: Gateway, runtime: PluginRuntime, metrics: Metrics, access_log: AccessLog) -> Arc<Self> {
+    pub fn new(
+        gateway: Gateway,
+        runtime: PluginRuntime,
+        metrics: Metrics,
+        access_log: AccessLog,
+    ) -> Arc<Self> {
         let id_prefix = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+            );
             h.finish() as u32
         };
         Arc::new(Proxy {
@@ -85,12 +96,18 @@ impl Proxy {
 
     /// Reload outcomes so far.
     pub fn reload_state(&self) -> ReloadState {
-        self.reload.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Records a reload's outcome (a config reload, never the request path).
     pub fn record_reload(&self, result: Result<(), String>) {
-        let mut state = self.reload.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self
+            .reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match result {
             Ok(()) => {
                 state.reloads += 1;
@@ -116,10 +133,15 @@ impl Proxy {
     }
 
     /// Serves one client request.
-    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let gateway = self.gateway();
-        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let upgrade =
+            req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let body = RequestBody::new(body);
@@ -131,9 +153,15 @@ impl Proxy {
         {
             parts.headers.insert(HOST, v);
         }
-        let host = headers::request_authority(&parts.uri, &parts.headers).map(headers::strip_port).map(str::to_owned);
+        let host = headers::request_authority(&parts.uri, &parts.headers)
+            .map(headers::strip_port)
+            .map(str::to_owned);
         headers::add_forwarding(&mut parts.headers, client, host.as_deref());
-        let request_id = match parts.headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        let request_id = match parts
+            .headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+        {
             Some(id) => id.to_owned(),
             None => {
                 let id = self.new_request_id();
@@ -143,7 +171,11 @@ impl Proxy {
                 id
             }
         };
-        let mut head = Arc::new(RequestHead { parts, client, request_id });
+        let mut head = Arc::new(RequestHead {
+            parts,
+            client,
+            request_id,
+        });
         let mut done = Finish::new(self.clone(), head.clone(), start);
 
         // Request filters, in config order.
@@ -154,12 +186,18 @@ impl Proxy {
                     drop(done.head.take());
                     match Arc::get_mut(&mut head) {
                         Some(h) => apply_ops(&mut h.parts.headers, ops),
-                        None => tracing::warn!(plugin = f.plugin(), "request head still shared: header changes skipped"),
+                        None => tracing::warn!(
+                            plugin = f.plugin(),
+                            "request head still shared: header changes skipped"
+                        ),
                     }
                     done.head = Some(head.clone());
                 }
                 Ok(RequestAction::Respond(local)) => {
-                    return done.plugin_response(local, format!("answered by filter {}", f.plugin()).into());
+                    return done.plugin_response(
+                        local,
+                        format!("answered by filter {}", f.plugin()).into(),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(plugin = f.plugin(), error = %e, "filter fault: the request continues unchanged");
@@ -170,33 +208,41 @@ impl Proxy {
 
         // Routing.
         let cluster = match &gateway.router {
-            Router::Table(table) => {
-                match table.route(host.as_deref(), head.parts.uri.path()) {
-                    Some(i) => gateway.clusters[i].clone(),
-                    None => return done.local(StatusCode::NOT_FOUND, "no route".into()),
-                }
-            }
+            Router::Table(table) => match table.route(host.as_deref(), head.parts.uri.path()) {
+                Some(i) => gateway.clusters[i].clone(),
+                None => return done.local(StatusCode::NOT_FOUND, "no route".into()),
+            },
             Router::Plugin(router) => match router.route(&head) {
                 Ok(RouteDecision::Cluster(name)) => match gateway.cluster(&name) {
                     Some(c) => c.clone(),
                     None => {
                         tracing::warn!(plugin = router.plugin(), cluster = %name, "router chose an unknown cluster");
-                        return done.local(StatusCode::BAD_GATEWAY, format!("router chose unknown cluster {name}").into());
+                        return done.local(
+                            StatusCode::BAD_GATEWAY,
+                            format!("router chose unknown cluster {name}").into(),
+                        );
                     }
                 },
                 Ok(RouteDecision::Respond(local)) => {
-                    return done.plugin_response(local, format!("answered by router {}", router.plugin()).into());
+                    return done.plugin_response(
+                        local,
+                        format!("answered by router {}", router.plugin()).into(),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(plugin = router.plugin(), error = %e, "router fault");
                     self.metrics.fallback(router.plugin(), "router");
-                    return done.local(StatusCode::BAD_GATEWAY, format!("router fault: {}", router.plugin()).into());
+                    return done.local(
+                        StatusCode::BAD_GATEWAY,
+                        format!("router fault: {}", router.plugin()).into(),
+                    );
                 }
             },
         };
         done.cluster = Some(cluster.clone());
         done.active = Some(cluster.budget.request());
-        self.forward(done, &gateway, &cluster, head, body, client_upgrade).await
+        self.forward(done, &gateway, &cluster, head, body, client_upgrade)
+            .await
     }
 
     /// Tries endpoints of `cluster` until one answers, within the retry policy and budget.
@@ -226,7 +272,10 @@ impl Proxy {
             }
             let Some(id) = self.pick(cluster, &head, attempt, done.tried()) else {
                 if attempt == 1 {
-                    return done.local(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint".into());
+                    return done.local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no healthy endpoint".into(),
+                    );
                 }
                 break;
             };
@@ -236,7 +285,11 @@ impl Proxy {
             let in_flight = cluster.facts.start(id);
             let upstream = upstream_request(&head.parts, &endpoint.authority, &body);
             let sent = Instant::now();
-            let result = tokio::time::timeout(cluster.config.response_timeout, cluster.client.request(upstream)).await;
+            let result = tokio::time::timeout(
+                cluster.config.response_timeout,
+                cluster.client.request(upstream),
+            )
+            .await;
             let elapsed = sent.elapsed();
             done.upstream = Some(elapsed);
             // Safe to send again: an idempotent method whose body (if any) no attempt has read yet.
@@ -252,7 +305,11 @@ impl Proxy {
                     tracing::debug!(endpoint = %endpoint.address, error = %e, connect, "upstream attempt failed");
                     failure = Some((
                         StatusCode::BAD_GATEWAY,
-                        if connect { "upstream connect failure" } else { "upstream reset" },
+                        if connect {
+                            "upstream connect failure"
+                        } else {
+                            "upstream reset"
+                        },
                     ));
                     // A connect failure sent nothing; otherwise only safe requests go again.
                     let retry = (connect && body.reusable()) || safe;
@@ -276,18 +333,29 @@ impl Proxy {
                 }
             }
         }
-        let (status, reason) = failure.unwrap_or((StatusCode::BAD_GATEWAY, "no endpoint reachable"));
+        let (status, reason) =
+            failure.unwrap_or((StatusCode::BAD_GATEWAY, "no endpoint reachable"));
         done.local(status, reason.into())
     }
 
     /// The cluster's balancer picks, falling back to the fallback balancer when it faults.
-    fn pick(&self, cluster: &Cluster, head: &Arc<RequestHead>, attempt: u32, tried: &[EndpointId]) -> Option<EndpointId> {
+    fn pick(
+        &self,
+        cluster: &Cluster,
+        head: &Arc<RequestHead>,
+        attempt: u32,
+        tried: &[EndpointId],
+    ) -> Option<EndpointId> {
         let valid = |id: EndpointId| (id as usize) < cluster.endpoints.len();
         match cluster.balancer.pick(head, attempt, tried) {
             Ok(Some(id)) if valid(id) => return Some(id),
             Ok(None) => return None,
             Ok(Some(id)) => {
-                tracing::warn!(plugin = cluster.balancer.plugin(), id, "balancer picked an unknown endpoint: falling back");
+                tracing::warn!(
+                    plugin = cluster.balancer.plugin(),
+                    id,
+                    "balancer picked an unknown endpoint: falling back"
+                );
             }
             Err(e) => {
                 tracing::warn!(plugin = cluster.balancer.plugin(), error = %e, "balancer fault: falling back");
@@ -318,11 +386,13 @@ impl Proxy {
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<ProxyBody> {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let upstream_upgrade = (switching && client_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
+        let upstream_upgrade =
+            (switching && client_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upstream_upgrade.is_some());
         if !gateway.filters.is_empty() {
-            parts.headers = self.response_filters(gateway, cluster, &head, &done, parts.status, parts.headers);
+            parts.headers =
+                self.response_filters(gateway, cluster, &head, &done, parts.status, parts.headers);
         }
         done.status = parts.status.as_u16();
         if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
@@ -352,7 +422,10 @@ impl Proxy {
                 Ok(ops) if ops.is_empty() => {}
                 Ok(ops) => match Arc::get_mut(&mut rh) {
                     Some(r) => apply_ops(&mut r.headers, ops),
-                    None => tracing::warn!(plugin = f.plugin(), "response head still shared: header changes skipped"),
+                    None => tracing::warn!(
+                        plugin = f.plugin(),
+                        "response head still shared: header changes skipped"
+                    ),
                 },
                 Err(e) => {
                     tracing::warn!(plugin = f.plugin(), error = %e, "filter fault: the response continues unchanged");
@@ -369,7 +442,10 @@ impl Proxy {
 
 /// Methods that can be sent twice without a different effect (RFC 9110 §9.2.2).
 fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// The request for one attempt to `authority`: same method, path, query and headers, HTTP/1.1.
@@ -430,7 +506,11 @@ fn apply_ops(headers: &mut HeaderMap, ops: Vec<HeaderOp>) {
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, in_flight: Option<InFlight>) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    in_flight: Option<InFlight>,
+) {
     let (client, upstream) = tokio::join!(client, upstream);
     match (client, upstream) {
         (Ok(c), Ok(u)) => {
@@ -501,18 +581,29 @@ impl Finish {
         let mut resp = Response::new(ProxyBody::full(body, self));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         resp
     }
 
     /// A response a plugin asked for.
-    fn plugin_response(mut self, local: LocalResponse, reason: Cow<'static, str>) -> Response<ProxyBody> {
-        let status = StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    fn plugin_response(
+        mut self,
+        local: LocalResponse,
+        reason: Cow<'static, str>,
+    ) -> Response<ProxyBody> {
+        let status =
+            StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         self.status = status.as_u16();
         self.reason = Some(reason);
         let mut headers = HeaderMap::new();
         for (n, v) in &local.headers {
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(v)) {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
                 headers.append(n, v);
             }
         }
@@ -528,7 +619,9 @@ impl Drop for Finish {
     fn drop(&mut self) {
         let total = self.start.elapsed();
         let cluster = self.cluster.as_deref();
-        let endpoint = cluster.zip(self.endpoint).and_then(|(c, id)| c.endpoint(id));
+        let endpoint = cluster
+            .zip(self.endpoint)
+            .and_then(|(c, id)| c.endpoint(id));
         match (cluster, endpoint) {
             (_, Some(e)) => e.metrics.count(self.status),
             (Some(c), None) => c.metrics.local.count(self.status),
@@ -584,11 +677,17 @@ enum Inner {
 
 impl ProxyBody {
     fn upstream(body: Incoming, finish: Finish) -> Self {
-        ProxyBody { inner: Inner::Upstream(body), finish: Some(finish) }
+        ProxyBody {
+            inner: Inner::Upstream(body),
+            finish: Some(finish),
+        }
     }
 
     fn full(body: Bytes, finish: Finish) -> Self {
-        ProxyBody { inner: Inner::Full(Some(body)), finish: Some(finish) }
+        ProxyBody {
+            inner: Inner::Full(Some(body)),
+            finish: Some(finish),
+        }
     }
 }
 
@@ -596,10 +695,15 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+            Inner::Upstream(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         };
         if let Poll::Ready(None | Some(Err(_))) = &polled {

@@ -39,12 +39,19 @@ pub fn watch(proxy: Arc<Proxy>, path: &Path) -> Result<Reloader, notify::Error> 
         if event.kind.is_access() {
             return;
         }
-        if event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name) {
+        if event
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+        {
             let _ = file_tx.try_send(());
         }
     })?;
     // Watch the directory: editors and deploy tools replace the file rather than write it in place.
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -67,7 +74,10 @@ pub fn watch(proxy: Arc<Proxy>, path: &Path) -> Result<Reloader, notify::Error> 
         }
     });
     drop(tx);
-    Ok(Reloader { _watcher: watcher, task })
+    Ok(Reloader {
+        _watcher: watcher,
+        task,
+    })
 }
 
 /// Reads, validates and builds the config at `path`, then swaps it in. Returns the error when the
@@ -83,7 +93,9 @@ pub async fn reload(proxy: &Arc<Proxy>, path: &Path) -> Result<(), String> {
             || config.access_log != old.config.access_log
             || config.plugins != old.config.plugins
         {
-            tracing::warn!("listeners, admin, access log and plugin settings change only on restart");
+            tracing::warn!(
+                "listeners, admin, access log and plugin settings change only on restart"
+            );
         }
         Gateway::build(config, &p.runtime, &p.metrics).map_err(|e| e.to_string())
     })

@@ -24,7 +24,9 @@ impl RouteTable {
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
         self.routes
             .iter()
-            .find(|(r, _)| host_matches(r.host.as_deref(), host) && path.starts_with(&r.path_prefix))
+            .find(|(r, _)| {
+                host_matches(r.host.as_deref(), host) && path.starts_with(&r.path_prefix)
+            })
             .map(|(_, i)| *i)
     }
 }
@@ -48,7 +50,11 @@ mod tests {
     use super::*;
 
     fn route(host: Option<&str>, prefix: &str, cluster: &str) -> Route {
-        Route { host: host.map(str::to_string), path_prefix: prefix.to_string(), cluster: cluster.to_string() }
+        Route {
+            host: host.map(str::to_string),
+            path_prefix: prefix.to_string(),
+            cluster: cluster.to_string(),
+        }
     }
 
     fn table() -> RouteTable {

@@ -3,14 +3,21 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Backend, Proxy, config_for, eventually, get, h2c_client, http1_client, parse_prometheus, send, tally};
+use common::{
+    Backend, Proxy, config_for, eventually, get, h2c_client, http1_client, parse_prometheus, send,
+    tally,
+};
 use http_body_util::Full;
 use hyper::{Request, StatusCode};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn three_backends() -> Vec<Backend> {
-    vec![Backend::start("1").await, Backend::start("2").await, Backend::start("3").await]
+    vec![
+        Backend::start("1").await,
+        Backend::start("2").await,
+        Backend::start("3").await,
+    ]
 }
 
 fn addrs(backends: &[Backend]) -> Vec<std::net::SocketAddr> {
@@ -29,7 +36,11 @@ fn read_log(dir: &std::path::Path) -> Vec<serde_json::Value> {
 async fn round_robin_spreads_300_requests_evenly_over_http1_and_h2c() {
     let backends = three_backends().await;
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&config_for(&addrs(&backends), "balancer = \"round-robin\"", ""), dir.path()).await;
+    let proxy = Proxy::start(
+        &config_for(&addrs(&backends), "balancer = \"round-robin\"", ""),
+        dir.path(),
+    )
+    .await;
 
     for client in [http1_client(), h2c_client()] {
         let mut bodies = Vec::new();
@@ -73,23 +84,44 @@ async fn a_killed_backend_fails_no_idempotent_request_and_the_log_shows_retries(
         }));
     }
     // Kill backend 2 while requests flow (some are in flight to it).
-    assert!(eventually(Duration::from_secs(10), async || sent.load(std::sync::atomic::Ordering::Relaxed) >= 80).await);
+    assert!(
+        eventually(Duration::from_secs(10), async || sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 80)
+        .await
+    );
     backends[1].kill();
     for w in workers {
         let failures = w.await.unwrap();
-        assert!(failures.is_empty(), "idempotent requests failed: {failures:?}");
+        assert!(
+            failures.is_empty(),
+            "idempotent requests failed: {failures:?}"
+        );
     }
     let after_kill = backends[1].hits("/slow");
     assert!(after_kill < 320);
 
-    let retried = async || read_log(dir.path()).iter().filter(|e| e["attempts"].as_u64() > Some(1)).count() > 0;
-    assert!(eventually(Duration::from_secs(5), retried).await, "the access log shows retries");
+    let retried = async || {
+        read_log(dir.path())
+            .iter()
+            .filter(|e| e["attempts"].as_u64() > Some(1))
+            .count()
+            > 0
+    };
+    assert!(
+        eventually(Duration::from_secs(5), retried).await,
+        "the access log shows retries"
+    );
     let log = read_log(dir.path());
     assert_eq!(log.len(), 320);
     let dead = backends[1].addr.to_string();
     for e in log.iter().filter(|e| e["attempts"].as_u64() > Some(1)) {
         assert_eq!(e["status"], 200);
-        assert_eq!(e["tried"][0], dead.as_str(), "retries moved away from the dead backend: {e}");
+        assert_eq!(
+            e["tried"][0],
+            dead.as_str(),
+            "retries moved away from the dead backend: {e}"
+        );
         assert_ne!(e["endpoint"], dead.as_str());
     }
     std::sync::Arc::into_inner(proxy).unwrap().stop().await;
@@ -104,16 +136,26 @@ async fn a_post_that_was_sent_is_not_retried_but_one_that_could_not_connect_is()
     let client = http1_client();
 
     let post = |path: &str| {
-        Request::post(proxy.url(path)).body(Full::new(Bytes::from_static(b"order #1"))).unwrap()
+        Request::post(proxy.url(path))
+            .body(Full::new(Bytes::from_static(b"order #1")))
+            .unwrap()
     };
     let (status, body) = send(&client, post("/die-after-body")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert_eq!(common::total_hits(&backends, "/die-after-body"), 1, "the POST reached one backend once");
+    assert_eq!(
+        common::total_hits(&backends, "/die-after-body"),
+        1,
+        "the POST reached one backend once"
+    );
 
     // The same failure on a GET is retried on the other endpoints.
     let (status, _) = get(&client, &proxy.url("/die-after-body")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert_eq!(common::total_hits(&backends, "/die-after-body"), 4, "1 POST + 3 GET attempts");
+    assert_eq!(
+        common::total_hits(&backends, "/die-after-body"),
+        4,
+        "1 POST + 3 GET attempts"
+    );
 
     // A POST whose endpoint refuses the connection was never sent: it goes to another endpoint.
     backends[0].kill();
@@ -124,13 +166,20 @@ async fn a_post_that_was_sent_is_not_retried_but_one_that_could_not_connect_is()
         assert_eq!((status, body.as_str()), (StatusCode::OK, "8"));
     }
 
-    assert!(eventually(Duration::from_secs(5), async || read_log(dir.path()).len() == 5).await);
+    assert!(
+        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
+            == 5)
+        .await
+    );
     let log = read_log(dir.path());
     assert_eq!(log[0]["method"], "POST");
     assert_eq!(log[0]["attempts"], 1);
     assert_eq!(log[0]["reason"], "upstream reset");
     assert_eq!(log[1]["attempts"], 3);
-    assert!(log[2..].iter().any(|e| e["attempts"].as_u64() > Some(1)), "a refused POST was retried: {log:?}");
+    assert!(
+        log[2..].iter().any(|e| e["attempts"].as_u64() > Some(1)),
+        "a refused POST was retried: {log:?}"
+    );
     proxy.stop().await;
 }
 
@@ -139,15 +188,21 @@ async fn metrics_parse_and_match_the_requests_sent() {
     let backends = three_backends().await;
     let dir = tempfile::tempdir().unwrap();
     // `/nowhere` goes to a cluster without endpoints; everything else to `web`.
-    let text = config_for(&addrs(&backends), "", "[[routes]]\npath_prefix = \"/nowhere\"\ncluster = \"empty\"")
-        + "\n[[clusters]]\nname = \"empty\"\n";
+    let text = config_for(
+        &addrs(&backends),
+        "",
+        "[[routes]]\npath_prefix = \"/nowhere\"\ncluster = \"empty\"",
+    ) + "\n[[clusters]]\nname = \"empty\"\n";
     let proxy = Proxy::start(&text, dir.path()).await;
     let client = http1_client();
     for _ in 0..30 {
         assert_eq!(get(&client, &proxy.url("/")).await.0, StatusCode::OK);
     }
     for _ in 0..4 {
-        assert_eq!(get(&client, &proxy.url("/nowhere")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get(&client, &proxy.url("/nowhere")).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
     let (status, metrics) = get(&client, &proxy.admin_url("/metrics")).await;
     assert_eq!(status, StatusCode::OK);
@@ -155,7 +210,11 @@ async fn metrics_parse_and_match_the_requests_sent() {
     let requests = |cluster: &str, class: &str| -> f64 {
         samples
             .iter()
-            .filter(|s| s.name == "sluicegate_requests_total" && s.label("cluster") == Some(cluster) && s.label("class") == Some(class))
+            .filter(|s| {
+                s.name == "sluicegate_requests_total"
+                    && s.label("cluster") == Some(cluster)
+                    && s.label("class") == Some(class)
+            })
             .map(|s| s.value)
             .sum()
     };
@@ -165,29 +224,57 @@ async fn metrics_parse_and_match_the_requests_sent() {
     for b in &backends {
         let per_endpoint = samples
             .iter()
-            .find(|s| s.name == "sluicegate_requests_total" && s.label("endpoint") == Some(&b.addr.to_string()) && s.label("class") == Some("2xx"))
+            .find(|s| {
+                s.name == "sluicegate_requests_total"
+                    && s.label("endpoint") == Some(&b.addr.to_string())
+                    && s.label("class") == Some("2xx")
+            })
             .unwrap();
         assert_eq!(per_endpoint.value, 10.0);
     }
     let count = samples
         .iter()
-        .find(|s| s.name == "sluicegate_request_duration_seconds_count" && s.label("cluster") == Some("web"))
+        .find(|s| {
+            s.name == "sluicegate_request_duration_seconds_count"
+                && s.label("cluster") == Some("web")
+        })
         .unwrap();
     assert_eq!(count.value, 30.0);
     let calls: f64 = samples
         .iter()
-        .filter(|s| s.name == "sluicegate_plugin_calls_total" && s.label("plugin") == Some("round-robin"))
+        .filter(|s| {
+            s.name == "sluicegate_plugin_calls_total" && s.label("plugin") == Some("round-robin")
+        })
         .map(|s| s.value)
         .sum();
-    assert!(calls >= 30.0, "round-robin was called for every request: {calls}");
-    assert!(samples.iter().any(|s| s.name == "sluicegate_open_connections"));
+    assert!(
+        calls >= 30.0,
+        "round-robin was called for every request: {calls}"
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.name == "sluicegate_open_connections")
+    );
 
     let (status, body) = get(&client, &proxy.admin_url("/status")).await;
     assert_eq!(status, StatusCode::OK);
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(status["clusters"][0]["endpoints"].as_array().unwrap().len(), 3);
-    assert!(status["plugins"].as_array().unwrap().iter().any(|p| p["name"] == "round-robin"));
-    assert_eq!(get(&client, &proxy.admin_url("/ready")).await.0, StatusCode::OK);
+    assert_eq!(
+        status["clusters"][0]["endpoints"].as_array().unwrap().len(),
+        3
+    );
+    assert!(
+        status["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "round-robin")
+    );
+    assert_eq!(
+        get(&client, &proxy.admin_url("/ready")).await.0,
+        StatusCode::OK
+    );
     proxy.stop().await;
 }
 
@@ -197,9 +284,11 @@ async fn upgrades_pass_through_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(&config_for(&[backend.addr], "", ""), dir.path()).await;
     let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    conn.write_all(b"GET /upgrade HTTP/1.1\r\nHost: example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
+    conn.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -212,7 +301,10 @@ async fn upgrades_pass_through_both_ways() {
     for msg in [&b"ping"[..], b"a longer message"] {
         conn.write_all(msg).await.unwrap();
         let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut back)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(back, msg);
     }
     proxy.stop().await;
@@ -265,18 +357,33 @@ address = "{backend}"
     let client = http1_client();
     let cases = [
         ("/nothing-here", StatusCode::NOT_FOUND, "no route"),
-        ("/empty", StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint"),
+        (
+            "/empty",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy endpoint",
+        ),
         ("/down", StatusCode::BAD_GATEWAY, "upstream connect failure"),
-        ("/slow?ms=3000", StatusCode::GATEWAY_TIMEOUT, "upstream timeout"),
+        (
+            "/slow?ms=3000",
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream timeout",
+        ),
     ];
     for (path, status, reason) in cases {
         let (got, body) = get(&client, &proxy.url(path)).await;
         assert_eq!((got, body.trim()), (status, reason), "{path}");
     }
-    assert!(eventually(Duration::from_secs(5), async || read_log(dir.path()).len() == 4).await);
+    assert!(
+        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
+            == 4)
+        .await
+    );
     let log = read_log(dir.path());
     for ((_, status, reason), e) in cases.iter().zip(&log) {
-        assert_eq!((e["status"].as_u64(), e["reason"].as_str()), (Some(u64::from(status.as_u16())), Some(*reason)));
+        assert_eq!(
+            (e["status"].as_u64(), e["reason"].as_str()),
+            (Some(u64::from(status.as_u16())), Some(*reason))
+        );
     }
     assert_eq!(log[2]["cluster"], "down");
     assert_eq!(backend.hits("/slow"), 1, "timeouts are not retried");
@@ -300,18 +407,28 @@ async fn hop_by_hop_headers_stop_and_forwarding_headers_are_added() {
         .unwrap();
     let (status, seen) = send(&client, req).await;
     assert_eq!(status, StatusCode::OK);
-    let seen: std::collections::HashMap<&str, &str> = seen.lines().filter_map(|l| l.split_once(": ")).collect();
+    let seen: std::collections::HashMap<&str, &str> =
+        seen.lines().filter_map(|l| l.split_once(": ")).collect();
     for gone in ["x-private", "proxy-authorization", "te", "keep-alive"] {
-        assert!(!seen.contains_key(gone), "{gone} reached the backend: {seen:?}");
+        assert!(
+            !seen.contains_key(gone),
+            "{gone} reached the backend: {seen:?}"
+        );
     }
     assert_eq!(seen["x-kept"], "yes");
     assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"], "http");
-    assert!(seen["forwarded"].starts_with("for=127.0.0.1;proto=http"), "{seen:?}");
+    assert!(
+        seen["forwarded"].starts_with("for=127.0.0.1;proto=http"),
+        "{seen:?}"
+    );
     assert_eq!(seen["x-request-id"].len(), 24);
     assert_eq!(seen["host"], proxy.addr.to_string());
 
-    let req = Request::get(proxy.url("/echo-headers")).header("x-request-id", "abc-123").body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get(proxy.url("/echo-headers"))
+        .header("x-request-id", "abc-123")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let (_, seen) = send(&client, req).await;
     assert!(seen.contains("x-request-id: abc-123\n"), "{seen}");
     proxy.stop().await;
@@ -336,15 +453,34 @@ async fn a_broken_reload_is_refused_and_a_good_one_applies() {
     let client = http1_client();
     let url = format!("http://{addr}/");
 
-    std::fs::write(&path, good.replace("[[routes]]\ncluster = \"web\"", "[[routes]]\ncluster = \"nope\"")).unwrap();
+    std::fs::write(
+        &path,
+        good.replace(
+            "[[routes]]\ncluster = \"web\"",
+            "[[routes]]\ncluster = \"nope\"",
+        ),
+    )
+    .unwrap();
     let err = sluicegate::reload::reload(&proxy, &path).await.unwrap_err();
-    assert!(err.contains("sluicegate.toml:") && err.contains("unknown cluster `nope`"), "{err}");
-    assert_eq!(get(&client, &url).await, (StatusCode::OK, "hello from 1".to_string()));
-    assert_eq!(proxy.reload_state().last_error.as_deref(), Some(err.as_str()));
+    assert!(
+        err.contains("sluicegate.toml:") && err.contains("unknown cluster `nope`"),
+        "{err}"
+    );
+    assert_eq!(
+        get(&client, &url).await,
+        (StatusCode::OK, "hello from 1".to_string())
+    );
+    assert_eq!(
+        proxy.reload_state().last_error.as_deref(),
+        Some(err.as_str())
+    );
 
     std::fs::write(&path, config_for(&addrs(&backends[1..2]), "", "")).unwrap();
     sluicegate::reload::reload(&proxy, &path).await.unwrap();
-    assert_eq!(get(&client, &url).await, (StatusCode::OK, "hello from 2".to_string()));
+    assert_eq!(
+        get(&client, &url).await,
+        (StatusCode::OK, "hello from 2".to_string())
+    );
     assert_eq!(proxy.reload_state().reloads, 1);
 
     let _ = stop.send(());

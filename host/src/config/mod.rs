@@ -296,14 +296,20 @@ impl Checker<'_> {
         self.error(spanned.span(), message)
     }
 
-    fn plugin_use(&self, plugin: &Spanned<String>, settings: &toml::Table) -> Result<PluginUse, ConfigError> {
+    fn plugin_use(
+        &self,
+        plugin: &Spanned<String>,
+        settings: &toml::Table,
+    ) -> Result<PluginUse, ConfigError> {
         if plugin.get_ref().trim().is_empty() {
             return Err(self.err_at(plugin, "the plugin name is empty".into()));
         }
         let settings = if settings.is_empty() {
             String::new()
         } else {
-            toml::to_string(settings).map_err(|e| self.err_at(plugin, format!("settings cannot be written as TOML: {e}")))?
+            toml::to_string(settings).map_err(|e| {
+                self.err_at(plugin, format!("settings cannot be written as TOML: {e}"))
+            })?
         };
         Ok(PluginUse {
             plugin: plugin.get_ref().clone(),
@@ -317,7 +323,10 @@ impl Checker<'_> {
         spanned.get_ref().parse().map_err(|e| {
             self.err_at(
                 spanned,
-                format!("bad address `{}`: {e} (expected ip:port, like 127.0.0.1:8080)", spanned.get_ref()),
+                format!(
+                    "bad address `{}`: {e} (expected ip:port, like 127.0.0.1:8080)",
+                    spanned.get_ref()
+                ),
             )
         })
     }
@@ -325,7 +334,11 @@ impl Checker<'_> {
     fn validate(&self, raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         let resolve = |p: &str| {
             let p = Path::new(p);
-            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
         };
 
         let mut listeners = Vec::new();
@@ -333,19 +346,27 @@ impl Checker<'_> {
         for l in &raw.listeners {
             let address = self.address(&l.address)?;
             if !seen.insert(address) {
-                return Err(self.err_at(&l.address, format!("duplicate listener address `{address}`")));
+                return Err(self.err_at(
+                    &l.address,
+                    format!("duplicate listener address `{address}`"),
+                ));
             }
             let protocol = match l.protocol.as_ref().map(|p| p.get_ref().as_str()) {
                 None | Some("http") => Protocol::Http,
                 Some(other) => {
                     let p = l.protocol.as_ref().expect("matched Some");
-                    return Err(self.err_at(p, format!("unknown protocol `{other}`: this build serves `http`")));
+                    return Err(self.err_at(
+                        p,
+                        format!("unknown protocol `{other}`: this build serves `http`"),
+                    ));
                 }
             };
             listeners.push(ListenerConfig {
                 address,
                 protocol,
-                header_read_timeout: l.header_read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+                header_read_timeout: l
+                    .header_read_timeout
+                    .map_or(Duration::from_secs(10), |d| d.0),
                 idle_timeout: l.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
             });
         }
@@ -368,7 +389,10 @@ impl Checker<'_> {
         let plugins = PluginsConfig {
             dir: raw.plugins.dir.as_deref().map(resolve),
             cache_dir: raw.plugins.cache_dir.as_deref().map(resolve),
-            call_deadline: raw.plugins.call_deadline.map_or(Duration::from_millis(10), |d| d.0),
+            call_deadline: raw
+                .plugins
+                .call_deadline
+                .map_or(Duration::from_millis(10), |d| d.0),
             memory_limit_mb: raw.plugins.memory_limit_mb.unwrap_or(64),
         };
 
@@ -380,24 +404,35 @@ impl Checker<'_> {
         let mut names = HashSet::new();
         for (c, raw_c) in clusters.iter().zip(&raw.clusters) {
             if !names.insert(c.name.as_str()) {
-                return Err(self.err_at(&raw_c.name, format!("duplicate cluster name `{}`", c.name)));
+                return Err(
+                    self.err_at(&raw_c.name, format!("duplicate cluster name `{}`", c.name))
+                );
             }
         }
 
         let routing = match (&raw.router, raw.routes.is_empty()) {
             (Some(RawPluginUse { plugin, .. }), false) => {
-                return Err(self.err_at(plugin, "use either a router plugin or [[routes]], not both".into()));
+                return Err(self.err_at(
+                    plugin,
+                    "use either a router plugin or [[routes]], not both".into(),
+                ));
             }
             (Some(r), true) => Routing::Plugin(self.plugin_use(&r.plugin, &r.settings)?),
             (None, _) => {
                 let mut routes = Vec::new();
                 for r in &raw.routes {
                     if !names.contains(r.cluster.get_ref().as_str()) {
-                        return Err(self.err_at(&r.cluster, format!("unknown cluster `{}`", r.cluster.get_ref())));
+                        return Err(self.err_at(
+                            &r.cluster,
+                            format!("unknown cluster `{}`", r.cluster.get_ref()),
+                        ));
                     }
                     let path_prefix = match &r.path_prefix {
                         Some(p) if !p.get_ref().starts_with('/') => {
-                            return Err(self.err_at(p, format!("path_prefix `{}` must start with `/`", p.get_ref())));
+                            return Err(self.err_at(
+                                p,
+                                format!("path_prefix `{}` must start with `/`", p.get_ref()),
+                            ));
                         }
                         Some(p) => p.get_ref().clone(),
                         None => "/".to_string(),
@@ -424,7 +459,10 @@ impl Checker<'_> {
             admin,
             access_log,
             plugins,
-            drain_timeout: raw.shutdown.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            drain_timeout: raw
+                .shutdown
+                .drain_timeout
+                .map_or(Duration::from_secs(30), |d| d.0),
             routing,
             filters,
             clusters,
@@ -442,10 +480,15 @@ impl Checker<'_> {
             let address = e.address.get_ref();
             check_endpoint_address(address).map_err(|m| self.err_at(&e.address, m))?;
             if !seen.insert(address.as_str()) {
-                return Err(self.err_at(&e.address, format!("duplicate endpoint `{address}` in cluster `{name}`")));
+                return Err(self.err_at(
+                    &e.address,
+                    format!("duplicate endpoint `{address}` in cluster `{name}`"),
+                ));
             }
             let weight = match &e.weight {
-                Some(w) if *w.get_ref() == 0 => return Err(self.err_at(w, "weight must be at least 1".into())),
+                Some(w) if *w.get_ref() == 0 => {
+                    return Err(self.err_at(w, "weight must be at least 1".into()));
+                }
                 Some(w) => *w.get_ref(),
                 None => 1,
             };
@@ -457,17 +500,26 @@ impl Checker<'_> {
                 };
                 metadata.push((k.clone(), v));
             }
-            endpoints.push(EndpointConfig { address: address.clone(), weight, metadata });
+            endpoints.push(EndpointConfig {
+                address: address.clone(),
+                weight,
+                metadata,
+            });
         }
         let default_balancer = |s: &Option<Spanned<String>>| {
-            s.clone().unwrap_or_else(|| Spanned::new(c.name.span(), "round-robin".to_string()))
+            s.clone()
+                .unwrap_or_else(|| Spanned::new(c.name.span(), "round-robin".to_string()))
         };
         let balancer = self.plugin_use(&default_balancer(&c.balancer), &c.balancer_settings)?;
-        let fallback_balancer = self.plugin_use(&default_balancer(&c.fallback_balancer), &toml::Table::new())?;
+        let fallback_balancer =
+            self.plugin_use(&default_balancer(&c.fallback_balancer), &toml::Table::new())?;
 
         let attempts = match &c.retry.attempts {
             Some(a) if *a.get_ref() == 0 => {
-                return Err(self.err_at(a, "attempts counts the first try too: it must be at least 1".into()));
+                return Err(self.err_at(
+                    a,
+                    "attempts counts the first try too: it must be at least 1".into(),
+                ));
             }
             Some(a) => *a.get_ref(),
             None => 3,
@@ -507,7 +559,9 @@ impl Checker<'_> {
 
 /// An endpoint is `host:port` (a name or an IP; IPv6 in brackets).
 fn check_endpoint_address(address: &str) -> Result<(), String> {
-    let bad = |why: &str| format!("bad endpoint address `{address}`: {why} (expected host:port, like 10.0.0.5:8080)");
+    let bad = |why: &str| {
+        format!("bad endpoint address `{address}`: {why} (expected host:port, like 10.0.0.5:8080)")
+    };
     let authority: http::uri::Authority = address.parse().map_err(|_| bad("not a host:port"))?;
     if authority.as_str().contains('@') {
         return Err(bad("user info is not allowed"));
@@ -531,7 +585,9 @@ mod tests {
 
     fn invalid(text: &str) -> (usize, String, String) {
         match parse(text) {
-            Err(ConfigError::Invalid { at, key, message, .. }) => (at.line, key, message),
+            Err(ConfigError::Invalid {
+                at, key, message, ..
+            }) => (at.line, key, message),
             other => panic!("expected an invalid-config error, got {other:?}"),
         }
     }
@@ -572,8 +628,13 @@ address = "localhost:9002"
         let c = parse(GOOD).unwrap();
         assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.admin, Some(DEFAULT_ADMIN.parse().unwrap()));
-        assert_eq!(c.access_log.path, Some(PathBuf::from("/etc/sg/logs/access.log")));
-        let Routing::Table(routes) = &c.routing else { panic!("expected a table") };
+        assert_eq!(
+            c.access_log.path,
+            Some(PathBuf::from("/etc/sg/logs/access.log"))
+        );
+        let Routing::Table(routes) = &c.routing else {
+            panic!("expected a table")
+        };
         assert_eq!(routes[0].host.as_deref(), Some("api.example.com"));
         assert_eq!(routes[1].path_prefix, "/");
         let web = &c.clusters[0];
@@ -590,7 +651,8 @@ address = "localhost:9002"
 
     #[test]
     fn syntax_errors_name_the_line() {
-        let (line, _, message) = invalid("[[listeners]]\naddress = \"127.0.0.1:80\"\nprotocol = \n");
+        let (line, _, message) =
+            invalid("[[listeners]]\naddress = \"127.0.0.1:80\"\nprotocol = \n");
         assert_eq!(line, 3);
         assert!(!message.is_empty());
     }
@@ -605,7 +667,8 @@ address = "localhost:9002"
 
     #[test]
     fn bad_durations_name_the_line() {
-        let (line, key, message) = invalid("[[clusters]]\nname = \"a\"\n\nconnect_timeout = \"5 parsecs\"\n");
+        let (line, key, message) =
+            invalid("[[clusters]]\nname = \"a\"\n\nconnect_timeout = \"5 parsecs\"\n");
         assert_eq!(line, 4);
         assert_eq!(key, "[[clusters]] connect_timeout");
         assert!(message.contains("unit"), "{message}");
@@ -638,25 +701,37 @@ address = "localhost:9002"
         let (line, _, message) = invalid("[[listeners]]\naddress = \"localhost\"\n");
         assert_eq!(line, 2);
         assert!(message.contains("bad address"), "{message}");
-        let (line, _, message) = invalid("[[clusters]]\nname = \"a\"\n[[clusters.endpoints]]\naddress = \"backend\"\n");
+        let (line, _, message) =
+            invalid("[[clusters]]\nname = \"a\"\n[[clusters.endpoints]]\naddress = \"backend\"\n");
         assert_eq!(line, 4);
         assert!(message.contains("port is missing"), "{message}");
     }
 
     #[test]
     fn router_plugin_and_routes_are_exclusive() {
-        let text = "[router]\nplugin = \"r\"\n[[routes]]\ncluster = \"a\"\n[[clusters]]\nname = \"a\"\n";
+        let text =
+            "[router]\nplugin = \"r\"\n[[routes]]\ncluster = \"a\"\n[[clusters]]\nname = \"a\"\n";
         let (line, _, message) = invalid(text);
         assert_eq!(line, 2);
         assert!(message.contains("not both"), "{message}");
         let c = parse("[router]\nplugin = \"r\"\nsettings = { x = 1 }\n").unwrap();
-        let Routing::Plugin(p) = c.routing else { panic!("expected a plugin") };
-        assert_eq!((p.plugin.as_str(), p.settings.trim(), p.at.line), ("r", "x = 1", 2));
+        let Routing::Plugin(p) = c.routing else {
+            panic!("expected a plugin")
+        };
+        assert_eq!(
+            (p.plugin.as_str(), p.settings.trim(), p.at.line),
+            ("r", "x = 1", 2)
+        );
     }
 
     #[test]
     fn error_display_names_file_line_and_key() {
-        let err = parse("[[routes]]\ncluster = \"nope\"\n").unwrap_err().to_string();
-        assert_eq!(err, "test.toml:2:11: [[routes]] cluster: unknown cluster `nope`");
+        let err = parse("[[routes]]\ncluster = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "test.toml:2:11: [[routes]] cluster: unknown cluster `nope`"
+        );
     }
 }

@@ -34,7 +34,10 @@ impl RequestBody {
     pub fn reusable(&self) -> bool {
         match self {
             RequestBody::Empty => true,
-            RequestBody::Pending(slot) => slot.lock().unwrap_or_else(PoisonError::into_inner).is_some(),
+            RequestBody::Pending(slot) => slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some(),
         }
     }
 
@@ -75,7 +78,10 @@ impl Body for AttemptBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if this.body.is_none() {
             match &this.shared {
@@ -83,13 +89,17 @@ impl Body for AttemptBody {
                 RequestBody::Pending(slot) => {
                     this.body = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
                     if this.body.is_none() {
-                        return Poll::Ready(Some(Err("the request body was already consumed by an earlier attempt".into())));
+                        return Poll::Ready(Some(Err(
+                            "the request body was already consumed by an earlier attempt".into(),
+                        )));
                     }
                 }
             }
         }
         let body = this.body.as_mut().expect("taken above");
-        Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
+        Pin::new(body)
+            .poll_frame(cx)
+            .map_err(|e| Box::new(e) as BoxError)
     }
 
     fn is_end_stream(&self) -> bool {

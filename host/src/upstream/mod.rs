@@ -84,7 +84,11 @@ impl Cluster {
     ) -> Result<Cluster, ConfigError> {
         let facts = ClusterFacts::new(config.endpoints.len());
         let balancer = runtime
-            .balancer(&config.balancer.plugin, &config.balancer.settings, facts.clone())
+            .balancer(
+                &config.balancer.plugin,
+                &config.balancer.settings,
+                facts.clone(),
+            )
             .map_err(|e| plugin_error(file, &config.balancer, e))?;
         let fallback = runtime
             .balancer(
@@ -98,7 +102,10 @@ impl Cluster {
         for (i, e) in config.endpoints.iter().enumerate() {
             let authority = e.address.parse().map_err(|_| ConfigError::Other {
                 file: file.to_string(),
-                message: format!("cluster `{}`: bad endpoint address `{}`", config.name, e.address),
+                message: format!(
+                    "cluster `{}`: bad endpoint address `{}`",
+                    config.name, e.address
+                ),
             })?;
             endpoints.push(Endpoint {
                 id: i as EndpointId,

@@ -35,7 +35,9 @@ impl RetryBudget {
         let active = self.active.load(Ordering::Relaxed);
         let limit = ((f64::from(active) * self.ratio) as u32).max(self.min_retries);
         self.retries
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |r| (r < limit).then_some(r + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |r| {
+                (r < limit).then_some(r + 1)
+            })
             .ok()
             .map(|_| RetryPermit(self.clone()))
     }
@@ -77,9 +79,15 @@ mod tests {
         let a = budget.try_retry();
         let b = budget.try_retry();
         assert!(a.is_some() && b.is_some());
-        assert!(budget.try_retry().is_none(), "a third retry exceeds min_retries = 2");
+        assert!(
+            budget.try_retry().is_none(),
+            "a third retry exceeds min_retries = 2"
+        );
         drop(a);
-        assert!(budget.try_retry().is_some(), "a finished retry gives its permit back");
+        assert!(
+            budget.try_retry().is_some(),
+            "a finished retry gives its permit back"
+        );
     }
 
     #[test]
@@ -92,6 +100,9 @@ mod tests {
         drop(active);
         drop(permits);
         assert_eq!(budget.retries_in_flight(), 0);
-        assert!(budget.try_retry().is_none(), "no active request, min 0: no retry");
+        assert!(
+            budget.try_retry().is_none(),
+            "no active request, min 0: no retry"
+        );
     }
 }

@@ -52,11 +52,14 @@ impl Backend {
             // Connection tasks live in the set: killing the backend aborts them (connections reset).
             let mut conns = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let name = name_owned.clone();
                 let hits = hits2.clone();
                 conns.spawn(async move {
-                    let service = service_fn(move |req| backend_handle(name.clone(), hits.clone(), req));
+                    let service =
+                        service_fn(move |req| backend_handle(name.clone(), hits.clone(), req));
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
@@ -64,7 +67,12 @@ impl Backend {
                 while conns.try_join_next().is_some() {}
             }
         });
-        Backend { addr, name: name.to_string(), hits, task }
+        Backend {
+            addr,
+            name: name.to_string(),
+            hits,
+            task,
+        }
     }
 
     /// Stops accepting and resets every open connection.
@@ -86,7 +94,11 @@ impl Drop for Backend {
 fn query_u64(req: &Request<Incoming>, key: &str) -> u64 {
     req.uri()
         .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(&format!("{key}="))).map(str::to_string))
+        .and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .map(str::to_string)
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
@@ -94,7 +106,9 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> u64 {
 type BackendBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 fn full(text: impl Into<Bytes>) -> BackendBody {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 async fn backend_handle(
@@ -116,7 +130,11 @@ async fn backend_handle(
             }
             Ok(Response::new(full(text)))
         }
-        "/download" => Ok(Response::new(Zeros::new(query_u64(&req, "bytes")).map_err(|e| match e {}).boxed())),
+        "/download" => Ok(Response::new(
+            Zeros::new(query_u64(&req, "bytes"))
+                .map_err(|e| match e {})
+                .boxed(),
+        )),
         "/upload" => {
             let mut n = 0u64;
             let mut body = req.into_body();
@@ -141,8 +159,10 @@ async fn backend_handle(
             });
             let mut resp = Response::new(full(Bytes::new()));
             *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            resp.headers_mut().insert("upgrade", "echo".parse().unwrap());
-            resp.headers_mut().insert("connection", "upgrade".parse().unwrap());
+            resp.headers_mut()
+                .insert("upgrade", "echo".parse().unwrap());
+            resp.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
             Ok(resp)
         }
         _ => Ok(Response::new(full(format!("hello from {name}")))),
@@ -166,7 +186,10 @@ impl Body for Zeros {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.left == 0 {
             return Poll::Ready(None);
         }
@@ -191,21 +214,35 @@ pub fn http1_client() -> Client<HttpConnector, Full<Bytes>> {
 
 /// An HTTP/2 client with prior knowledge (h2c).
 pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// GETs `url`, returning the status and the body as text.
 pub async fn get(client: &Client<HttpConnector, Full<Bytes>>, url: &str) -> (StatusCode, String) {
-    send(client, Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+    send(
+        client,
+        Request::get(url).body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await
 }
 
-pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> (StatusCode, String) {
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, String) {
     let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
         .await
         .expect("request timed out")
         .expect("request failed");
     let status = resp.status();
-    let body = resp.into_body().collect().await.expect("reading the body").to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("reading the body")
+        .to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -231,7 +268,13 @@ impl Proxy {
         let task = tokio::spawn(server.run(listeners, async move {
             let _ = rx.await;
         }));
-        Proxy { addr, admin, proxy, stop: Some(tx), task: Some(task) }
+        Proxy {
+            addr,
+            admin,
+            proxy,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -273,7 +316,8 @@ pub fn config_for(backends: &[SocketAddr], cluster_extra: &str, top_extra: &str)
 pub fn tally<'a>(bodies: impl IntoIterator<Item = &'a String>) -> HashMap<String, usize> {
     let mut t = HashMap::new();
     for b in bodies {
-        *t.entry(b.trim().trim_start_matches("hello from ").to_string()).or_default() += 1;
+        *t.entry(b.trim().trim_start_matches("hello from ").to_string())
+            .or_default() += 1;
     }
     t
 }
@@ -288,13 +332,18 @@ pub struct Sample {
 
 impl Sample {
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 fn valid_metric_name(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
@@ -324,7 +373,18 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
                 "HELP" | "UNIT" => {}
                 "TYPE" => {
                     let t = parts.next().ok_or(format!("line {n}: no type"))?;
-                    if !["counter", "gauge", "histogram", "summary", "unknown", "info", "stateset", "gaugehistogram"].contains(&t) {
+                    if ![
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "summary",
+                        "unknown",
+                        "info",
+                        "stateset",
+                        "gaugehistogram",
+                    ]
+                    .contains(&t)
+                    {
                         return Err(format!("line {n}: unknown type {t}"));
                     }
                     families.insert(name.to_string(), t.to_string());
@@ -341,10 +401,15 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
         if !valid_metric_name(name) {
             return Err(format!("line {n}: bad sample name {name:?}"));
         }
-        let family = ["_total", "_bucket", "_sum", "_count", "_created", "_info", ""]
-            .iter()
-            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| families.contains_key(*f)))
-            .ok_or(format!("line {n}: sample {name} of no declared family"))?;
+        let family = [
+            "_total", "_bucket", "_sum", "_count", "_created", "_info", "",
+        ]
+        .iter()
+        .find_map(|suffix| {
+            name.strip_suffix(suffix)
+                .filter(|f| families.contains_key(*f))
+        })
+        .ok_or(format!("line {n}: sample {name} of no declared family"))?;
         let _ = family;
         let mut rest = &line[name_end..];
         let mut labels = Vec::new();
@@ -360,7 +425,9 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
                 if !valid_metric_name(key) || key.contains(':') {
                     return Err(format!("line {n}: bad label name {key:?}"));
                 }
-                rest = rest[eq + 1..].strip_prefix('"').ok_or(format!("line {n}: unquoted label value"))?;
+                rest = rest[eq + 1..]
+                    .strip_prefix('"')
+                    .ok_or(format!("line {n}: unquoted label value"))?;
                 let mut value = String::new();
                 let mut chars = rest.char_indices();
                 let end = loop {
@@ -388,7 +455,9 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
             "NaN" => f64::NAN,
-            v => v.parse::<f64>().map_err(|_| format!("line {n}: bad value {v:?}"))?,
+            v => v
+                .parse::<f64>()
+                .map_err(|_| format!("line {n}: bad value {v:?}"))?,
         };
         if let Some(ts) = fields.next()
             && ts.parse::<f64>().is_err()
@@ -398,7 +467,11 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
         if fields.next().is_some() {
             return Err(format!("line {n}: trailing fields"));
         }
-        samples.push(Sample { name: name.to_string(), labels, value });
+        samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
     }
     if !saw_eof {
         return Err("no # EOF at the end".into());
