@@ -186,6 +186,9 @@ impl Metrics {
     }
 }
 
+/// Reads one figure of a plugin's status.
+type Figure = fn(&crate::plugin::PluginStatus) -> f64;
+
 /// Reads plugin figures from the runtime at scrape time.
 #[derive(Clone)]
 struct PluginCollector(PluginRuntime);
@@ -203,7 +206,7 @@ impl prometheus_client::collector::Collector for PluginCollector {
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::metrics::MetricType;
         let plugins = self.0.plugins();
-        let figures: [(&str, &str, fn(&crate::plugin::PluginStatus) -> f64); 3] = [
+        let figures: [(&str, &str, Figure); 3] = [
             ("sluicegate_plugin_calls", "Plugin calls", |p| {
                 p.calls as f64
             }),

@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 /// At most this many tried endpoints are remembered per request (and passed to the balancer).
 const MAX_TRIED: usize = 16;
 
+/// How many times a retry asks the balancer again when it picks an endpoint already tried.
+const MAX_REPICKS: usize = 3;
+
 /// The proxy's shared state: the current gateway (swapped on reload), the plugin runtime, metrics
 /// and the access log.
 pub struct Proxy {
@@ -270,7 +273,7 @@ impl Proxy {
                 }
                 cluster.metrics.retries.inc();
             }
-            let Some(id) = self.pick(cluster, &head, attempt, done.tried()) else {
+            let Some(mut id) = self.pick(cluster, &head, attempt, done.tried()) else {
                 if attempt == 1 {
                     return done.local(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -279,6 +282,17 @@ impl Proxy {
                 }
                 break;
             };
+            // Like Envoy's previous-hosts predicate: a retry that lands on an endpoint already tried
+            // asks again (a few times) while untried endpoints remain.
+            for _ in 0..MAX_REPICKS {
+                if !done.tried().contains(&id) || done.n_tried >= cluster.endpoints.len() {
+                    break;
+                }
+                match self.pick(cluster, &head, attempt, done.tried()) {
+                    Some(other) => id = other,
+                    None => break,
+                }
+            }
             let endpoint = &cluster.endpoints[id as usize];
             done.attempts = attempt;
             done.push_tried(id);

@@ -114,6 +114,7 @@ async fn a_100_mb_upload_and_download_stream_through_in_little_memory() {
     const SIZE: u64 = 100 * 1024 * 1024;
     let backend = Backend::start("1").await;
     let proxy = start(&[&backend]).await;
+    let (_, baseline) = memory_kib(proxy.child.id());
 
     let uploader: Client<_, Zeros> = Client::builder(TokioExecutor::new()).build_http();
     let upload = Request::post(format!("http://{}/upload", proxy.addr))
@@ -156,8 +157,14 @@ async fn a_100_mb_upload_and_download_stream_through_in_little_memory() {
     );
     assert_eq!(down, SIZE, "the client received the whole download");
     let (peak, now) = memory_kib(proxy.child.id());
-    eprintln!("proxy memory: VmHWM {peak} KiB, VmRSS {now} KiB");
+    eprintln!("proxy memory: before {baseline} KiB, VmHWM {peak} KiB, VmRSS {now} KiB");
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB is over 64 MiB");
+    // Streaming, not buffering: 200 MB moved for at most a few MiB of growth.
+    assert!(
+        peak - baseline < 16 * 1024,
+        "RSS grew {} KiB while streaming",
+        peak - baseline
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,4 +283,46 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     }
     let exit = exit.expect("the proxy exited after draining");
     assert_eq!(exit.code(), Some(0), "{}", stderr(&proxy));
+}
+
+#[test]
+fn check_validates_config_and_plugins_and_names_the_line_of_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluicegate.toml");
+    let good = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\n[[routes]]\ncluster = \"web\"\n\n[[clusters]]\nname = \"web\"\nbalancer = \"round-robin\"\n[[clusters.endpoints]]\naddress = \"127.0.0.1:9000\"\n";
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check(good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("round-robin"));
+
+    let out = check(&good.replace(
+        "balancer = \"round-robin\"",
+        "balancer = \"no-such-plugin\"",
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sluicegate.toml:9:12: [[clusters]] balancer:")
+            && err.contains("no-such-plugin"),
+        "{err}"
+    );
+
+    let out = check(&good.replace("cluster = \"web\"", "cluster = \"wbe\""));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sluicegate.toml:5:") && err.contains("unknown cluster `wbe`"),
+        "{err}"
+    );
 }

@@ -60,7 +60,7 @@ pub enum ConfigError {
         /// The key naming the plugin.
         key: String,
         /// Why the runtime refused it.
-        source: crate::plugin::PluginError,
+        source: Box<crate::plugin::PluginError>,
     },
     /// Something outside the file (a listener that cannot bind, a log file that cannot open).
     #[error("{file}: {message}")]

@@ -69,7 +69,7 @@ pub fn plugin_error(file: &str, use_: &PluginUse, source: PluginError) -> Config
         file: file.to_string(),
         at: use_.at,
         key: use_.key.clone(),
-        source,
+        source: Box::new(source),
     }
 }
 
