@@ -725,6 +725,15 @@ address = "localhost:9002"
     }
 
     #[test]
+    fn the_example_configs_validate() {
+        let basic = parse(include_str!("../../../examples/basic.toml")).unwrap();
+        assert_eq!(basic.clusters.len(), 2);
+        assert_eq!(basic.clusters[0].retry.on_status, vec![502, 503, 504]);
+        assert_eq!(basic.clusters[1].retry.attempts, 2);
+        assert_eq!(basic.access_log.path, None, "\"-\" is stdout");
+    }
+
+    #[test]
     fn error_display_names_file_line_and_key() {
         let err = parse("[[routes]]\ncluster = \"nope\"\n")
             .unwrap_err()
