@@ -83,9 +83,9 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade:
     }
 }
 
-/// Adds the forwarding headers for a request from `client` asking for `host`: appends the client to
-/// `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto`.
-pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+/// Adds the forwarding headers for a request from `client`: appends the client to
+/// `X-Forwarded-For` and `Forwarded` (with the `Host` asked for), and sets `X-Forwarded-Proto`.
+pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr) {
     let ip = client.ip();
     let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if headers.get_all(X_FORWARDED_FOR).iter().count() == 1 => {
@@ -109,6 +109,10 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
+    let host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(strip_port);
     let element = match host {
         Some(h)
             if h.bytes()
@@ -123,11 +127,12 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<
     }
 }
 
-/// The host the client asked for (`:authority` for HTTP/2, else `Host`), port included.
+/// The host the client asked for (`Host`, else the URI's authority as HTTP/2 sends it), port included.
 pub fn request_authority<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    uri.authority()
-        .map(|a| a.as_str())
-        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
+    headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
 /// `authority` without its port, for matching.
@@ -199,11 +204,8 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        add_forwarding(
-            &mut h,
-            "192.0.2.7:5555".parse().unwrap(),
-            Some("example.com"),
-        );
+        h.insert(HOST, HeaderValue::from_static("example.com:8080"));
+        add_forwarding(&mut h, "192.0.2.7:5555".parse().unwrap());
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 192.0.2.7");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
         assert_eq!(
@@ -212,7 +214,7 @@ mod tests {
         );
 
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, "[2001:db8::1]:80".parse().unwrap(), None);
+        add_forwarding(&mut h, "[2001:db8::1]:80".parse().unwrap());
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "2001:db8::1");
         assert_eq!(
             h.get(FORWARDED).unwrap(),

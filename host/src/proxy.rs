@@ -156,10 +156,7 @@ impl Proxy {
         {
             parts.headers.insert(HOST, v);
         }
-        let host = headers::request_authority(&parts.uri, &parts.headers)
-            .map(headers::strip_port)
-            .map(str::to_owned);
-        headers::add_forwarding(&mut parts.headers, client, host.as_deref());
+        headers::add_forwarding(&mut parts.headers, client);
         let request_id = match parts
             .headers
             .get(X_REQUEST_ID)
@@ -209,12 +206,16 @@ impl Proxy {
             }
         }
 
-        // Routing.
+        // Routing (after the filters, which may have changed the host).
         let cluster = match &gateway.router {
-            Router::Table(table) => match table.route(host.as_deref(), head.parts.uri.path()) {
-                Some(i) => gateway.clusters[i].clone(),
-                None => return done.local(StatusCode::NOT_FOUND, "no route".into()),
-            },
+            Router::Table(table) => {
+                let host = headers::request_authority(&head.parts.uri, &head.parts.headers)
+                    .map(headers::strip_port);
+                match table.route(host, head.parts.uri.path()) {
+                    Some(i) => gateway.clusters[i].clone(),
+                    None => return done.local(StatusCode::NOT_FOUND, "no route".into()),
+                }
+            }
             Router::Plugin(router) => match router.route(&head) {
                 Ok(RouteDecision::Cluster(name)) => match gateway.cluster(&name) {
                     Some(c) => c.clone(),
