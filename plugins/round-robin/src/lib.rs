@@ -1,0 +1,189 @@
+//! The default balancer: round-robin over the healthy endpoints.
+//!
+//! - Picks cycle through the healthy endpoints in pool order, one step per request.
+//! - On a retry, endpoints in `ctx.tried` are skipped when another candidate is available
+//!   (when every candidate was tried, it picks the next one in turn rather than failing).
+//! - Panic mode: when no endpoint is healthy, it picks among all endpoints, on the reasoning
+//!   that a possibly stale health view is better than a certain 503.
+//! - An empty pool gives `None` (the proxy answers 503).
+//!
+//! The candidate list is built in `pool_changed`; a pick only advances a cursor.
+//! Weights are ignored. It takes no settings: anything but an empty table is refused.
+
+use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};
+
+/// No settings: an empty table, and unknown keys are refused so typos don't pass silently.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {}
+
+/// Round-robin state: the candidates for the current pool and the cursor.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    /// The healthy endpoints, or every endpoint in panic mode.
+    candidates: Vec<EndpointId>,
+    /// Whether no endpoint is healthy, so `candidates` holds all of them.
+    panic: bool,
+    /// Index into `candidates` of the next pick (taken modulo the length, which may change).
+    next: usize,
+}
+
+impl RoundRobin {
+    /// Whether the current pool has no healthy endpoint, so picks spread over all of them.
+    pub fn in_panic_mode(&self) -> bool {
+        self.panic
+    }
+}
+
+impl Balancer for RoundRobin {
+    fn init(config: &str) -> Result<Self, String> {
+        let Settings {} = sluicegate_sdk::settings(config)?;
+        Ok(RoundRobin::default())
+    }
+
+    fn pool_changed(&mut self, endpoints: &[Endpoint]) {
+        self.candidates = endpoints
+            .iter()
+            .filter(|e| e.healthy)
+            .map(|e| e.id)
+            .collect();
+        self.panic = self.candidates.is_empty() && !endpoints.is_empty();
+        if self.panic {
+            self.candidates = endpoints.iter().map(|e| e.id).collect();
+        }
+    }
+
+    fn pick(&mut self, _req: &Request, ctx: &PickContext) -> Option<EndpointId> {
+        let n = self.candidates.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next % n;
+        self.next = (start + 1) % n;
+        let in_turn = |i: usize| self.candidates[(start + i) % n];
+        let untried = (0..n).map(in_turn).find(|id| !ctx.was_tried(*id));
+        Some(untried.unwrap_or_else(|| in_turn(0)))
+    }
+}
+
+sluicegate_sdk::export_balancer!(RoundRobin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluicegate_sdk::testing::{BalancerHarness, TestPool, TestRequest};
+
+    fn pool_of(n: usize) -> TestPool {
+        (0..n).fold(TestPool::new(), |pool, i| {
+            pool.endpoint(&format!("10.0.0.{}:80", i + 1), 1)
+        })
+    }
+
+    #[test]
+    fn spreads_picks_evenly() {
+        let mut lb = BalancerHarness::<RoundRobin>::start("", &pool_of(3)).unwrap();
+        let spread = lb.spread(&TestRequest::get("/"), 300);
+        assert_eq!(
+            spread.into_iter().collect::<Vec<_>>(),
+            [(0, 100), (1, 100), (2, 100)]
+        );
+    }
+
+    #[test]
+    fn cycles_in_pool_order() {
+        let mut lb = BalancerHarness::<RoundRobin>::start("", &pool_of(3)).unwrap();
+        let req = TestRequest::get("/");
+        let picks: Vec<_> = (0..6).map(|_| lb.pick(&req).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn skips_unhealthy_endpoints() {
+        let pool = pool_of(2)
+            .unhealthy("10.0.0.9:80", 1)
+            .endpoint("10.0.0.4:80", 1);
+        let mut lb = BalancerHarness::<RoundRobin>::start("", &pool).unwrap();
+        let spread = lb.spread(&TestRequest::get("/"), 300);
+        assert_eq!(
+            spread.into_iter().collect::<Vec<_>>(),
+            [(0, 100), (1, 100), (3, 100)]
+        );
+        assert!(!lb.plugin().in_panic_mode());
+    }
+
+    #[test]
+    fn follows_health_changes() {
+        let mut pool = pool_of(3);
+        let mut lb = BalancerHarness::<RoundRobin>::start("", &pool).unwrap();
+        pool.set_healthy(1, false);
+        lb.set_pool(&pool);
+        let spread = lb.spread(&TestRequest::get("/"), 10);
+        assert_eq!(spread.keys().copied().collect::<Vec<_>>(), [0, 2]);
+        pool.set_healthy(1, true);
+        lb.set_pool(&pool);
+        assert_eq!(lb.spread(&TestRequest::get("/"), 9).len(), 3);
+    }
+
+    #[test]
+    fn skips_tried_endpoints_on_retry() {
+        let mut lb = BalancerHarness::<RoundRobin>::start("", &pool_of(3)).unwrap();
+        let req = TestRequest::get("/");
+        for _ in 0..30 {
+            let picked = lb.pick_retry(&req, 2, &[0, 2]);
+            assert_eq!(picked, Some(1));
+        }
+        let picked = lb.pick_retry(&req, 2, &[1]).unwrap();
+        assert_ne!(picked, 1);
+    }
+
+    #[test]
+    fn picks_a_tried_endpoint_when_all_were_tried() {
+        let mut lb = BalancerHarness::<RoundRobin>::start("", &pool_of(2)).unwrap();
+        let picked = lb.pick_retry(&TestRequest::get("/"), 3, &[0, 1]);
+        assert!(matches!(picked, Some(0 | 1)));
+    }
+
+    #[test]
+    fn panic_mode_picks_among_all_when_none_is_healthy() {
+        let pool = TestPool::new()
+            .unhealthy("10.0.0.1:80", 1)
+            .unhealthy("10.0.0.2:80", 1);
+        let mut lb = BalancerHarness::<RoundRobin>::start("", &pool).unwrap();
+        assert!(lb.plugin().in_panic_mode());
+        let spread = lb.spread(&TestRequest::get("/"), 10);
+        assert_eq!(spread.into_iter().collect::<Vec<_>>(), [(0, 5), (1, 5)]);
+    }
+
+    #[test]
+    fn empty_pool_gives_none() {
+        let mut lb = BalancerHarness::<RoundRobin>::start("", &TestPool::new()).unwrap();
+        assert_eq!(lb.pick(&TestRequest::get("/")), None);
+        assert!(!lb.plugin().in_panic_mode());
+    }
+
+    #[test]
+    fn pool_shrinking_under_the_cursor_stays_in_range() {
+        let mut pool = pool_of(5);
+        let mut lb = BalancerHarness::<RoundRobin>::start("", &pool).unwrap();
+        let req = TestRequest::get("/");
+        for _ in 0..4 {
+            lb.pick(&req);
+        }
+        pool.remove(3);
+        pool.remove(4);
+        lb.set_pool(&pool);
+        // The harness panics if a pick falls outside the pool.
+        let spread = lb.spread(&req, 30);
+        assert_eq!(
+            spread.into_iter().collect::<Vec<_>>(),
+            [(0, 10), (1, 10), (2, 10)]
+        );
+    }
+
+    #[test]
+    fn refuses_settings() {
+        let err = BalancerHarness::<RoundRobin>::init("weights = true").unwrap_err();
+        assert!(err.contains("weights"), "{err}");
+        assert!(BalancerHarness::<RoundRobin>::init("").is_ok());
+    }
+}

@@ -1,0 +1,82 @@
+//! The four kinds of plugin, one trait each. Implement the trait on your type and add the matching
+//! export macro line ([`export_balancer!`](crate::export_balancer) and friends).
+//!
+//! Lifecycle (the same in the proxy and in [`testing`](crate::testing)): the proxy makes one
+//! long-lived instance per worker thread, calls `init` once with the plugin's settings, then the
+//! decision methods many times. State kept in `self` survives between calls, but an instance can
+//! be dropped at any time (reload, fault) and a fresh one made, so keep nothing there that the
+//! proxy would miss.
+
+use crate::{
+    Endpoint, EndpointId, HeaderOp, Outcome, PickContext, ProbeResult, Request, RequestAction,
+    Response, RouteDecision, Verdict,
+};
+
+/// Picks an endpoint of one cluster for each request.
+pub trait Balancer {
+    /// Builds the instance from the plugin's settings (TOML text, empty when there are none;
+    /// see [`settings`](crate::settings)). An error refuses the settings with that message.
+    fn init(config: &str) -> Result<Self, String>
+    where
+        Self: Sized;
+
+    /// Called after `init` and whenever the pool changes (membership, weight or health), with the
+    /// whole pool. Rebuild derived tables here, never in [`pick`](Balancer::pick).
+    fn pool_changed(&mut self, endpoints: &[Endpoint]);
+
+    /// Picks an endpoint for a request, or `None` when none can be chosen (the proxy answers 503).
+    /// An id that is not in the pool is a plugin fault. Prefer endpoints not in `ctx.tried`.
+    fn pick(&mut self, req: &Request<'_>, ctx: &PickContext) -> Option<EndpointId>;
+}
+
+/// Chooses the cluster for a request, or answers it directly.
+pub trait Router {
+    /// Builds the instance from the plugin's settings (TOML text, empty when there are none).
+    fn init(config: &str) -> Result<Self, String>
+    where
+        Self: Sized;
+
+    /// Called once per request after the request filters.
+    fn route(&mut self, req: &Request<'_>) -> RouteDecision;
+}
+
+/// Rewrites requests and responses. Both hooks default to "change nothing".
+pub trait Filter {
+    /// Builds the instance from the plugin's settings (TOML text, empty when there are none).
+    fn init(config: &str) -> Result<Self, String>
+    where
+        Self: Sized;
+
+    /// Called for every request before routing: header changes to apply, or a local answer.
+    fn on_request(&mut self, req: &Request<'_>) -> RequestAction {
+        let _ = req;
+        RequestAction::Proceed(Vec::new())
+    }
+
+    /// Called for every response before it reaches the client: header changes to apply.
+    fn on_response(&mut self, req: &Request<'_>, resp: &Response<'_>) -> Vec<HeaderOp> {
+        let _ = (req, resp);
+        Vec::new()
+    }
+}
+
+/// Judges endpoint health from active probes and real requests. Both default to
+/// [`Verdict::Abstain`] (the proxy's own rule decides).
+pub trait HealthPolicy {
+    /// Builds the instance from the plugin's settings (TOML text, empty when there are none).
+    fn init(config: &str) -> Result<Self, String>
+    where
+        Self: Sized;
+
+    /// Judges one active probe result.
+    fn judge_probe(&mut self, result: &ProbeResult) -> Verdict {
+        let _ = result;
+        Verdict::Abstain
+    }
+
+    /// Judges the outcome of one real request.
+    fn observe(&mut self, outcome: &Outcome) -> Verdict {
+        let _ = outcome;
+        Verdict::Abstain
+    }
+}

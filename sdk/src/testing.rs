@@ -1,0 +1,630 @@
+//! The native test harness (not in the Wasm build): plays the proxy so a plugin crate unit-tests
+//! its logic with plain `cargo test`.
+//!
+//! - [`TestPool`] builds the pool a balancer is given; [`TestRequest`] and [`TestResponse`]
+//!   stand in for the proxy's borrowed request and response.
+//! - [`BalancerHarness`], [`RouterHarness`], [`FilterHarness`] and [`HealthHarness`] call a plugin
+//!   the way the proxy does (init with settings, pool changes, picks with attempt and tried, ...)
+//!   and check its answers the way the proxy does (a pick outside the pool panics: in the proxy
+//!   it is a plugin fault).
+//! - The [`host`](crate::host) functions read this thread's fake facts ([`set_in_flight`],
+//!   [`set_latency`], [`advance_clock`], [`seed_random`]) and record what the plugin wrote
+//!   ([`logs`], [`counter`]). The state is per thread, so tests running in parallel don't mix;
+//!   [`reset`] clears it.
+//!
+//! ```
+//! use sluicegate_sdk::testing::{TestPool, TestRequest};
+//! use std::net::{IpAddr, Ipv4Addr};
+//!
+//! let pool = TestPool::new().endpoint("10.0.0.1:80", 1).unhealthy("10.0.0.2:80", 3);
+//! assert_eq!(pool.endpoints()[1].id, 1);
+//! assert!(!pool.endpoints()[1].healthy);
+//!
+//! let req = TestRequest::get("/cart?item=3")
+//!     .header("X-User", "alice")
+//!     .cookie("session", "abc")
+//!     .client_ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
+//! let r = req.as_request();
+//! assert_eq!(r.path(), "/cart");
+//! assert_eq!(r.query().as_deref(), Some("item=3"));
+//! assert_eq!(r.header("x-user").as_deref(), Some("alice"));
+//! assert_eq!(r.cookie("session").as_deref(), Some("abc"));
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::host::Level;
+use crate::request::{RequestSource, ResponseSource};
+use crate::{
+    Balancer, Endpoint, EndpointId, Filter, HeaderOp, HealthPolicy, Outcome, PickContext,
+    ProbeResult, Request, RequestAction, Response, RouteDecision, Router, Verdict,
+};
+
+/// The fake proxy state of one test thread.
+struct HarnessState {
+    in_flight: HashMap<EndpointId, u32>,
+    latency: HashMap<EndpointId, u32>,
+    logs: Vec<(Level, String)>,
+    counters: BTreeMap<String, u64>,
+    now_nanos: u64,
+    rng: u64,
+}
+
+const DEFAULT_SEED: u64 = 0x5eed_1e55_c0ff_ee00;
+
+impl HarnessState {
+    fn new() -> Self {
+        HarnessState {
+            in_flight: HashMap::new(),
+            latency: HashMap::new(),
+            logs: Vec::new(),
+            counters: BTreeMap::new(),
+            now_nanos: 0,
+            rng: DEFAULT_SEED,
+        }
+    }
+}
+
+thread_local! {
+    static STATE: RefCell<HarnessState> = RefCell::new(HarnessState::new());
+}
+
+fn with_state<R>(f: impl FnOnce(&mut HarnessState) -> R) -> R {
+    STATE.with(|s| f(&mut s.borrow_mut()))
+}
+
+/// The native side of [`crate::host`]: reads and writes this thread's harness state.
+pub(crate) mod host_impl {
+    use super::with_state;
+    use crate::EndpointId;
+    use crate::host::Level;
+
+    pub fn log(level: Level, message: &str) {
+        with_state(|s| s.logs.push((level, message.to_owned())))
+    }
+
+    pub fn now_nanos() -> u64 {
+        with_state(|s| s.now_nanos)
+    }
+
+    pub fn random_u64() -> u64 {
+        // splitmix64: deterministic, well spread, no dependency.
+        with_state(|s| {
+            s.rng = s.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s.rng;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+    }
+
+    pub fn in_flight(endpoint: EndpointId) -> u32 {
+        with_state(|s| s.in_flight.get(&endpoint).copied().unwrap_or(0))
+    }
+
+    pub fn latency_ewma_micros(endpoint: EndpointId) -> u32 {
+        with_state(|s| s.latency.get(&endpoint).copied().unwrap_or(0))
+    }
+
+    pub fn counter_add(name: &str, delta: u64) {
+        with_state(|s| {
+            let c = s.counters.entry(name.to_owned()).or_insert(0);
+            *c = c.saturating_add(delta);
+        })
+    }
+}
+
+/// Clears this thread's harness state: load figures, logs, counters, clock and random seed.
+pub fn reset() {
+    with_state(|s| *s = HarnessState::new())
+}
+
+/// Sets what [`host::in_flight`](crate::host::in_flight) answers for `endpoint`.
+pub fn set_in_flight(endpoint: EndpointId, requests: u32) {
+    with_state(|s| s.in_flight.insert(endpoint, requests));
+}
+
+/// Sets what [`host::latency_ewma_micros`](crate::host::latency_ewma_micros) answers for `endpoint`.
+pub fn set_latency(endpoint: EndpointId, micros: u32) {
+    with_state(|s| s.latency.insert(endpoint, micros));
+}
+
+/// Moves the fake clock read by [`host::now_nanos`](crate::host::now_nanos) forward.
+pub fn advance_clock(nanos: u64) {
+    with_state(|s| s.now_nanos = s.now_nanos.saturating_add(nanos));
+}
+
+/// Restarts [`host::random_u64`](crate::host::random_u64)'s deterministic sequence from `seed`.
+pub fn seed_random(seed: u64) {
+    with_state(|s| s.rng = seed);
+}
+
+/// Everything the plugin logged on this thread so far, oldest first.
+pub fn logs() -> Vec<(Level, String)> {
+    with_state(|s| s.logs.clone())
+}
+
+/// Takes (and clears) what the plugin logged on this thread so far.
+pub fn take_logs() -> Vec<(Level, String)> {
+    with_state(|s| std::mem::take(&mut s.logs))
+}
+
+/// The value of a counter bumped through [`host::counter_add`](crate::host::counter_add) (0 if never).
+pub fn counter(name: &str) -> u64 {
+    with_state(|s| s.counters.get(name).copied().unwrap_or(0))
+}
+
+/// Every counter bumped on this thread, by name.
+pub fn counters() -> BTreeMap<String, u64> {
+    with_state(|s| s.counters.clone())
+}
+
+/// A pool to hand a balancer, built endpoint by endpoint. Ids are given in order from 0 unless
+/// chosen with [`TestPool::endpoint_with_id`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestPool {
+    endpoints: Vec<Endpoint>,
+}
+
+impl TestPool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        TestPool::default()
+    }
+
+    fn next_id(&self) -> EndpointId {
+        self.endpoints.iter().map(|e| e.id + 1).max().unwrap_or(0)
+    }
+
+    /// Adds a healthy endpoint with the next free id.
+    pub fn endpoint(self, address: &str, weight: u32) -> Self {
+        let id = self.next_id();
+        self.endpoint_with_id(id, address, weight)
+    }
+
+    /// Adds an unhealthy endpoint with the next free id.
+    pub fn unhealthy(mut self, address: &str, weight: u32) -> Self {
+        let id = self.next_id();
+        self = self.endpoint_with_id(id, address, weight);
+        self.set_healthy(id, false);
+        self
+    }
+
+    /// Adds a healthy endpoint with a chosen id (replacing any endpoint that had it).
+    pub fn endpoint_with_id(mut self, id: EndpointId, address: &str, weight: u32) -> Self {
+        self.endpoints.retain(|e| e.id != id);
+        self.endpoints.push(Endpoint {
+            id,
+            address: address.to_owned(),
+            weight,
+            healthy: true,
+            metadata: Vec::new(),
+        });
+        self
+    }
+
+    /// Adds a metadata pair to the endpoint added last.
+    ///
+    /// # Panics
+    /// When the pool is empty.
+    pub fn meta(mut self, key: &str, value: &str) -> Self {
+        let last = self
+            .endpoints
+            .last_mut()
+            .expect("TestPool::meta needs an endpoint to attach to");
+        last.metadata.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Marks an endpoint healthy or not (as the proxy's health checks would).
+    ///
+    /// # Panics
+    /// When no endpoint has that id.
+    pub fn set_healthy(&mut self, id: EndpointId, healthy: bool) {
+        self.get_mut(id).healthy = healthy;
+    }
+
+    /// Changes an endpoint's weight.
+    ///
+    /// # Panics
+    /// When no endpoint has that id.
+    pub fn set_weight(&mut self, id: EndpointId, weight: u32) {
+        self.get_mut(id).weight = weight;
+    }
+
+    /// Removes an endpoint (no-op when absent).
+    pub fn remove(&mut self, id: EndpointId) {
+        self.endpoints.retain(|e| e.id != id);
+    }
+
+    /// The endpoints, in the order the balancer receives them.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Whether an endpoint with this id is in the pool.
+    pub fn contains(&self, id: EndpointId) -> bool {
+        self.endpoints.iter().any(|e| e.id == id)
+    }
+
+    fn get_mut(&mut self, id: EndpointId) -> &mut Endpoint {
+        self.endpoints
+            .iter_mut()
+            .find(|e| e.id == id)
+            .unwrap_or_else(|| panic!("no endpoint with id {id} in the test pool"))
+    }
+}
+
+/// A fake client request; [`TestRequest::as_request`] lends it to a plugin as a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRequest {
+    method: String,
+    path: String,
+    query: Option<String>,
+    host: Option<String>,
+    headers: Vec<(String, String)>,
+    client_ip: IpAddr,
+    request_id: String,
+}
+
+impl TestRequest {
+    /// A request with this method and target (`/path` or `/path?query`), from 127.0.0.1, with
+    /// request id `test-request`.
+    pub fn new(method: &str, target: &str) -> Self {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (target.to_owned(), None),
+        };
+        TestRequest {
+            method: method.to_ascii_uppercase(),
+            path,
+            query,
+            host: None,
+            headers: Vec::new(),
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            request_id: "test-request".to_owned(),
+        }
+    }
+
+    /// A `GET` request for `target`.
+    pub fn get(target: &str) -> Self {
+        TestRequest::new("GET", target)
+    }
+
+    /// A `POST` request for `target`.
+    pub fn post(target: &str) -> Self {
+        TestRequest::new("POST", target)
+    }
+
+    /// Adds a header value (repeat for several values; the first one is what plugins read).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Adds a cookie (to a `Cookie` header, as a browser sends it).
+    pub fn cookie(self, name: &str, value: &str) -> Self {
+        self.header("cookie", &format!("{name}={value}"))
+    }
+
+    /// Sets the host the client asked for (the `Host` header wins when this is not set).
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_owned());
+        self
+    }
+
+    /// Sets the client's address.
+    pub fn client_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = ip;
+        self
+    }
+
+    /// Sets the request id.
+    pub fn request_id(mut self, id: &str) -> Self {
+        self.request_id = id.to_owned();
+        self
+    }
+
+    /// Lends this request to a plugin, as the proxy does for one call.
+    pub fn as_request(&self) -> Request<'_> {
+        Request::from_test(self)
+    }
+
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl RequestSource for TestRequest {
+    fn method(&self) -> String {
+        self.method.clone()
+    }
+
+    fn path(&self) -> String {
+        self.path.clone()
+    }
+
+    fn query(&self) -> Option<String> {
+        self.query.clone()
+    }
+
+    fn host(&self) -> Option<String> {
+        let raw = self
+            .host
+            .clone()
+            .or_else(|| self.header_values("host").next().map(str::to_owned))?;
+        Some(strip_port(&raw).to_owned())
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.header_values(name).next().map(str::to_owned)
+    }
+
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.header_values("cookie")
+            .flat_map(|line| line.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_owned())
+    }
+
+    fn client_ip(&self) -> IpAddr {
+        self.client_ip
+    }
+
+    fn request_id(&self) -> String {
+        self.request_id.clone()
+    }
+}
+
+/// `example.com:8080` -> `example.com`, `[::1]:80` -> `[::1]`.
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
+    }
+    authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(authority, |(host, _)| host)
+}
+
+/// A fake upstream response; [`TestResponse::as_response`] lends it to a filter as a [`Response`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    endpoint: Option<EndpointId>,
+    cluster: Option<String>,
+}
+
+impl TestResponse {
+    /// A response with this status, no headers, and no endpoint or cluster.
+    pub fn new(status: u16) -> Self {
+        TestResponse {
+            status,
+            headers: Vec::new(),
+            endpoint: None,
+            cluster: None,
+        }
+    }
+
+    /// Adds a header value.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets the endpoint that answered.
+    pub fn endpoint(mut self, id: EndpointId) -> Self {
+        self.endpoint = Some(id);
+        self
+    }
+
+    /// Sets the cluster that served the request.
+    pub fn cluster(mut self, name: &str) -> Self {
+        self.cluster = Some(name.to_owned());
+        self
+    }
+
+    /// Lends this response to a filter, as the proxy does for one call.
+    pub fn as_response(&self) -> Response<'_> {
+        Response::from_test(self)
+    }
+}
+
+impl ResponseSource for TestResponse {
+    fn status(&self) -> u16 {
+        self.status
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+
+    fn endpoint(&self) -> Option<EndpointId> {
+        self.endpoint
+    }
+
+    fn cluster(&self) -> Option<String> {
+        self.cluster.clone()
+    }
+}
+
+/// Drives a [`Balancer`] the way the proxy does.
+#[derive(Debug)]
+pub struct BalancerHarness<T> {
+    plugin: T,
+    pool: Vec<Endpoint>,
+}
+
+impl<T: Balancer> BalancerHarness<T> {
+    /// Calls `init` with `settings` (TOML text; "" for none). The pool starts empty and the plugin
+    /// has not been told about it yet: call [`set_pool`](Self::set_pool), or use
+    /// [`start`](Self::start).
+    pub fn init(settings: &str) -> Result<Self, String> {
+        Ok(BalancerHarness {
+            plugin: T::init(settings)?,
+            pool: Vec::new(),
+        })
+    }
+
+    /// `init`, then `pool_changed` with `pool`: what the proxy does for a new instance.
+    pub fn start(settings: &str, pool: &TestPool) -> Result<Self, String> {
+        let mut harness = Self::init(settings)?;
+        harness.set_pool(pool);
+        Ok(harness)
+    }
+
+    /// Pushes a (changed) pool with `pool_changed`.
+    pub fn set_pool(&mut self, pool: &TestPool) {
+        self.pool = pool.endpoints().to_vec();
+        self.plugin.pool_changed(&self.pool);
+    }
+
+    /// A first try (attempt 1, nothing tried).
+    pub fn pick(&mut self, req: &TestRequest) -> Option<EndpointId> {
+        self.pick_retry(req, 1, &[])
+    }
+
+    /// A pick with the given attempt number and endpoints already tried.
+    ///
+    /// # Panics
+    /// When the plugin picks an id that is not in the pool (the proxy counts that as a fault).
+    pub fn pick_retry(
+        &mut self,
+        req: &TestRequest,
+        attempt: u32,
+        tried: &[EndpointId],
+    ) -> Option<EndpointId> {
+        let ctx = PickContext {
+            attempt,
+            tried: tried.to_vec(),
+        };
+        let picked = self.plugin.pick(&req.as_request(), &ctx);
+        if let Some(id) = picked {
+            assert!(
+                self.pool.iter().any(|e| e.id == id),
+                "the balancer picked endpoint {id}, which is not in the pool: the proxy counts this as a plugin fault"
+            );
+        }
+        picked
+    }
+
+    /// Makes `n` first-try picks of `req` and counts how often each endpoint was chosen
+    /// (`None` counts under no key; the total of the counts tells how many picks found one).
+    pub fn spread(&mut self, req: &TestRequest, n: usize) -> BTreeMap<EndpointId, usize> {
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            if let Some(id) = self.pick(req) {
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// The plugin instance, to inspect its state.
+    pub fn plugin(&self) -> &T {
+        &self.plugin
+    }
+
+    /// The plugin instance, mutably.
+    pub fn plugin_mut(&mut self) -> &mut T {
+        &mut self.plugin
+    }
+}
+
+/// Drives a [`Router`] the way the proxy does.
+#[derive(Debug)]
+pub struct RouterHarness<T> {
+    plugin: T,
+}
+
+impl<T: Router> RouterHarness<T> {
+    /// Calls `init` with `settings` (TOML text; "" for none).
+    pub fn init(settings: &str) -> Result<Self, String> {
+        Ok(RouterHarness {
+            plugin: T::init(settings)?,
+        })
+    }
+
+    /// Routes one request.
+    pub fn route(&mut self, req: &TestRequest) -> RouteDecision {
+        self.plugin.route(&req.as_request())
+    }
+
+    /// The plugin instance.
+    pub fn plugin(&self) -> &T {
+        &self.plugin
+    }
+}
+
+/// Drives a [`Filter`] the way the proxy does.
+#[derive(Debug)]
+pub struct FilterHarness<T> {
+    plugin: T,
+}
+
+impl<T: Filter> FilterHarness<T> {
+    /// Calls `init` with `settings` (TOML text; "" for none).
+    pub fn init(settings: &str) -> Result<Self, String> {
+        Ok(FilterHarness {
+            plugin: T::init(settings)?,
+        })
+    }
+
+    /// Runs the request hook.
+    pub fn on_request(&mut self, req: &TestRequest) -> RequestAction {
+        self.plugin.on_request(&req.as_request())
+    }
+
+    /// Runs the response hook.
+    pub fn on_response(&mut self, req: &TestRequest, resp: &TestResponse) -> Vec<HeaderOp> {
+        self.plugin
+            .on_response(&req.as_request(), &resp.as_response())
+    }
+
+    /// The plugin instance.
+    pub fn plugin(&self) -> &T {
+        &self.plugin
+    }
+}
+
+/// Drives a [`HealthPolicy`] the way the proxy does.
+#[derive(Debug)]
+pub struct HealthHarness<T> {
+    plugin: T,
+}
+
+impl<T: HealthPolicy> HealthHarness<T> {
+    /// Calls `init` with `settings` (TOML text; "" for none).
+    pub fn init(settings: &str) -> Result<Self, String> {
+        Ok(HealthHarness {
+            plugin: T::init(settings)?,
+        })
+    }
+
+    /// Judges a probe result.
+    pub fn judge_probe(&mut self, result: &ProbeResult) -> Verdict {
+        self.plugin.judge_probe(result)
+    }
+
+    /// Judges a request outcome.
+    pub fn observe(&mut self, outcome: &Outcome) -> Verdict {
+        self.plugin.observe(outcome)
+    }
+
+    /// The plugin instance.
+    pub fn plugin(&self) -> &T {
+        &self.plugin
+    }
+}

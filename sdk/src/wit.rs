@@ -1,0 +1,305 @@
+//! The generated bindings and the glue from them to the curated API (Wasm only).
+//!
+//! One `generate!` per world, each in its own module. The `balancer` world generates the shared
+//! `types` and `host` imports; the other worlds reuse them through `with:`, so there is exactly
+//! one Rust `Request` resource type and one set of host imports. With `pub_export_macro` the
+//! SDK's own custom sections describe imports only; each world's full description (with its
+//! exports) is emitted by the export macro in the plugin crate, so a plugin declares exactly the
+//! interfaces it exports.
+#![allow(missing_docs, unsafe_code, clippy::all)]
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::thread::LocalKey;
+
+pub use wit_bindgen;
+
+use crate::{Balancer, Filter, HealthPolicy, Router};
+
+/// The `balancer` world; it also generates the shared `types` and `host` imports.
+pub mod balancer {
+    wit_bindgen::generate!({
+        world: "balancer",
+        path: "../wit",
+        pub_export_macro: true,
+        default_bindings_module: "$crate::wit::balancer",
+    });
+}
+
+/// The `router` world.
+pub mod router {
+    wit_bindgen::generate!({
+        world: "router",
+        path: "../wit",
+        pub_export_macro: true,
+        default_bindings_module: "$crate::wit::router",
+        with: {
+            "sluicegate:plugin/types@0.1.0": crate::wit::types,
+            "sluicegate:plugin/host@0.1.0": crate::wit::host,
+        },
+    });
+}
+
+/// The `filter-plugin` world.
+pub mod filter {
+    wit_bindgen::generate!({
+        world: "filter-plugin",
+        path: "../wit",
+        pub_export_macro: true,
+        default_bindings_module: "$crate::wit::filter",
+        with: {
+            "sluicegate:plugin/types@0.1.0": crate::wit::types,
+            "sluicegate:plugin/host@0.1.0": crate::wit::host,
+        },
+    });
+}
+
+/// The `health-policy` world.
+pub mod health {
+    wit_bindgen::generate!({
+        world: "health-policy",
+        path: "../wit",
+        pub_export_macro: true,
+        default_bindings_module: "$crate::wit::health",
+        with: {
+            "sluicegate:plugin/types@0.1.0": crate::wit::types,
+            "sluicegate:plugin/host@0.1.0": crate::wit::host,
+        },
+    });
+}
+
+pub use balancer::sluicegate::plugin::{host, types};
+
+use balancer::exports::sluicegate::plugin::balance as wit_balance;
+use filter::exports::sluicegate::plugin::filter as wit_filter;
+use health::exports::sluicegate::plugin::health as wit_health;
+use router::exports::sluicegate::plugin::route as wit_route;
+
+// One instance slot per kind: a component exports each interface at most once, and Wasm runs
+// one thread, so a thread-local holding the type-erased instance is all the state we need.
+thread_local! {
+    static BALANCER: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    static ROUTER: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    static FILTER: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    static HEALTH: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the instance in `slot`, or returns `None` when `init` has not succeeded yet.
+fn with_instance<T: 'static, R>(
+    slot: &'static LocalKey<RefCell<Option<Box<dyn Any>>>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> Option<R> {
+    slot.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        guard.as_mut()?.downcast_mut::<T>().map(f)
+    })
+}
+
+/// Replaces the instance in `slot` (a second `init` starts over).
+fn install<T: 'static>(slot: &'static LocalKey<RefCell<Option<Box<dyn Any>>>>, value: T) {
+    slot.with(|cell| *cell.borrow_mut() = Some(Box::new(value)));
+}
+
+/// What `init` does for every kind: build the instance or hand back the refusal.
+fn init_into<T: 'static>(
+    slot: &'static LocalKey<RefCell<Option<Box<dyn Any>>>>,
+    made: Result<T, String>,
+) -> Result<(), String> {
+    slot.with(|cell| *cell.borrow_mut() = None);
+    install(slot, made?);
+    Ok(())
+}
+
+fn not_initialised(kind: &str) {
+    crate::host::log(
+        crate::host::Level::Error,
+        &format!("{kind} called before a successful init; ignored"),
+    );
+}
+
+/// Implements the generated `balance` guest trait for a [`Balancer`].
+pub struct BalancerExport<T>(PhantomData<T>);
+
+impl<T: Balancer + 'static> wit_balance::Guest for BalancerExport<T> {
+    fn init(config: String) -> Result<(), String> {
+        init_into(&BALANCER, T::init(&config))
+    }
+
+    fn pool_changed(endpoints: Vec<types::Endpoint>) {
+        let endpoints: Vec<crate::Endpoint> = endpoints.into_iter().map(Into::into).collect();
+        if with_instance(&BALANCER, |b: &mut T| b.pool_changed(&endpoints)).is_none() {
+            not_initialised("pool-changed");
+        }
+    }
+
+    fn pick(request: &types::Request, context: wit_balance::PickContext) -> Option<u32> {
+        let ctx = crate::PickContext {
+            attempt: context.attempt,
+            tried: context.tried,
+        };
+        let req = crate::Request::from_host(request);
+        with_instance(&BALANCER, |b: &mut T| b.pick(&req, &ctx)).flatten()
+    }
+}
+
+/// Implements the generated `route` guest trait for a [`Router`].
+pub struct RouterExport<T>(PhantomData<T>);
+
+impl<T: Router + 'static> wit_route::Guest for RouterExport<T> {
+    fn init(config: String) -> Result<(), String> {
+        init_into(&ROUTER, T::init(&config))
+    }
+
+    fn route(request: &types::Request) -> wit_route::RouteDecision {
+        let req = crate::Request::from_host(request);
+        let decision = with_instance(&ROUTER, |r: &mut T| r.route(&req)).unwrap_or_else(|| {
+            not_initialised("route");
+            crate::RouteDecision::Respond(crate::LocalResponse::text(
+                500,
+                "router plugin not initialised",
+            ))
+        });
+        match decision {
+            crate::RouteDecision::Cluster(name) => wit_route::RouteDecision::Cluster(name),
+            crate::RouteDecision::Respond(resp) => wit_route::RouteDecision::Respond(resp.into()),
+        }
+    }
+}
+
+/// Implements the generated `filter` guest trait for a [`Filter`].
+pub struct FilterExport<T>(PhantomData<T>);
+
+impl<T: Filter + 'static> wit_filter::Guest for FilterExport<T> {
+    fn init(config: String) -> Result<(), String> {
+        init_into(&FILTER, T::init(&config))
+    }
+
+    fn on_request(request: &types::Request) -> wit_filter::RequestAction {
+        let req = crate::Request::from_host(request);
+        match with_instance(&FILTER, |f: &mut T| f.on_request(&req)) {
+            Some(crate::RequestAction::Proceed(ops)) => {
+                wit_filter::RequestAction::Proceed(ops.into_iter().map(Into::into).collect())
+            }
+            Some(crate::RequestAction::Respond(resp)) => {
+                wit_filter::RequestAction::Respond(resp.into())
+            }
+            None => {
+                not_initialised("on-request");
+                wit_filter::RequestAction::Proceed(Vec::new())
+            }
+        }
+    }
+
+    fn on_response(request: &types::Request, response: &types::Response) -> Vec<types::HeaderOp> {
+        let req = crate::Request::from_host(request);
+        let resp = crate::Response::from_host(response);
+        match with_instance(&FILTER, |f: &mut T| f.on_response(&req, &resp)) {
+            Some(ops) => ops.into_iter().map(Into::into).collect(),
+            None => {
+                not_initialised("on-response");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Implements the generated `health` guest trait for a [`HealthPolicy`].
+pub struct HealthExport<T>(PhantomData<T>);
+
+impl<T: HealthPolicy + 'static> wit_health::Guest for HealthExport<T> {
+    fn init(config: String) -> Result<(), String> {
+        init_into(&HEALTH, T::init(&config))
+    }
+
+    fn judge_probe(result: wit_health::ProbeResult) -> wit_health::Verdict {
+        let probe = crate::ProbeResult {
+            endpoint: result.endpoint,
+            status: result.status,
+            headers: result.headers,
+            body_prefix: result.body_prefix,
+            failure: result.failure.map(Into::into),
+            duration_micros: result.duration_micros,
+        };
+        with_instance(&HEALTH, |h: &mut T| h.judge_probe(&probe))
+            .unwrap_or(crate::Verdict::Abstain)
+            .into()
+    }
+
+    fn observe(outcome: wit_health::Outcome) -> wit_health::Verdict {
+        let outcome = crate::Outcome {
+            endpoint: outcome.endpoint,
+            status: outcome.status,
+            failure: outcome.failure.map(Into::into),
+            duration_micros: outcome.duration_micros,
+        };
+        with_instance(&HEALTH, |h: &mut T| h.observe(&outcome))
+            .unwrap_or(crate::Verdict::Abstain)
+            .into()
+    }
+}
+
+impl From<types::Endpoint> for crate::Endpoint {
+    fn from(e: types::Endpoint) -> Self {
+        crate::Endpoint {
+            id: e.id,
+            address: e.address,
+            weight: e.weight,
+            healthy: e.healthy,
+            metadata: e.metadata,
+        }
+    }
+}
+
+impl From<crate::LocalResponse> for types::LocalResponse {
+    fn from(r: crate::LocalResponse) -> Self {
+        types::LocalResponse {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
+impl From<crate::HeaderOp> for types::HeaderOp {
+    fn from(op: crate::HeaderOp) -> Self {
+        match op {
+            crate::HeaderOp::Set(name, value) => types::HeaderOp::Set((name, value)),
+            crate::HeaderOp::Append(name, value) => types::HeaderOp::Append((name, value)),
+            crate::HeaderOp::Remove(name) => types::HeaderOp::Remove(name),
+        }
+    }
+}
+
+impl From<wit_health::Failure> for crate::Failure {
+    fn from(f: wit_health::Failure) -> Self {
+        match f {
+            wit_health::Failure::Connect => crate::Failure::Connect,
+            wit_health::Failure::Reset => crate::Failure::Reset,
+            wit_health::Failure::Timeout => crate::Failure::Timeout,
+            wit_health::Failure::Protocol => crate::Failure::Protocol,
+        }
+    }
+}
+
+impl From<crate::Verdict> for wit_health::Verdict {
+    fn from(v: crate::Verdict) -> Self {
+        match v {
+            crate::Verdict::Pass => wit_health::Verdict::Pass,
+            crate::Verdict::Fail => wit_health::Verdict::Fail,
+            crate::Verdict::Eject => wit_health::Verdict::Eject,
+            crate::Verdict::Abstain => wit_health::Verdict::Abstain,
+        }
+    }
+}
+
+impl From<types::IpAddress> for std::net::IpAddr {
+    fn from(ip: types::IpAddress) -> Self {
+        match ip {
+            types::IpAddress::Ipv4((a, b, c, d)) => std::net::Ipv4Addr::new(a, b, c, d).into(),
+            types::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+                std::net::Ipv6Addr::new(a, b, c, d, e, f, g, h).into()
+            }
+        }
+    }
+}
