@@ -119,7 +119,7 @@ pub use types::{
 /// settings". The error message names the problem and where it is, ready to return from `init`.
 ///
 /// ```
-/// #[derive(serde::Deserialize)]
+/// #[derive(Debug, serde::Deserialize)]
 /// struct Settings { header: String }
 ///
 /// let s: Settings = sluicegate_sdk::settings("header = \"x-user\"").unwrap();
