@@ -461,7 +461,6 @@ impl ResponseSource for TestResponse {
 }
 
 /// Drives a [`Balancer`] the way the proxy does.
-#[derive(Debug)]
 pub struct BalancerHarness<T> {
     plugin: T,
     pool: Vec<Endpoint>,
@@ -544,7 +543,6 @@ impl<T: Balancer> BalancerHarness<T> {
 }
 
 /// Drives a [`Router`] the way the proxy does.
-#[derive(Debug)]
 pub struct RouterHarness<T> {
     plugin: T,
 }
@@ -569,7 +567,6 @@ impl<T: Router> RouterHarness<T> {
 }
 
 /// Drives a [`Filter`] the way the proxy does.
-#[derive(Debug)]
 pub struct FilterHarness<T> {
     plugin: T,
 }
@@ -600,7 +597,6 @@ impl<T: Filter> FilterHarness<T> {
 }
 
 /// Drives a [`HealthPolicy`] the way the proxy does.
-#[derive(Debug)]
 pub struct HealthHarness<T> {
     plugin: T,
 }
@@ -626,5 +622,35 @@ impl<T: HealthPolicy> HealthHarness<T> {
     /// The plugin instance.
     pub fn plugin(&self) -> &T {
         &self.plugin
+    }
+}
+
+// By hand, so `unwrap_err()` on `init` works for plugin types that are not `Debug`.
+impl<T> std::fmt::Debug for BalancerHarness<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalancerHarness")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+// By hand, so `unwrap_err()` on `init` works for plugin types that are not `Debug`.
+impl<T> std::fmt::Debug for RouterHarness<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterHarness").finish_non_exhaustive()
+    }
+}
+
+// By hand, so `unwrap_err()` on `init` works for plugin types that are not `Debug`.
+impl<T> std::fmt::Debug for FilterHarness<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterHarness").finish_non_exhaustive()
+    }
+}
+
+// By hand, so `unwrap_err()` on `init` works for plugin types that are not `Debug`.
+impl<T> std::fmt::Debug for HealthHarness<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthHarness").finish_non_exhaustive()
     }
 }
