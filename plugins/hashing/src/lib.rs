@@ -1,0 +1,24 @@
+//! Code shared by Sluicegate's default balancers, so each plugin stays a small file:
+//!
+//! - [`xxh64`] and [`mix64`]: a deterministic 64-bit hash (no per-instance randomness, so two
+//!   proxies with the same pool make the same decisions);
+//! - [`HashKey`]: which part of a request a hashing balancer hashes (`key = "header:x-user"`, ...);
+//! - [`ClientAddress`]: the client's address, optionally from `X-Forwarded-For` behind trusted proxies;
+//! - [`Pool`]: the pool in a push-order-independent order, telling whether derived tables must be rebuilt;
+//! - [`choose`]: walks a hashing balancer's candidate sequence skipping unhealthy, tried and
+//!   (with bounded load) overloaded endpoints;
+//! - [`candidates`]: the healthy endpoints, or all of them in panic mode.
+//!
+//! It is a plain library (not a plugin): the plugins link it in.
+
+mod address;
+mod hash;
+mod key;
+mod pool;
+mod select;
+
+pub use address::{Cidr, ClientAddress};
+pub use hash::{mix64, xxh64};
+pub use key::HashKey;
+pub use pool::{Member, Pool, candidates, consider};
+pub use select::{check_balance_factor, choose};

@@ -1,0 +1,149 @@
+//! The pool as the default balancers keep it: members in an order that does not depend on the
+//! order the proxy pushed them in (so two instances build identical tables), and the candidate
+//! rules every balancer shares (healthy ones; all of them in panic mode; untried ones first).
+
+use sluicegate_sdk::{Endpoint, EndpointId, PickContext};
+
+/// One pool member: what the balancers need of an [`Endpoint`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The endpoint's id.
+    pub id: EndpointId,
+    /// `host:port`: what hashing balancers hash to place the endpoint, so placement does not
+    /// depend on ids the two proxies may number differently.
+    pub address: String,
+    /// Relative weight, at least 1.
+    pub weight: u32,
+    /// Whether the proxy considers it healthy.
+    pub healthy: bool,
+}
+
+impl Member {
+    fn of(e: &Endpoint) -> Member {
+        Member {
+            id: e.id,
+            address: e.address.clone(),
+            weight: e.weight.max(1),
+            healthy: e.healthy,
+        }
+    }
+}
+
+/// The whole pool, sorted by address then id, with the panic flag (no member healthy).
+#[derive(Clone, Debug, Default)]
+pub struct Pool {
+    members: Vec<Member>,
+    panic: bool,
+}
+
+impl Pool {
+    /// Takes a pushed pool. Returns whether membership or a weight changed, i.e. whether tables
+    /// derived from the members must be rebuilt (a health change alone does not need that).
+    pub fn update(&mut self, endpoints: &[Endpoint]) -> bool {
+        let mut members: Vec<Member> = endpoints.iter().map(Member::of).collect();
+        members.sort_by(|a, b| (&a.address, a.id).cmp(&(&b.address, b.id)));
+        let same_shape = members.len() == self.members.len()
+            && members
+                .iter()
+                .zip(&self.members)
+                .all(|(a, b)| (a.id, &a.address, a.weight) == (b.id, &b.address, b.weight));
+        self.panic = !members.is_empty() && !members.iter().any(|m| m.healthy);
+        self.members = members;
+        !same_shape
+    }
+
+    /// The members, sorted by address then id.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Whether no member is healthy, so every member is a candidate.
+    pub fn in_panic_mode(&self) -> bool {
+        self.panic
+    }
+
+    /// Whether member `index` may be picked as far as health goes.
+    pub fn usable(&self, index: usize) -> bool {
+        self.panic || self.members[index].healthy
+    }
+}
+
+/// The candidates of a pool: its healthy members, or all of them when none is healthy (panic
+/// mode: a possibly stale health view beats a certain 503). Also returns whether that happened.
+pub fn candidates(endpoints: &[Endpoint]) -> (Vec<Member>, bool) {
+    let healthy: Vec<Member> = endpoints
+        .iter()
+        .filter(|e| e.healthy)
+        .map(Member::of)
+        .collect();
+    if healthy.is_empty() && !endpoints.is_empty() {
+        (endpoints.iter().map(Member::of).collect(), true)
+    } else {
+        (healthy, false)
+    }
+}
+
+/// Whether `member` should be considered for this pick: untried members only, unless every one
+/// of `list` was already tried (then any of them, rather than failing the request).
+pub fn consider<'a>(list: &[Member], ctx: &'a PickContext) -> impl Fn(&Member) -> bool + 'a {
+    let skip_tried = !ctx.tried.is_empty() && list.iter().any(|m| !ctx.was_tried(m.id));
+    move |m| !(skip_tried && ctx.was_tried(m.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluicegate_sdk::testing::TestPool;
+
+    #[test]
+    fn order_and_rebuild_flag_ignore_push_order_and_health() {
+        let a = TestPool::new()
+            .endpoint_with_id(0, "10.0.0.2:80", 1)
+            .endpoint_with_id(1, "10.0.0.1:80", 2);
+        let b = TestPool::new()
+            .endpoint_with_id(1, "10.0.0.1:80", 2)
+            .endpoint_with_id(0, "10.0.0.2:80", 1);
+        let mut pool = Pool::default();
+        assert!(pool.update(a.endpoints()));
+        assert_eq!(pool.members()[0].address, "10.0.0.1:80");
+        assert!(!pool.update(b.endpoints()));
+        let mut c = b.clone();
+        c.set_healthy(0, false);
+        assert!(!pool.update(c.endpoints()));
+        assert!(!pool.usable(1));
+        c.set_weight(0, 5);
+        assert!(pool.update(c.endpoints()));
+    }
+
+    #[test]
+    fn panic_mode_only_when_no_member_is_healthy() {
+        let mut p = TestPool::new().endpoint("a:1", 1).unhealthy("b:1", 1);
+        assert_eq!(candidates(p.endpoints()).0.len(), 1);
+        p.set_healthy(0, false);
+        let (all, panic) = candidates(p.endpoints());
+        assert!(panic && all.len() == 2);
+        assert_eq!(candidates(&[]), (vec![], false));
+    }
+
+    #[test]
+    fn consider_skips_tried_unless_all_were() {
+        let (list, _) = candidates(
+            TestPool::new()
+                .endpoint("a:1", 1)
+                .endpoint("b:1", 1)
+                .endpoints(),
+        );
+        let ctx = PickContext {
+            attempt: 2,
+            tried: vec![0],
+        };
+        let keep = consider(&list, &ctx);
+        assert!(!keep(&list[0]) && keep(&list[1]));
+        let all = PickContext {
+            attempt: 3,
+            tried: vec![0, 1],
+        };
+        let keep = consider(&list, &all);
+        assert!(keep(&list[0]) && keep(&list[1]));
+    }
+}

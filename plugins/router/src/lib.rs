@@ -1,0 +1,60 @@
+//! The default router: ordered rules from the settings choose a cluster, a weighted split, a
+//! redirect or a local answer for each request.
+//!
+#![doc = include_str!("../README.md")]
+
+mod rules;
+mod settings;
+
+use sluicegate_sdk::{LocalResponse, Request, RouteDecision, Router};
+
+pub use settings::SettingsError;
+
+use rules::{Rule, View};
+use settings::RawSettings;
+
+/// The rule router: the compiled rules and where unmatched requests go.
+#[derive(Debug)]
+pub struct RuleRouter {
+    rules: Vec<Rule>,
+    default_cluster: Option<String>,
+}
+
+impl RuleRouter {
+    /// Parses and checks the settings (the TOML described in the crate docs).
+    pub fn from_settings(config: &str) -> Result<Self, String> {
+        let raw: RawSettings = sluicegate_sdk::settings(config)?;
+        let compiled = raw.compile().map_err(|e| e.to_string())?;
+        Ok(RuleRouter {
+            rules: compiled.rules,
+            default_cluster: compiled.default_cluster,
+        })
+    }
+
+    /// How many rules the settings hold.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+impl Router for RuleRouter {
+    fn init(config: &str) -> Result<Self, String> {
+        RuleRouter::from_settings(config)
+    }
+
+    fn route(&mut self, req: &Request<'_>) -> RouteDecision {
+        let mut view = View::new(*req);
+        match self.rules.iter().find(|r| r.matches(&mut view)) {
+            Some(rule) => rule.action.decide(&mut view),
+            None => match &self.default_cluster {
+                Some(c) => RouteDecision::cluster(c.as_str()),
+                None => RouteDecision::Respond(LocalResponse::text(404, "no route\n")),
+            },
+        }
+    }
+}
+
+sluicegate_sdk::export_router!(RuleRouter);
+
+#[cfg(test)]
+mod tests;
