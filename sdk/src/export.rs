@@ -5,8 +5,19 @@
 
 /// Exports a [`Balancer`](crate::Balancer) implementation as the plugin's `balance` interface.
 ///
-/// ```ignore
-/// sluicegate_sdk::export_balancer!(MyBalancer);
+/// ```
+/// use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};
+///
+/// struct First(Option<EndpointId>);
+///
+/// impl Balancer for First {
+///     fn init(_config: &str) -> Result<Self, String> { Ok(First(None)) }
+///     fn pool_changed(&mut self, endpoints: &[Endpoint]) { self.0 = endpoints.first().map(|e| e.id) }
+///     fn pick(&mut self, _req: &Request, _ctx: &PickContext) -> Option<EndpointId> { self.0 }
+/// }
+///
+/// sluicegate_sdk::export_balancer!(First);
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! export_balancer {
@@ -27,8 +38,23 @@ macro_rules! export_balancer {
 
 /// Exports a [`Router`](crate::Router) implementation as the plugin's `route` interface.
 ///
-/// ```ignore
-/// sluicegate_sdk::export_router!(MyRouter);
+/// ```
+/// use sluicegate_sdk::{Request, RouteDecision, Router};
+///
+/// struct ByHost;
+///
+/// impl Router for ByHost {
+///     fn init(_config: &str) -> Result<Self, String> { Ok(ByHost) }
+///     fn route(&mut self, req: &Request) -> RouteDecision {
+///         match req.host().as_deref() {
+///             Some("api.example.com") => RouteDecision::cluster("api"),
+///             _ => RouteDecision::cluster("web"),
+///         }
+///     }
+/// }
+///
+/// sluicegate_sdk::export_router!(ByHost);
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! export_router {
@@ -49,8 +75,20 @@ macro_rules! export_router {
 
 /// Exports a [`Filter`](crate::Filter) implementation as the plugin's `filter` interface.
 ///
-/// ```ignore
-/// sluicegate_sdk::export_filter!(MyFilter);
+/// ```
+/// use sluicegate_sdk::{Filter, HeaderOp, Request, Response};
+///
+/// struct ServedBy;
+///
+/// impl Filter for ServedBy {
+///     fn init(_config: &str) -> Result<Self, String> { Ok(ServedBy) }
+///     fn on_response(&mut self, _req: &Request, _resp: &Response) -> Vec<HeaderOp> {
+///         vec![HeaderOp::set("x-served-by", "sluicegate")]
+///     }
+/// }
+///
+/// sluicegate_sdk::export_filter!(ServedBy);
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! export_filter {
@@ -72,8 +110,20 @@ macro_rules! export_filter {
 /// Exports a [`HealthPolicy`](crate::HealthPolicy) implementation as the plugin's `health`
 /// interface.
 ///
-/// ```ignore
-/// sluicegate_sdk::export_health_policy!(MyPolicy);
+/// ```
+/// use sluicegate_sdk::{HealthPolicy, ProbeResult, Verdict};
+///
+/// struct BodySaysOk;
+///
+/// impl HealthPolicy for BodySaysOk {
+///     fn init(_config: &str) -> Result<Self, String> { Ok(BodySaysOk) }
+///     fn judge_probe(&mut self, probe: &ProbeResult) -> Verdict {
+///         if probe.body_prefix.starts_with(b"OK") { Verdict::Pass } else { Verdict::Fail }
+///     }
+/// }
+///
+/// sluicegate_sdk::export_health_policy!(BodySaysOk);
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! export_health_policy {

@@ -141,3 +141,76 @@ pub fn settings<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, Strin
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Opts {
+        #[serde(default)]
+        verbose: bool,
+        #[serde(default)]
+        limit: Option<u32>,
+    }
+
+    #[test]
+    fn empty_settings_are_an_empty_table() {
+        assert_eq!(
+            settings::<Opts>("").unwrap(),
+            Opts {
+                verbose: false,
+                limit: None
+            }
+        );
+        assert_eq!(settings::<Opts>("limit = 3").unwrap().limit, Some(3));
+    }
+
+    #[test]
+    fn settings_errors_say_what_and_where() {
+        let err = settings::<Opts>("verbose = true\nlimit = \"many\"").unwrap_err();
+        assert!(
+            err.starts_with("invalid settings at line 2, column 9:"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "one line for the log: {err}");
+        let err = settings::<Opts>("verbos = true").unwrap_err();
+        assert!(err.contains("verbos") && err.contains("line 1"), "{err}");
+        let err = settings::<Opts>("not toml at all").unwrap_err();
+        assert!(err.starts_with("invalid settings"), "{err}");
+    }
+
+    #[test]
+    fn local_response_builders() {
+        let r = LocalResponse::redirect("/login");
+        assert_eq!(
+            (r.status, r.headers.clone()),
+            (302, vec![("location".into(), "/login".into())])
+        );
+        assert_eq!(LocalResponse::redirect_with(308, "https://a/").status, 308);
+        let t = LocalResponse::text(403, "no");
+        assert_eq!((t.status, t.body.as_slice()), (403, b"no".as_slice()));
+        assert_eq!(t.headers[0].0, "content-type");
+        let custom = LocalResponse::new(204).header("x-a", "1").body(vec![1, 2]);
+        assert_eq!((custom.headers.len(), custom.body), (1, vec![1, 2]));
+    }
+
+    #[test]
+    fn small_constructors() {
+        assert_eq!(
+            HeaderOp::set("a", "1"),
+            HeaderOp::Set("a".into(), "1".into())
+        );
+        assert_eq!(
+            HeaderOp::append("a", "1"),
+            HeaderOp::Append("a".into(), "1".into())
+        );
+        assert_eq!(HeaderOp::remove("a"), HeaderOp::Remove("a".into()));
+        assert_eq!(
+            RouteDecision::cluster("x"),
+            RouteDecision::Cluster("x".into())
+        );
+        assert_eq!(RequestAction::proceed(), RequestAction::Proceed(vec![]));
+    }
+}

@@ -654,3 +654,254 @@ impl<T> std::fmt::Debug for HealthHarness<T> {
         f.debug_struct("HealthHarness").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host;
+    use std::net::Ipv6Addr;
+
+    #[test]
+    fn request_fields_read_like_the_proxy_gives_them() {
+        let req = TestRequest::new("post", "/a/b?x=1&y=2")
+            .header("Host", "example.com:8080")
+            .header("X-Multi", "first")
+            .header("x-multi", "second")
+            .request_id("r-42");
+        let r = req.as_request();
+        assert_eq!(r.method(), "POST");
+        assert_eq!(r.path(), "/a/b");
+        assert_eq!(r.query().as_deref(), Some("x=1&y=2"));
+        assert_eq!(r.host().as_deref(), Some("example.com"));
+        assert_eq!(r.header("X-MULTI").as_deref(), Some("first"));
+        assert_eq!(r.header("absent"), None);
+        assert_eq!(r.request_id(), "r-42");
+        assert_eq!(r.client_ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(TestRequest::get("/").as_request().query(), None);
+        assert_eq!(TestRequest::get("/").as_request().host(), None);
+    }
+
+    #[test]
+    fn host_strips_the_port_and_explicit_host_wins() {
+        let v6 = TestRequest::get("/").header("host", "[::1]:443");
+        assert_eq!(v6.as_request().host().as_deref(), Some("[::1]"));
+        let plain = TestRequest::get("/").header("host", "example.com");
+        assert_eq!(plain.as_request().host().as_deref(), Some("example.com"));
+        let both = TestRequest::get("/")
+            .header("host", "a.test")
+            .host("b.test:81");
+        assert_eq!(both.as_request().host().as_deref(), Some("b.test"));
+    }
+
+    #[test]
+    fn cookies_come_from_every_cookie_header() {
+        let req = TestRequest::get("/")
+            .header("Cookie", "a=1; session=abc")
+            .cookie("theme", "dark");
+        let r = req.as_request();
+        assert_eq!(r.cookie("session").as_deref(), Some("abc"));
+        assert_eq!(r.cookie("a").as_deref(), Some("1"));
+        assert_eq!(r.cookie("theme").as_deref(), Some("dark"));
+        assert_eq!(r.cookie("sess"), None);
+    }
+
+    #[test]
+    fn client_ip_is_settable() {
+        let ip = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
+        assert_eq!(
+            TestRequest::get("/").client_ip(ip).as_request().client_ip(),
+            ip
+        );
+    }
+
+    #[test]
+    fn response_fields() {
+        let resp = TestResponse::new(502)
+            .header("Retry-After", "3")
+            .endpoint(4)
+            .cluster("api");
+        let r = resp.as_response();
+        assert_eq!(r.status(), 502);
+        assert_eq!(r.header("retry-after").as_deref(), Some("3"));
+        assert_eq!(r.endpoint(), Some(4));
+        assert_eq!(r.cluster().as_deref(), Some("api"));
+        let bare = TestResponse::new(200);
+        assert_eq!(
+            (bare.as_response().endpoint(), bare.as_response().cluster()),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn host_functions_read_and_record_thread_state() {
+        reset();
+        assert_eq!((host::in_flight(3), host::latency_ewma_micros(3)), (0, 0));
+        set_in_flight(3, 7);
+        set_latency(3, 1500);
+        assert_eq!(
+            (host::in_flight(3), host::latency_ewma_micros(3)),
+            (7, 1500)
+        );
+
+        host::info("hello");
+        host::log(Level::Trace, "fine");
+        assert_eq!(
+            logs(),
+            [
+                (Level::Info, "hello".to_owned()),
+                (Level::Trace, "fine".to_owned())
+            ]
+        );
+        assert_eq!(take_logs().len(), 2);
+        assert!(logs().is_empty());
+
+        host::counter_add("hits", 2);
+        host::counter_add("hits", 3);
+        assert_eq!(counter("hits"), 5);
+        assert_eq!(
+            counters().into_iter().collect::<Vec<_>>(),
+            [("hits".to_owned(), 5)]
+        );
+
+        let t0 = host::now_nanos();
+        advance_clock(250);
+        assert_eq!(host::now_nanos() - t0, 250);
+
+        seed_random(9);
+        let a = (host::random_u64(), host::random_u64());
+        seed_random(9);
+        let b = (host::random_u64(), host::random_u64());
+        assert_eq!(a, b);
+        assert_ne!(a.0, a.1);
+
+        reset();
+        assert_eq!(
+            (host::in_flight(3), counter("hits"), host::now_nanos()),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn pool_builder_gives_ids_in_order() {
+        let mut pool = TestPool::new()
+            .endpoint("10.0.0.1:80", 2)
+            .meta("zone", "a")
+            .endpoint_with_id(10, "10.0.0.10:80", 1)
+            .unhealthy("10.0.0.11:80", 1);
+        let ids: Vec<_> = pool.endpoints().iter().map(|e| e.id).collect();
+        assert_eq!(ids, [0, 10, 11]);
+        assert_eq!(pool.endpoints()[0].meta("zone"), Some("a"));
+        assert_eq!(pool.endpoints()[0].meta("rack"), None);
+        assert!(!pool.endpoints()[2].healthy);
+        pool.set_weight(0, 5);
+        pool.set_healthy(11, true);
+        pool.remove(10);
+        assert!(!pool.contains(10));
+        assert_eq!(pool.endpoints()[0].weight, 5);
+        assert!(pool.endpoints().iter().all(|e| e.healthy));
+    }
+
+    /// Records what the harness hands it; picks whatever it is told to.
+    struct Recorder {
+        settings: String,
+        pools: Vec<Vec<EndpointId>>,
+        contexts: Vec<PickContext>,
+        answer: Option<EndpointId>,
+    }
+
+    impl Balancer for Recorder {
+        fn init(config: &str) -> Result<Self, String> {
+            Ok(Recorder {
+                settings: config.to_owned(),
+                pools: Vec::new(),
+                contexts: Vec::new(),
+                answer: None,
+            })
+        }
+
+        fn pool_changed(&mut self, endpoints: &[Endpoint]) {
+            self.pools.push(endpoints.iter().map(|e| e.id).collect());
+        }
+
+        fn pick(&mut self, _req: &Request<'_>, ctx: &PickContext) -> Option<EndpointId> {
+            self.contexts.push(ctx.clone());
+            self.answer
+        }
+    }
+
+    #[test]
+    fn balancer_harness_calls_like_the_proxy() {
+        let pool = TestPool::new().endpoint("a:1", 1).endpoint("b:1", 1);
+        let mut lb = BalancerHarness::<Recorder>::start("k = 1", &pool).unwrap();
+        lb.plugin_mut().answer = Some(1);
+        assert_eq!(lb.pick(&TestRequest::get("/")), Some(1));
+        assert_eq!(lb.pick_retry(&TestRequest::get("/"), 3, &[0, 1]), Some(1));
+        assert_eq!(lb.spread(&TestRequest::get("/"), 4).get(&1), Some(&4));
+        let rec = lb.plugin();
+        assert_eq!(rec.settings, "k = 1");
+        assert_eq!(rec.pools, [vec![0, 1]]);
+        assert_eq!(
+            rec.contexts[..2],
+            [
+                PickContext {
+                    attempt: 1,
+                    tried: vec![]
+                },
+                PickContext {
+                    attempt: 3,
+                    tried: vec![0, 1]
+                }
+            ]
+        );
+        assert!(rec.contexts[1].was_tried(0) && !rec.contexts[0].was_tried(0));
+    }
+
+    #[test]
+    #[should_panic(expected = "not in the pool")]
+    fn picking_outside_the_pool_is_a_fault() {
+        let pool = TestPool::new().endpoint("a:1", 1);
+        let mut lb = BalancerHarness::<Recorder>::start("", &pool).unwrap();
+        lb.plugin_mut().answer = Some(9);
+        lb.pick(&TestRequest::get("/"));
+    }
+
+    struct Defaults;
+
+    impl Filter for Defaults {
+        fn init(_config: &str) -> Result<Self, String> {
+            Ok(Defaults)
+        }
+    }
+
+    impl HealthPolicy for Defaults {
+        fn init(_config: &str) -> Result<Self, String> {
+            Ok(Defaults)
+        }
+    }
+
+    #[test]
+    fn trait_defaults_change_nothing() {
+        let mut f = FilterHarness::<Defaults>::init("").unwrap();
+        let req = TestRequest::get("/");
+        assert_eq!(f.on_request(&req), RequestAction::proceed());
+        assert!(f.on_response(&req, &TestResponse::new(200)).is_empty());
+
+        let mut h = HealthHarness::<Defaults>::init("").unwrap();
+        let outcome = Outcome {
+            endpoint: 1,
+            status: Some(500),
+            failure: None,
+            duration_micros: 1,
+        };
+        assert_eq!(h.observe(&outcome), Verdict::Abstain);
+        let probe = ProbeResult {
+            endpoint: 1,
+            status: None,
+            headers: vec![],
+            body_prefix: vec![],
+            failure: Some(crate::Failure::Timeout),
+            duration_micros: 1,
+        };
+        assert_eq!(h.judge_probe(&probe), Verdict::Abstain);
+    }
+}
