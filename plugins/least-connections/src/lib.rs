@@ -1,0 +1,264 @@
+//! Least connections: the healthy endpoint with the fewest requests in flight per unit of weight
+//! (in-flight counts come from the proxy, `host::in_flight`; loads are compared by
+//! cross-multiplication, `a.in_flight × b.weight < b.in_flight × a.weight`, so no rounding).
+//!
+//! - `mode = "least"` (default) looks at every candidate; ties go round-robin (the scan starts
+//!   after the last pick), so an idle pool is spread evenly.
+//! - `mode = "p2c"` draws `choices` (default 2) distinct candidates at random and takes the less
+//!   loaded one ("power of two choices"): O(choices) host calls per pick instead of one per
+//!   endpoint, for large pools, and no herd on the single least-loaded endpoint when several
+//!   proxies share a stale view.
+//! - Retries skip endpoints already tried while another is left; panic mode (no endpoint healthy)
+//!   picks among all; an empty pool gives `None` (503). The candidate list is rebuilt only in
+//!   `pool_changed`.
+
+use sluicegate_plugin_hashing::{Member, candidates, consider, random_index};
+use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request, host};
+
+/// How candidates are compared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every candidate; the least loaded wins.
+    #[default]
+    Least,
+    /// `choices` random candidates; the least loaded of them wins.
+    P2c,
+}
+
+/// The plugin's settings.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default)]
+    mode: Mode,
+    /// Candidates drawn per pick in `p2c` mode (at least 2).
+    #[serde(default = "two")]
+    choices: u32,
+}
+
+fn two() -> u32 {
+    2
+}
+
+/// The balancer's state.
+#[derive(Debug)]
+pub struct LeastConnections {
+    mode: Mode,
+    choices: usize,
+    list: Vec<Member>,
+    panic: bool,
+    /// Where the next `least` scan starts, for round-robin among ties.
+    next: usize,
+}
+
+impl LeastConnections {
+    /// Whether no endpoint is healthy, so picks spread over all of them.
+    pub fn in_panic_mode(&self) -> bool {
+        self.panic
+    }
+}
+
+/// Whether load `a` (in flight, weight) is strictly lower than `b`.
+fn lighter(a: (u32, u32), b: (u32, u32)) -> bool {
+    u64::from(a.0) * u64::from(b.1) < u64::from(b.0) * u64::from(a.1)
+}
+
+impl Balancer for LeastConnections {
+    fn init(config: &str) -> Result<Self, String> {
+        let s: Settings = sluicegate_sdk::settings(config)?;
+        if s.choices < 2 {
+            return Err(format!("choices must be at least 2, not {}", s.choices));
+        }
+        Ok(LeastConnections {
+            mode: s.mode,
+            choices: s.choices as usize,
+            list: Vec::new(),
+            panic: false,
+            next: 0,
+        })
+    }
+
+    fn pool_changed(&mut self, endpoints: &[Endpoint]) {
+        (self.list, self.panic) = candidates(endpoints);
+    }
+
+    fn pick(&mut self, _req: &Request, ctx: &PickContext) -> Option<EndpointId> {
+        let keep = consider(&self.list, ctx);
+        let n = self.list.len();
+        let order: Vec<usize> = match self.mode {
+            Mode::Least => {
+                let start = self.next % n.max(1);
+                (0..n).map(|k| (start + k) % n).collect()
+            }
+            Mode::P2c => {
+                // A partial Fisher-Yates shuffle: the first `choices` entries are a uniform draw.
+                let mut all: Vec<usize> = (0..n).filter(|i| keep(&self.list[*i])).collect();
+                let k = self.choices.min(all.len());
+                for j in 0..k {
+                    let r = j + random_index(all.len() - j);
+                    all.swap(j, r);
+                }
+                all.truncate(k);
+                all
+            }
+        };
+        let mut best: Option<(usize, (u32, u32))> = None;
+        for i in order.into_iter().filter(|i| keep(&self.list[*i])) {
+            let m = &self.list[i];
+            let load = (host::in_flight(m.id), m.weight);
+            if best.is_none_or(|(_, b)| lighter(load, b)) {
+                best = Some((i, load));
+            }
+        }
+        let (i, _) = best?;
+        self.next = i + 1;
+        Some(self.list[i].id)
+    }
+}
+
+sluicegate_sdk::export_balancer!(LeastConnections);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluicegate_sdk::testing::{self, BalancerHarness, TestPool, TestRequest};
+
+    /// A pool of 2 to 10 endpoints with random weights 1 to 5.
+    fn random_pool() -> TestPool {
+        let n = 2 + random_index(9);
+        (0..n).fold(TestPool::new(), |p, i| {
+            p.endpoint(&format!("10.0.0.{i}:80"), 1 + random_index(5) as u32)
+        })
+    }
+
+    fn load(pool: &TestPool, id: EndpointId) -> (u32, u32) {
+        let e = pool.endpoints().iter().find(|e| e.id == id).unwrap();
+        (host::in_flight(id), e.weight)
+    }
+
+    #[test]
+    fn always_picks_a_least_loaded_endpoint() {
+        testing::reset();
+        let req = TestRequest::get("/");
+        for _ in 0..50 {
+            let pool = random_pool();
+            let mut lb = BalancerHarness::<LeastConnections>::start("", &pool).unwrap();
+            for _ in 0..100 {
+                for e in pool.endpoints() {
+                    testing::set_in_flight(e.id, random_index(20) as u32);
+                }
+                let picked = lb.pick(&req).unwrap();
+                for e in pool.endpoints() {
+                    assert!(!lighter(load(&pool, e.id), load(&pool, picked)), "{pool:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ties_go_round_robin() {
+        testing::reset();
+        let pool = TestPool::new()
+            .endpoint("a:1", 1)
+            .endpoint("b:1", 2)
+            .endpoint("c:1", 3);
+        let mut lb = BalancerHarness::<LeastConnections>::start("", &pool).unwrap();
+        let spread = lb.spread(&TestRequest::get("/"), 300);
+        assert_eq!(
+            spread.into_iter().collect::<Vec<_>>(),
+            [(0, 100), (1, 100), (2, 100)]
+        );
+        // b (weight 2) with 2 in flight ties with a and c at 1 per weight: they share the picks.
+        testing::set_in_flight(0, 1);
+        testing::set_in_flight(1, 2);
+        testing::set_in_flight(2, 3);
+        assert_eq!(lb.spread(&TestRequest::get("/"), 30).len(), 3);
+    }
+
+    #[test]
+    fn p2c_never_picks_one_of_the_most_loaded() {
+        // The pick is the least loaded of `choices` distinct candidates, so at least
+        // choices - 1 others are at least as loaded.
+        testing::reset();
+        let req = TestRequest::get("/");
+        for choices in [2usize, 3] {
+            let settings = format!("mode = \"p2c\"\nchoices = {choices}");
+            for _ in 0..50 {
+                let pool = random_pool();
+                let mut lb = BalancerHarness::<LeastConnections>::start(&settings, &pool).unwrap();
+                for _ in 0..100 {
+                    for e in pool.endpoints() {
+                        testing::set_in_flight(e.id, random_index(20) as u32);
+                    }
+                    let picked = lb.pick(&req).unwrap();
+                    let heavier = pool
+                        .endpoints()
+                        .iter()
+                        .filter(|e| e.id != picked)
+                        .filter(|e| !lighter(load(&pool, e.id), load(&pool, picked)))
+                        .count();
+                    assert!(
+                        heavier + 1 >= choices.min(pool.endpoints().len()),
+                        "{pool:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn p2c_reaches_every_endpoint_when_idle() {
+        testing::reset();
+        let pool = (0..8).fold(TestPool::new(), |p, i| p.endpoint(&format!("h{i}:1"), 1));
+        let mut lb = BalancerHarness::<LeastConnections>::start("mode = \"p2c\"", &pool).unwrap();
+        let spread = lb.spread(&TestRequest::get("/"), 8000);
+        assert_eq!(spread.len(), 8);
+        assert!(
+            spread.values().all(|c| (800..1200).contains(c)),
+            "{spread:?}"
+        );
+    }
+
+    #[test]
+    fn skips_unhealthy_and_tried_endpoints() {
+        testing::reset();
+        let pool = TestPool::new()
+            .endpoint("a:1", 1)
+            .unhealthy("b:1", 1)
+            .endpoint("c:1", 1);
+        for mode in ["least", "p2c"] {
+            let settings = format!("mode = \"{mode}\"");
+            let mut lb = BalancerHarness::<LeastConnections>::start(&settings, &pool).unwrap();
+            testing::set_in_flight(0, 9);
+            let req = TestRequest::get("/");
+            assert_eq!(
+                lb.spread(&req, 50).into_iter().collect::<Vec<_>>(),
+                [(2, 50)]
+            );
+            assert_eq!(lb.pick_retry(&req, 2, &[2]), Some(0));
+            assert!(lb.pick_retry(&req, 3, &[0, 2]).is_some());
+        }
+    }
+
+    #[test]
+    fn panic_mode_and_empty_pool() {
+        testing::reset();
+        let pool = TestPool::new().unhealthy("a:1", 1).unhealthy("b:1", 1);
+        let mut lb = BalancerHarness::<LeastConnections>::start("", &pool).unwrap();
+        assert!(lb.plugin().in_panic_mode());
+        assert_eq!(lb.spread(&TestRequest::get("/"), 10).len(), 2);
+        lb.set_pool(&TestPool::new());
+        assert_eq!(lb.pick(&TestRequest::get("/")), None);
+    }
+
+    #[test]
+    fn refuses_bad_settings() {
+        for bad in ["mode = \"fastest\"", "choices = 1", "colour = 2"] {
+            assert!(
+                BalancerHarness::<LeastConnections>::init(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}
