@@ -71,13 +71,22 @@ address = "{}"
     let client = http1_client();
 
     // Normal path: router -> filter headers both ways -> the plugin balancer (first untried).
-    let resp = client.get(proxy.url("/echo-headers").parse().unwrap()).await.unwrap();
+    let resp = client
+        .get(proxy.url("/echo-headers").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-filter-response"], "yes");
-    let seen = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let seen = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     assert!(String::from_utf8_lossy(&seen).contains("x-filtered: yes\n"));
     for _ in 0..4 {
-        assert_eq!(get(&client, &proxy.url("/")).await, (StatusCode::OK, "hello from 1".into()));
+        assert_eq!(
+            get(&client, &proxy.url("/")).await,
+            (StatusCode::OK, "hello from 1".into())
+        );
     }
 
     // Balancer faults: the fallback balancer serves, the request succeeds.
@@ -86,19 +95,30 @@ address = "{}"
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
     }
     // Filter fault: the request continues unchanged. Filter answer: served as asked.
-    assert_eq!(get(&client, &proxy.url("/filter-trap")).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&client, &proxy.url("/filter-trap")).await.0,
+        StatusCode::OK
+    );
     assert_eq!(
         get(&client, &proxy.url("/filter-deny")).await,
         (StatusCode::FORBIDDEN, "denied by filter".into())
     );
     // Router fault and unknown cluster: 502 with the reason. Router answer: served as asked.
     let (status, body) = get(&client, &proxy.url("/router-trap")).await;
-    assert_eq!((status, body.trim()), (StatusCode::BAD_GATEWAY, "router fault: faults"));
+    assert_eq!(
+        (status, body.trim()),
+        (StatusCode::BAD_GATEWAY, "router fault: faults")
+    );
     let (status, body) = get(&client, &proxy.url("/router-unknown")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(body.contains("no-such-cluster"), "{body}");
-    let req = Request::get(proxy.url("/teapot")).body(Full::new(Bytes::new())).unwrap();
-    assert_eq!(send(&client, req).await, (StatusCode::IM_A_TEAPOT, "short and stout".into()));
+    let req = Request::get(proxy.url("/teapot"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send(&client, req).await,
+        (StatusCode::IM_A_TEAPOT, "short and stout".into())
+    );
 
     // Counted: faults per plugin (runtime) and fallbacks per kind (proxy).
     let (_, metrics) = get(&client, &proxy.admin_url("/metrics")).await;
@@ -110,18 +130,48 @@ address = "{}"
             .map(|s| s.value)
             .sum()
     };
-    assert!(value("sluicegate_plugin_faults_total", &[("plugin", "faults")]) >= 3.0, "{metrics}");
-    assert_eq!(value("sluicegate_plugin_fallbacks_total", &[("plugin", "faults"), ("kind", "balancer")]), 2.0);
-    assert_eq!(value("sluicegate_plugin_fallbacks_total", &[("plugin", "faults"), ("kind", "filter")]), 1.0);
-    assert_eq!(value("sluicegate_plugin_fallbacks_total", &[("plugin", "faults"), ("kind", "router")]), 1.0);
+    assert!(
+        value("sluicegate_plugin_faults_total", &[("plugin", "faults")]) >= 3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value(
+            "sluicegate_plugin_fallbacks_total",
+            &[("plugin", "faults"), ("kind", "balancer")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "sluicegate_plugin_fallbacks_total",
+            &[("plugin", "faults"), ("kind", "filter")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "sluicegate_plugin_fallbacks_total",
+            &[("plugin", "faults"), ("kind", "router")]
+        ),
+        1.0
+    );
 
     let (_, status) = get(&client, &proxy.admin_url("/status")).await;
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
-    let faults = status["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "faults").unwrap();
+    let faults = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "faults")
+        .unwrap();
     assert!(faults["faults"].as_u64() >= Some(3), "{faults}");
     assert_eq!(status["clusters"][0]["balancer"], "faults");
 
-    assert!(eventually(Duration::from_secs(5), async || read_log(dir.path()).len() == 12).await);
+    assert!(
+        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
+            == 12)
+        .await
+    );
     let log = read_log(dir.path());
     let router_fault = log.iter().find(|e| e["path"] == "/router-trap").unwrap();
     assert_eq!(router_fault["reason"], "router fault: faults");

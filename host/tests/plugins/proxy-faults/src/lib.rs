@@ -26,7 +26,11 @@ impl Balancer for FirstUntried {
     }
 
     fn pool_changed(&mut self, endpoints: &[Endpoint]) {
-        self.pool = endpoints.iter().filter(|e| e.healthy).map(|e| e.id).collect();
+        self.pool = endpoints
+            .iter()
+            .filter(|e| e.healthy)
+            .map(|e| e.id)
+            .collect();
     }
 
     fn pick(&mut self, req: &Request<'_>, ctx: &PickContext) -> Option<EndpointId> {
