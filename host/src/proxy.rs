@@ -633,6 +633,12 @@ impl Finish {
 impl Drop for Finish {
     fn drop(&mut self) {
         let total = self.start.elapsed();
+        if self.status == 0 {
+            // Dropped before any response: the client went away (nginx's 499).
+            self.status = 499;
+            self.reason
+                .get_or_insert(Cow::Borrowed("client closed the request"));
+        }
         let cluster = self.cluster.as_deref();
         let endpoint = cluster
             .zip(self.endpoint)

@@ -488,3 +488,22 @@ async fn a_broken_reload_is_refused_and_a_good_one_applies() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_is_logged_as_499() {
+    let backend = Backend::start("1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(&[backend.addr], "", "[access_log]\npath = \"access.log\"");
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    conn.write_all(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: example\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), async || backend.hits("/slow") == 1).await);
+    drop(conn);
+    assert!(eventually(Duration::from_secs(5), async || read_log(dir.path()).len() == 1).await);
+    let log = read_log(dir.path());
+    assert_eq!(log[0]["status"], 499);
+    assert_eq!(log[0]["reason"], "client closed the request");
+    proxy.stop().await;
+}
