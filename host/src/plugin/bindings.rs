@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use super::{RequestHead, ResponseHead};
 
-/// What a `request` resource handle points at in the store's table for the length of one call.
-pub struct RequestRef(pub Arc<RequestHead>);
+/// The `request` entry of an instance's resource table: holds the request for the length of one call (set
+/// before, cleared after), so a call needs no table insertion or allocation.
+pub struct RequestRef(pub Option<Arc<RequestHead>>);
 
-/// What a `response` resource handle points at in the store's table for the length of one call.
-pub struct ResponseRef(pub Arc<ResponseHead>);
+/// The `response` entry of an instance's resource table, like [`RequestRef`].
+pub struct ResponseRef(pub Option<Arc<ResponseHead>>);
 
 wasmtime::component::bindgen!({
     path: "../wit",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use wasmtime::component::Resource;
 
-use super::bindings::{RequestRef, ResponseRef};
+use super::bindings::RequestRef;
 use super::instance::{CallError, Exports, HandleCore, Live};
 use super::{
     EndpointId, HeaderOp, Outcome, PluginError, PoolEndpoint, ProbeResult, RequestAction,
@@ -19,22 +19,39 @@ fn wrong_exports() -> CallError {
     ))
 }
 
-/// Runs `call` with `req` in the store's resource table, removing it afterwards whatever happened.
+/// Lends `req` to the instance through its request table entry for the length of `call`.
 fn with_request<R>(
     live: &mut Live,
     req: &Arc<RequestHead>,
     call: impl FnOnce(&mut Live, Resource<RequestRef>) -> wasmtime::Result<R>,
 ) -> Result<R, CallError> {
-    let own = live
-        .inst
-        .store
+    lend_request(live, Some(Arc::clone(req)))?;
+    let result = call(live, Resource::new_borrow(live.inst.request_slot.rep()));
+    // Take the request back whatever happened, so the caller's `Arc` is unique again.
+    lend_request(live, None)?;
+    Ok(result?)
+}
+
+fn lend_request(live: &mut Live, req: Option<Arc<RequestHead>>) -> wasmtime::Result<()> {
+    let inst = &mut live.inst;
+    inst.store
         .data_mut()
         .table
-        .push(RequestRef(Arc::clone(req)))
-        .map_err(wasmtime::Error::new)?;
-    let result = call(live, Resource::new_borrow(own.rep()));
-    let _ = live.inst.store.data_mut().table.delete(own);
-    Ok(result?)
+        .get_mut(&inst.request_slot)
+        .map_err(wasmtime::Error::new)?
+        .0 = req;
+    Ok(())
+}
+
+fn lend_response(live: &mut Live, resp: Option<Arc<ResponseHead>>) -> wasmtime::Result<()> {
+    let inst = &mut live.inst;
+    inst.store
+        .data_mut()
+        .table
+        .get_mut(&inst.response_slot)
+        .map_err(wasmtime::Error::new)?
+        .0 = resp;
+    Ok(())
 }
 
 /// A use of a plugin as a cluster's balancer.
@@ -148,17 +165,15 @@ impl FilterHandle {
         resp: &Arc<ResponseHead>,
     ) -> Result<Vec<HeaderOp>, PluginError> {
         self.core.call(|live| {
-            let table = &mut live.inst.store.data_mut().table;
-            let own = table
-                .push(ResponseRef(Arc::clone(resp)))
-                .map_err(wasmtime::Error::new)?;
+            lend_response(live, Some(Arc::clone(resp)))?;
             let result = with_request(live, req, |live, r| {
                 let Exports::Filter(g) = &live.inst.exports else {
                     wasmtime::bail!("internal: instance made for another interface");
                 };
-                g.call_on_response(&mut live.inst.store, r, Resource::new_borrow(own.rep()))
+                let resp = Resource::new_borrow(live.inst.response_slot.rep());
+                g.call_on_response(&mut live.inst.store, r, resp)
             });
-            let _ = live.inst.store.data_mut().table.delete(own);
+            lend_response(live, None)?;
             Ok(convert::header_ops(result?))
         })
     }

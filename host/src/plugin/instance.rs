@@ -8,13 +8,14 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use wasmtime::Store;
+use wasmtime::component::Resource;
 
-use super::bindings::{balance, filter, health, route, types};
+use super::bindings::{RequestRef, ResponseRef, balance, filter, health, route, types};
 use super::registry::{Generation, RuntimeInner, Slot};
 use super::store::{StoreData, StoreParts};
 use super::{EndpointFacts, Kind, PluginError, PoolEndpoint, convert};
@@ -51,7 +52,10 @@ pub(crate) struct HandleCore {
     settings: String,
     facts: Arc<dyn EndpointFacts>,
     pool: ArcSwap<Pool>,
-    pool_seq: AtomicU64,
+    /// Serializes `set_pool`, so `pool` and `pool_version` always move together.
+    pool_seq: Mutex<u64>,
+    /// The version of `pool`, so the call path compares a number instead of loading the pool.
+    pool_version: AtomicU64,
 }
 
 impl Drop for HandleCore {
@@ -72,6 +76,9 @@ pub(crate) enum Exports {
 pub(crate) struct Instance {
     pub(crate) store: Store<StoreData>,
     pub(crate) exports: Exports,
+    /// The table entries the request and response are lent through, made once per instance.
+    pub(crate) request_slot: Resource<RequestRef>,
+    pub(crate) response_slot: Resource<ResponseRef>,
 }
 
 /// What went wrong in a call, before it is turned into a `PluginError`.
@@ -248,7 +255,28 @@ fn bare_instance(
                 .map_err(mismatch)?,
         ),
     };
-    Ok(Instance { store, exports })
+    let table_err = |e: wasmtime::component::ResourceTableError| PluginError::Runtime {
+        reason: format!(
+            "cannot make the request table of plugin `{}`: {e}",
+            generation.name
+        ),
+    };
+    let request_slot = store
+        .data_mut()
+        .table
+        .push(RequestRef(None))
+        .map_err(table_err)?;
+    let response_slot = store
+        .data_mut()
+        .table
+        .push(ResponseRef(None))
+        .map_err(table_err)?;
+    Ok(Instance {
+        store,
+        exports,
+        request_slot,
+        response_slot,
+    })
 }
 
 /// Checks that every interface `generation` exports has the signatures this host expects.
@@ -318,7 +346,8 @@ impl HandleCore {
             settings: settings.to_owned(),
             facts,
             pool: ArcSwap::from_pointee(Pool::empty()),
-            pool_seq: AtomicU64::new(0),
+            pool_seq: Mutex::new(0),
+            pool_version: AtomicU64::new(0),
         }
     }
 
@@ -358,8 +387,14 @@ impl HandleCore {
         ids.sort_unstable();
         ids.dedup();
         let wit = endpoints.into_iter().map(convert::endpoint).collect();
-        let version = self.pool_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        self.pool.store(Arc::new(Pool { version, wit, ids }));
+        let mut seq = self.pool_seq.lock().unwrap_or_else(|e| e.into_inner());
+        *seq += 1;
+        self.pool.store(Arc::new(Pool {
+            version: *seq,
+            wit,
+            ids,
+        }));
+        self.pool_version.store(*seq, Ordering::Release);
     }
 
     /// A fresh instance of `generation` for this use on this thread: init, then the pool for balancers.
@@ -382,17 +417,17 @@ impl HandleCore {
             },
         };
         if self.kind == Kind::Balancer {
-            self.sync_pool(&mut live)?;
+            self.sync_pool(&mut live, true)?;
         }
         Ok(live)
     }
 
-    /// Tells the instance about the current pool if it has not seen it yet.
-    fn sync_pool(&self, live: &mut Live) -> Result<(), PluginError> {
-        let current = self.pool.load();
-        if current.version == live.pool.version && live.pool.version != 0 {
+    /// Tells the instance about the current pool if it has not seen it yet (or always, when `force`).
+    fn sync_pool(&self, live: &mut Live, force: bool) -> Result<(), PluginError> {
+        if !force && self.pool_version.load(Ordering::Acquire) == live.pool.version {
             return Ok(());
         }
+        let current = self.pool.load();
         if let Exports::Balance(g) = &live.inst.exports {
             let store = &mut live.inst.store;
             store.set_epoch_deadline(self.rt.init_ticks);
@@ -447,7 +482,7 @@ impl HandleCore {
                 Entry::Vacant(v) => v.insert(self.fresh(arc_swap::Guard::into_inner(current))?),
             };
             if self.kind == Kind::Balancer
-                && let Err(e) = self.sync_pool(live)
+                && let Err(e) = self.sync_pool(live, false)
             {
                 let generation = live.generation.clone();
                 map.live.remove(&self.id);

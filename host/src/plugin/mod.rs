@@ -360,8 +360,16 @@ mod tests {
     use super::*;
 
     fn head() -> Arc<RequestHead> {
-        let (parts, ()) = http::Request::builder().uri("/x").body(()).unwrap().into_parts();
-        Arc::new(RequestHead { parts, client: "127.0.0.1:9".parse().unwrap(), request_id: "r1".into() })
+        let (parts, ()) = http::Request::builder()
+            .uri("/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        Arc::new(RequestHead {
+            parts,
+            client: "127.0.0.1:9".parse().unwrap(),
+            request_id: "r1".into(),
+        })
     }
 
     fn pool(n: u32) -> Vec<PoolEndpoint> {
@@ -385,23 +393,44 @@ mod tests {
         assert_eq!(status[0].kinds, vec![Kind::Balancer]);
         let b = rt.balancer("round-robin", "", Arc::new(NoFacts)).unwrap();
         let req = head();
-        assert_eq!(b.pick(&req, 1, &[]).unwrap(), None, "empty pool: nothing to pick");
+        assert_eq!(
+            b.pick(&req, 1, &[]).unwrap(),
+            None,
+            "empty pool: nothing to pick"
+        );
         b.set_pool(pool(3));
-        let picks: Vec<_> = (0..6).map(|_| b.pick(&req, 1, &[]).unwrap().unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| b.pick(&req, 1, &[]).unwrap().unwrap())
+            .collect();
         let mut first: Vec<_> = picks[..3].to_vec();
         first.sort_unstable();
         assert_eq!(first, vec![0, 10, 20]);
         assert_eq!(picks[..3], picks[3..]);
-        assert!(Arc::strong_count(&req) == 1, "the request is released after each call");
+        assert!(
+            Arc::strong_count(&req) == 1,
+            "the request is released after each call"
+        );
         assert_eq!(rt.plugins()[0].calls, 7);
     }
 
     #[test]
     fn unknown_plugins_and_wrong_kinds_are_refused() {
         let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
-        assert!(matches!(rt.router("nope", ""), Err(PluginError::NotFound { .. })));
+        assert!(matches!(
+            rt.router("nope", ""),
+            Err(PluginError::NotFound { .. })
+        ));
         let e = rt.router("round-robin", "").unwrap_err();
-        assert!(matches!(e, PluginError::WrongWorld { interface: "route", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                PluginError::WrongWorld {
+                    interface: "route",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("round-robin"));
     }
 
@@ -409,7 +438,9 @@ mod tests {
     fn junk_bytes_are_refused_and_the_old_version_keeps_serving() {
         let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
         let before = rt.plugins()[0].version.clone();
-        let e = rt.load_bytes("round-robin", b"#!/bin/sh\n", "test").unwrap_err();
+        let e = rt
+            .load_bytes("round-robin", b"#!/bin/sh\n", "test")
+            .unwrap_err();
         assert!(matches!(e, PluginError::NotWasm { .. }), "{e}");
         assert_eq!(rt.plugins()[0].version, before);
     }

@@ -196,11 +196,11 @@ impl types::Host for StoreData {}
 
 impl StoreData {
     fn request(&self, r: &Resource<RequestRef>) -> Option<&super::RequestHead> {
-        self.table.get(r).ok().map(|r| &*r.0)
+        self.table.get(r).ok().and_then(|r| r.0.as_deref())
     }
 
     fn response(&self, r: &Resource<ResponseRef>) -> Option<&super::ResponseHead> {
-        self.table.get(r).ok().map(|r| &*r.0)
+        self.table.get(r).ok().and_then(|r| r.0.as_deref())
     }
 }
 
@@ -274,8 +274,9 @@ impl types::HostRequest for StoreData {
     }
 
     fn drop(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<()> {
-        // Guests only ever borrow requests; the host removes its own entry when the call returns.
-        let _ = self.table.delete(r);
+        // Guests only ever borrow requests (the WIT has no owned request), so this is never called for the
+        // host's own entry; there is nothing to free.
+        let _ = r;
         Ok(())
     }
 }
@@ -298,7 +299,7 @@ impl types::HostResponse for StoreData {
     }
 
     fn drop(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<()> {
-        let _ = self.table.delete(r);
+        let _ = r;
         Ok(())
     }
 }
