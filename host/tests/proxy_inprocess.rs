@@ -501,7 +501,11 @@ async fn a_client_that_goes_away_is_logged_as_499() {
         .unwrap();
     assert!(eventually(Duration::from_secs(5), async || backend.hits("/slow") == 1).await);
     drop(conn);
-    assert!(eventually(Duration::from_secs(5), async || read_log(dir.path()).len() == 1).await);
+    assert!(
+        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
+            == 1)
+        .await
+    );
     let log = read_log(dir.path());
     assert_eq!(log[0]["status"], 499);
     assert_eq!(log[0]["reason"], "client closed the request");
