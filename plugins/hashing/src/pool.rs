@@ -90,10 +90,10 @@ pub fn consider<'a>(list: &[Member], ctx: &'a PickContext) -> impl Fn(&Member) -
     move |m| !(skip_tried && ctx.was_tried(m.id))
 }
 
-/// A uniform random index below `n` (> 0) from the host's generator (multiply-shift: no modulo bias
-/// worth the name for pool sizes).
-pub fn random_index(n: usize) -> usize {
-    ((u128::from(sluicegate_sdk::host::random_u64()) * n as u128) >> 64) as usize
+/// A uniform random number below `n` (> 0) from the host's generator (multiply-shift: the bias
+/// is below n / 2^64).
+pub fn random_below(n: u64) -> u64 {
+    ((u128::from(sluicegate_sdk::host::random_u64()) * u128::from(n)) >> 64) as u64
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //!   picks among all; an empty pool gives `None` (503). The candidate list is rebuilt only in
 //!   `pool_changed`.
 
-use sluicegate_plugin_hashing::{Member, candidates, consider, random_index};
+use sluicegate_plugin_hashing::{Member, candidates, consider, random_below};
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request, host};
 
 /// How candidates are compared.
@@ -96,7 +96,7 @@ impl Balancer for LeastConnections {
                 let mut all: Vec<usize> = (0..n).filter(|i| keep(&self.list[*i])).collect();
                 let k = self.choices.min(all.len());
                 for j in 0..k {
-                    let r = j + random_index(all.len() - j);
+                    let r = j + random_below((all.len() - j) as u64) as usize;
                     all.swap(j, r);
                 }
                 all.truncate(k);
@@ -126,9 +126,9 @@ mod tests {
 
     /// A pool of 2 to 10 endpoints with random weights 1 to 5.
     fn random_pool() -> TestPool {
-        let n = 2 + random_index(9);
+        let n = 2 + random_below(9) as usize;
         (0..n).fold(TestPool::new(), |p, i| {
-            p.endpoint(&format!("10.0.0.{i}:80"), 1 + random_index(5) as u32)
+            p.endpoint(&format!("10.0.0.{i}:80"), 1 + random_below(5) as u32)
         })
     }
 
@@ -146,7 +146,7 @@ mod tests {
             let mut lb = BalancerHarness::<LeastConnections>::start("", &pool).unwrap();
             for _ in 0..100 {
                 for e in pool.endpoints() {
-                    testing::set_in_flight(e.id, random_index(20) as u32);
+                    testing::set_in_flight(e.id, random_below(20) as u32);
                 }
                 let picked = lb.pick(&req).unwrap();
                 for e in pool.endpoints() {
@@ -189,7 +189,7 @@ mod tests {
                 let mut lb = BalancerHarness::<LeastConnections>::start(&settings, &pool).unwrap();
                 for _ in 0..100 {
                     for e in pool.endpoints() {
-                        testing::set_in_flight(e.id, random_index(20) as u32);
+                        testing::set_in_flight(e.id, random_below(20) as u32);
                     }
                     let picked = lb.pick(&req).unwrap();
                     let heavier = pool
