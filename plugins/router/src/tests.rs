@@ -515,3 +515,17 @@ fn unknown_keys_and_wrong_types_are_refused_with_a_location() {
     let err = refused("default = \"web\"\n");
     assert!(err.contains("default"), "{err}");
 }
+
+#[test]
+fn split_draw_boundaries_follow_the_running_totals() {
+    use crate::rules::{Split, SplitKey};
+    let split = Split {
+        targets: vec![("a".into(), 90), ("b".into(), 100)],
+        total: 100,
+        on: SplitKey::Random,
+    };
+    assert_eq!(split.pick(0), "a");
+    assert_eq!(split.pick(89), "a");
+    assert_eq!(split.pick(90), "b");
+    assert_eq!(split.pick(99), "b");
+}
