@@ -7,8 +7,8 @@
 //! - [`Pool`]: the pool in a push-order-independent order, telling whether derived tables must be rebuilt;
 //! - [`choose`]: walks a hashing balancer's candidate sequence skipping unhealthy, tried and
 //!   (with bounded load) overloaded endpoints;
-//! - [`candidates`], [`consider`], [`random_below`]: the healthy endpoints (all of them in panic
-//!   mode), untried ones first, and a fair random draw among them.
+//! - [`candidates`], [`consider`], [`random_below`], [`random_sample`]: the healthy endpoints (all of
+//!   them in panic mode), untried ones first, and fair random draws among them.
 //!
 //! It is a plain library (not a plugin): the plugins link it in.
 
@@ -21,5 +21,5 @@ mod select;
 pub use address::{Cidr, ClientAddress};
 pub use hash::{mix64, xxh64};
 pub use key::HashKey;
-pub use pool::{Member, Pool, candidates, consider, random_below};
+pub use pool::{Member, Pool, candidates, consider, random_below, random_sample};
 pub use select::{check_balance_factor, choose};

@@ -96,6 +96,18 @@ pub fn random_below(n: u64) -> u64 {
     ((u128::from(sluicegate_sdk::host::random_u64()) * u128::from(n)) >> 64) as u64
 }
 
+/// `k` distinct entries of `items` drawn uniformly at random (a partial Fisher-Yates shuffle);
+/// all of them, shuffled, when there are `k` or fewer.
+pub fn random_sample<T>(mut items: Vec<T>, k: usize) -> Vec<T> {
+    let k = k.min(items.len());
+    for j in 0..k {
+        let r = j + random_below((items.len() - j) as u64) as usize;
+        items.swap(j, r);
+    }
+    items.truncate(k);
+    items
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +131,23 @@ mod tests {
         assert!(!pool.usable(1));
         c.set_weight(0, 5);
         assert!(pool.update(c.endpoints()));
+    }
+
+    #[test]
+    fn random_sample_is_distinct_and_uniform() {
+        sluicegate_sdk::testing::seed_random(3);
+        let mut hits = [0u32; 10];
+        for _ in 0..10_000 {
+            let mut s = random_sample((0..10).collect(), 3);
+            for i in &s {
+                hits[*i] += 1;
+            }
+            s.sort();
+            s.dedup();
+            assert_eq!(s.len(), 3);
+        }
+        assert!(hits.iter().all(|h| (2800..3200).contains(h)), "{hits:?}");
+        assert_eq!(random_sample(vec![7], 2), [7]);
     }
 
     #[test]

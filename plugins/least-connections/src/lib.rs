@@ -12,7 +12,7 @@
 //!   picks among all; an empty pool gives `None` (503). The candidate list is rebuilt only in
 //!   `pool_changed`.
 
-use sluicegate_plugin_hashing::{Member, candidates, consider, random_below};
+use sluicegate_plugin_hashing::{Member, candidates, consider, random_sample};
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request, host};
 
 /// How candidates are compared.
@@ -92,15 +92,8 @@ impl Balancer for LeastConnections {
                 (0..n).map(|k| (start + k) % n).collect()
             }
             Mode::P2c => {
-                // A partial Fisher-Yates shuffle: the first `choices` entries are a uniform draw.
-                let mut all: Vec<usize> = (0..n).filter(|i| keep(&self.list[*i])).collect();
-                let k = self.choices.min(all.len());
-                for j in 0..k {
-                    let r = j + random_below((all.len() - j) as u64) as usize;
-                    all.swap(j, r);
-                }
-                all.truncate(k);
-                all
+                let all = (0..n).filter(|i| keep(&self.list[*i])).collect();
+                random_sample(all, self.choices)
             }
         };
         let mut best: Option<(usize, (u32, u32))> = None;
@@ -122,6 +115,7 @@ sluicegate_sdk::export_balancer!(LeastConnections);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluicegate_plugin_hashing::random_below;
     use sluicegate_sdk::testing::{self, BalancerHarness, TestPool, TestRequest};
 
     /// A pool of 2 to 10 endpoints with random weights 1 to 5.
