@@ -19,6 +19,8 @@ struct Running {
     addr: String,
     admin: String,
     config: PathBuf,
+    /// The file behind `config` (the same file unless it is a symlink).
+    real_config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -51,11 +53,25 @@ fn config_text(addr: &str, admin: &str, backends: &[&Backend]) -> String {
 }
 
 async fn start(backends: &[&Backend]) -> Running {
+    start_with(backends, false).await
+}
+
+/// With `linked`, the config the proxy is given is a symlink to a file in another directory, so
+/// writing that file escapes the proxy's directory watcher (only SIGHUP reloads it).
+async fn start_with(backends: &[&Backend], linked: bool) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let config = dir.path().join("sluicegate.toml");
-    std::fs::write(&config, config_text(&addr, &admin, backends)).unwrap();
+    let real_config = if linked {
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        let real = dir.path().join("real/sluicegate.toml");
+        std::os::unix::fs::symlink(&real, &config).unwrap();
+        real
+    } else {
+        config.clone()
+    };
+    std::fs::write(&real_config, config_text(&addr, &admin, backends)).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_sluicegate"))
         .args(["run", "--config"])
         .arg(&config)
@@ -69,6 +85,7 @@ async fn start(backends: &[&Backend]) -> Running {
         addr,
         admin,
         config,
+        real_config,
         _dir: dir,
     };
     let client = http1_client();
@@ -335,4 +352,33 @@ fn check_validates_config_and_plugins_and_names_the_line_of_errors() {
         err.contains("sluicegate.toml:5:") && err.contains("unknown cluster `wbe`"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config() {
+    let b1 = Backend::start("1").await;
+    let b2 = Backend::start("2").await;
+    let proxy = start_with(&[&b1], true).await;
+    let url = format!("http://{}/", proxy.addr);
+    let client = http1_client();
+    std::fs::write(
+        &proxy.real_config,
+        config_text(&proxy.addr, &proxy.admin, &[&b2]),
+    )
+    .unwrap();
+    // The watcher cannot see the write (another directory): the old config keeps serving...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&client, &url).await.1, "hello from 1");
+    // ...until SIGHUP.
+    let hup = Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let moved = eventually(Duration::from_secs(10), async || {
+        get(&client, &url).await.1 == "hello from 2"
+    })
+    .await;
+    assert!(moved, "SIGHUP did not reload: {}", stderr(&proxy));
+    assert!(stderr(&proxy).contains("SIGHUP"));
 }
