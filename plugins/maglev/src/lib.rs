@@ -55,7 +55,7 @@ pub struct Maglev {
 
 /// Whether `n` is prime (trial division: table sizes are at most 2^24).
 pub fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 fn next_prime(mut n: u64) -> u64 {
