@@ -262,16 +262,10 @@ impl Proxy {
         let policy = &cluster.config.retry;
         let idempotent = is_idempotent(&head.parts.method);
         let mut failure: Option<(StatusCode, &'static str)> = None;
+        // The retry permit is taken when a retry is decided, and held until the request ends.
         let mut _permit = None;
         for attempt in 1..=policy.attempts {
             if attempt > 1 {
-                match cluster.budget.try_retry() {
-                    Some(p) => _permit = Some(p),
-                    None => {
-                        tracing::debug!(cluster = %cluster.config.name, "retry budget exhausted");
-                        break;
-                    }
-                }
                 cluster.metrics.retries.inc();
             }
             let Some(mut id) = self.pick(cluster, &head, attempt, done.tried()) else {
@@ -328,8 +322,15 @@ impl Proxy {
                     ));
                     // A connect failure sent nothing; otherwise only safe requests go again.
                     let retry = (connect && body.reusable()) || safe;
-                    if !retry {
+                    if !retry || attempt == policy.attempts {
                         break;
+                    }
+                    match cluster.budget.try_retry() {
+                        Some(p) => _permit = Some(p),
+                        None => {
+                            failure = Some((StatusCode::BAD_GATEWAY, "retry budget exhausted"));
+                            break;
+                        }
                     }
                 }
                 Ok(Ok(resp)) => {
@@ -337,7 +338,13 @@ impl Proxy {
                         stats.record_latency_micros(elapsed.as_micros() as u64);
                     }
                     let status = resp.status().as_u16();
-                    if attempt < policy.attempts && safe && policy.on_status.contains(&status) {
+                    if attempt < policy.attempts
+                        && safe
+                        && policy.on_status.contains(&status)
+                        && let Some(p) = cluster.budget.try_retry()
+                    {
+                        // Without a permit the response goes to the client as it is.
+                        _permit = Some(p);
                         failure = Some((StatusCode::BAD_GATEWAY, "retried status"));
                         drop(resp);
                         continue;

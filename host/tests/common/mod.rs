@@ -32,6 +32,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// - `/upload`: reads the body and answers its length;
 /// - `/die-after-body`: reads the body, then drops the connection without answering;
 /// - `/upgrade`: switches protocols and echoes bytes;
+/// - `/fail-on?name=N`: 503 from backend N, 200 from the others;
 /// - anything else: `hello from {name}`.
 pub struct Backend {
     pub addr: SocketAddr,
@@ -122,6 +123,19 @@ async fn backend_handle(
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms"))).await;
             Ok(Response::new(full(format!("hello from {name}"))))
+        }
+        "/fail-on" => {
+            // 503 from the backend named in `name`, 200 from the others.
+            let target = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("name="))
+                .unwrap_or("");
+            let mut resp = Response::new(full(format!("hello from {name}")));
+            if target == name {
+                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok(resp)
         }
         "/echo-headers" => {
             let mut text = String::new();
