@@ -7,9 +7,11 @@
 //! [`crate::gateway`]), because that needs the plugin runtime.
 
 mod duration;
+mod health;
 mod raw;
 
 pub use duration::{ConfigDuration, parse_duration};
+pub use health::{HealthCheckConfig, HealthConfig, OutlierConfig, ProbeKind};
 
 use raw::{RawCluster, RawConfig, RawPluginUse};
 use std::collections::HashSet;
@@ -192,6 +194,8 @@ pub struct ClusterConfig {
     pub max_idle_per_endpoint: usize,
     /// Retries.
     pub retry: RetryPolicy,
+    /// Active and passive health checking, panic threshold, slow start.
+    pub health: HealthConfig,
 }
 
 /// A validated configuration.
@@ -553,6 +557,7 @@ impl Checker<'_> {
                 budget_ratio,
                 min_retries: c.retry.min_retries.unwrap_or(3),
             },
+            health: self.health(c)?,
         })
     }
 }

@@ -97,6 +97,11 @@ pub(super) struct RawCluster {
     pub max_idle_per_endpoint: Option<usize>,
     #[serde(default)]
     pub retry: RawRetry,
+    pub health_check: Option<super::health::RawHealthCheck>,
+    pub outlier: Option<super::health::RawOutlier>,
+    pub panic_threshold: Option<Spanned<u32>>,
+    pub slow_start: Option<ConfigDuration>,
+    pub health_plugin: Option<RawPluginUse>,
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,248 @@
+//! Health settings of a cluster: active checks (`[clusters.health_check]`), passive outlier
+//! detection (`[clusters.outlier]`), the panic threshold, slow start and a health plugin. Kept apart
+//! from `mod.rs` so the cluster validation there stays short.
+
+use super::duration::ConfigDuration;
+use super::{Checker, ConfigError, PluginUse};
+use serde::Deserialize;
+use std::time::Duration;
+use toml::Spanned;
+
+/// What an active probe does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// Connects over TCP; success is an accepted connection.
+    Tcp,
+    /// Sends an HTTP/1.1 request on a fresh connection.
+    Http {
+        /// Request method.
+        method: http::Method,
+        /// Request path (with query).
+        path: String,
+        /// Host header; `None` sends the endpoint's address.
+        host: Option<String>,
+        /// Statuses that pass; empty means any 2xx or 3xx.
+        expect: Vec<u16>,
+        /// Text that must appear in the first `body_prefix_bytes` of the body.
+        body_contains: Option<String>,
+    },
+}
+
+/// Active health checking of a cluster's endpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheckConfig {
+    /// The probe.
+    pub kind: ProbeKind,
+    /// Time between probes of a healthy endpoint.
+    pub interval: Duration,
+    /// Time between probes of an unhealthy endpoint.
+    pub unhealthy_interval: Duration,
+    /// Each wait is lengthened by a random share of up to this much, so probes do not line up.
+    pub jitter: Duration,
+    /// One probe's deadline (connect, response headers and body prefix).
+    pub timeout: Duration,
+    /// Consecutive passes that bring an unhealthy endpoint back.
+    pub rise: u32,
+    /// Consecutive failures that take a healthy endpoint out.
+    pub fall: u32,
+    /// How much of the body is read (and given to a health plugin).
+    pub body_prefix_bytes: usize,
+}
+
+/// Passive health checking (outlier detection, as Envoy's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutlierConfig {
+    /// This many 5xx answers in a row eject an endpoint (0 = off).
+    pub consecutive_5xx: u32,
+    /// This many gateway errors in a row (connect failure, reset, timeout, 502-504) eject (0 = off).
+    pub consecutive_gateway_errors: u32,
+    /// An ejection lasts this long times the number of times the endpoint was ejected...
+    pub base_ejection_time: Duration,
+    /// ...but at most this long.
+    pub max_ejection_time: Duration,
+    /// At most this share (percent) of the cluster is ejected at once; one endpoint always may be.
+    pub max_ejection_percent: u32,
+}
+
+/// Everything about a cluster's health.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthConfig {
+    /// Active checks, if configured.
+    pub check: Option<HealthCheckConfig>,
+    /// Passive checks, if configured.
+    pub outlier: Option<OutlierConfig>,
+    /// Below this share (percent) of healthy endpoints, traffic spreads over all of them (0 = never).
+    pub panic_threshold: u32,
+    /// A new or recovered endpoint's weight ramps up over this window (`None` = at once).
+    pub slow_start: Option<Duration>,
+    /// A health plugin whose verdicts override the host's rules.
+    pub plugin: Option<PluginUse>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: None,
+            outlier: None,
+            panic_threshold: 50,
+            slow_start: None,
+            plugin: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealthCheck {
+    pub kind: Option<Spanned<String>>,
+    pub interval: Option<ConfigDuration>,
+    pub unhealthy_interval: Option<ConfigDuration>,
+    pub jitter: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+    pub rise: Option<Spanned<u32>>,
+    pub fall: Option<Spanned<u32>>,
+    pub method: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<String>,
+    pub expect: Option<Vec<Spanned<u16>>>,
+    pub body_contains: Option<String>,
+    pub body_prefix_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutlier {
+    pub consecutive_5xx: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub base_ejection_time: Option<ConfigDuration>,
+    pub max_ejection_time: Option<ConfigDuration>,
+    pub max_ejection_percent: Option<Spanned<u32>>,
+}
+
+impl Checker<'_> {
+    /// Validates a cluster's health settings.
+    pub(super) fn health(&self, c: &super::raw::RawCluster) -> Result<HealthConfig, ConfigError> {
+        let check = c
+            .health_check
+            .as_ref()
+            .map(|h| self.health_check(h))
+            .transpose()?;
+        let outlier = c.outlier.as_ref().map(|o| self.outlier(o)).transpose()?;
+        let panic_threshold = match &c.panic_threshold {
+            Some(p) if *p.get_ref() > 100 => {
+                return Err(self.err_at(p, "panic_threshold is a percent: 0 to 100".into()));
+            }
+            Some(p) => *p.get_ref(),
+            None => 50,
+        };
+        let plugin = c
+            .health_plugin
+            .as_ref()
+            .map(|p| self.plugin_use(&p.plugin, &p.settings))
+            .transpose()?;
+        Ok(HealthConfig {
+            check,
+            outlier,
+            panic_threshold,
+            slow_start: c.slow_start.map(|d| d.0).filter(|d| !d.is_zero()),
+            plugin,
+        })
+    }
+
+    fn health_check(&self, h: &RawHealthCheck) -> Result<HealthCheckConfig, ConfigError> {
+        let at_least_one = |v: &Option<Spanned<u32>>, name: &str, default: u32| match v {
+            Some(n) if *n.get_ref() == 0 => {
+                Err(self.err_at(n, format!("{name} must be at least 1")))
+            }
+            Some(n) => Ok(*n.get_ref()),
+            None => Ok(default),
+        };
+        let rise = at_least_one(&h.rise, "rise", 2)?;
+        let fall = at_least_one(&h.fall, "fall", 3)?;
+        let interval = h.interval.map_or(Duration::from_secs(2), |d| d.0);
+        if interval.is_zero() {
+            return Err(ConfigError::Other {
+                file: self.file.to_string(),
+                message: "health_check interval must be more than 0".into(),
+            });
+        }
+        let kind = match h.kind.as_ref().map(|k| k.get_ref().as_str()) {
+            Some("tcp") => ProbeKind::Tcp,
+            None | Some("http") => {
+                let method = match &h.method {
+                    Some(m) => http::Method::from_bytes(m.get_ref().as_bytes())
+                        .map_err(|_| self.err_at(m, format!("bad method `{}`", m.get_ref())))?,
+                    None => http::Method::GET,
+                };
+                let path = match &h.path {
+                    Some(p) if !p.get_ref().starts_with('/') => {
+                        return Err(
+                            self.err_at(p, format!("path `{}` must start with `/`", p.get_ref()))
+                        );
+                    }
+                    Some(p) => p.get_ref().clone(),
+                    None => "/health".to_string(),
+                };
+                let mut expect = Vec::new();
+                for s in h.expect.iter().flatten() {
+                    if !(100..=599).contains(s.get_ref()) {
+                        return Err(
+                            self.err_at(s, format!("{} is not an HTTP status", s.get_ref()))
+                        );
+                    }
+                    expect.push(*s.get_ref());
+                }
+                ProbeKind::Http {
+                    method,
+                    path,
+                    host: h.host.clone(),
+                    expect,
+                    body_contains: h.body_contains.clone(),
+                }
+            }
+            Some(other) => {
+                let k = h.kind.as_ref().expect("matched Some");
+                return Err(self.err_at(
+                    k,
+                    format!("unknown health check kind `{other}`: use `http` or `tcp`"),
+                ));
+            }
+        };
+        Ok(HealthCheckConfig {
+            kind,
+            interval,
+            unhealthy_interval: h.unhealthy_interval.map_or(interval, |d| d.0).max(
+                // A zero interval would spin.
+                Duration::from_millis(1),
+            ),
+            jitter: h.jitter.map_or(interval / 10, |d| d.0),
+            timeout: h.timeout.map_or(Duration::from_secs(1), |d| d.0),
+            rise,
+            fall,
+            body_prefix_bytes: h.body_prefix_bytes.unwrap_or(1024).min(64 * 1024),
+        })
+    }
+
+    fn outlier(&self, o: &RawOutlier) -> Result<OutlierConfig, ConfigError> {
+        let max_ejection_percent = match &o.max_ejection_percent {
+            Some(p) if *p.get_ref() > 100 => {
+                return Err(self.err_at(p, "max_ejection_percent is a percent: 0 to 100".into()));
+            }
+            Some(p) => *p.get_ref(),
+            None => 10,
+        };
+        let base = o
+            .base_ejection_time
+            .map_or(Duration::from_secs(30), |d| d.0);
+        Ok(OutlierConfig {
+            consecutive_5xx: o.consecutive_5xx.unwrap_or(5),
+            consecutive_gateway_errors: o.consecutive_gateway_errors.unwrap_or(5),
+            base_ejection_time: base,
+            max_ejection_time: o
+                .max_ejection_time
+                .map_or(Duration::from_secs(300), |d| d.0)
+                .max(base),
+            max_ejection_percent,
+        })
+    }
+}
