@@ -1,4 +1,4 @@
-//! The proxy with real plugins that fault on purpose (host/tests/plugins/proxy-faults): a router,
+//! The proxy with real plugins that fault on purpose (tests/plugins/proxy-faults): a router,
 //! a filter and a balancer from the watched plugin directory, and every fallback the proxy
 //! promises when one of them traps or answers nonsense.
 
@@ -16,7 +16,7 @@ fn faults_plugin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plugins/proxy-faults");
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/plugins/proxy-faults");
             sluicegate::plugin::build::build_plugin(&dir, None).unwrap_or_else(|e| panic!("{e}"))
         })
         .clone()
