@@ -15,7 +15,8 @@ mkdir -p "$out"
 stale=0
 for dir in plugins/*/; do
   dir=${dir%/}
-  [ -f "$dir/Cargo.toml" ] || continue
+  # Only plugin crates (cdylib); shared library crates such as plugins/hashing are not embedded.
+  grep -q cdylib "$dir/Cargo.toml" 2>/dev/null || continue
   name=$(basename "$dir")
   "$bin" plugin build "$dir" -o "$out/$name.wasm" >/dev/null
   case "$mode" in
