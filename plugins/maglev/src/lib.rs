@@ -55,7 +55,10 @@ pub struct Maglev {
 
 /// Whether `n` is prime (trial division: table sizes are at most 2^24).
 pub fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 fn next_prime(mut n: u64) -> u64 {
@@ -99,22 +102,20 @@ impl Maglev {
         }
         const EMPTY: u32 = u32::MAX;
         let mut table = vec![EMPTY; size as usize];
-        let hashes: Vec<(u64, u64)> = members
-            .iter()
-            .map(|m| {
-                let a = m.address.as_bytes();
-                (
-                    xxh64(a, 0x6d61_676c) % size,
-                    xxh64(a, 0x736b_6970) % (size - 1) + 1,
-                )
-            })
-            .collect();
+        // Each endpoint's permutation is offset, offset + skip, offset + 2 × skip, ... (mod size):
+        // kept as the current position, advanced by an add and a compare rather than a division.
+        let mut position: Vec<u64> = Vec::with_capacity(members.len());
+        let mut skip: Vec<u64> = Vec::with_capacity(members.len());
+        for m in members {
+            let a = m.address.as_bytes();
+            position.push(xxh64(a, 0x6d61_676c) % size);
+            skip.push(xxh64(a, 0x736b_6970) % (size - 1) + 1);
+        }
         let max_weight = members
             .iter()
             .map(|m| u64::from(m.weight))
             .max()
             .unwrap_or(1);
-        let mut next = vec![0u64; members.len()];
         let mut target = vec![0u64; members.len()];
         let mut filled = 0;
         'fill: for round in 1u64.. {
@@ -126,10 +127,12 @@ impl Maglev {
                     continue;
                 }
                 target[i] += max_weight;
-                let (offset, skip) = hashes[i];
                 loop {
-                    let slot = ((offset + skip * next[i]) % size) as usize;
-                    next[i] += 1;
+                    let slot = position[i] as usize;
+                    position[i] += skip[i];
+                    if position[i] >= size {
+                        position[i] -= size;
+                    }
                     if table[slot] == EMPTY {
                         table[slot] = i as u32;
                         filled += 1;
