@@ -215,6 +215,17 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_ipv6_is_the_same_client() {
+        let mut lb = BalancerHarness::<IpHash>::start("", &pool_of(16)).unwrap();
+        for ip in clients(400) {
+            if let IpAddr::V4(v4) = ip {
+                let mapped = IpAddr::V6(v4.to_ipv6_mapped());
+                assert_eq!(picks(&mut lb, &[ip]), picks(&mut lb, &[mapped]));
+            }
+        }
+    }
+
+    #[test]
     fn panic_mode_and_empty_pool() {
         let pool = TestPool::new().unhealthy("a:1", 1).unhealthy("b:1", 1);
         let mut lb = BalancerHarness::<IpHash>::start("", &pool).unwrap();
