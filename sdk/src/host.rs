@@ -24,6 +24,11 @@ pub fn log(level: Level, message: &str) {
     imp::log(level, message)
 }
 
+/// [`log`] at [`Level::Trace`].
+pub fn trace(message: &str) {
+    log(Level::Trace, message)
+}
+
 /// [`log`] at [`Level::Debug`].
 pub fn debug(message: &str) {
     log(Level::Debug, message)
