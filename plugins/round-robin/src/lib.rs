@@ -12,11 +12,6 @@
 
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};
 
-/// No settings: an empty table, and unknown keys are refused so typos don't pass silently.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {}
-
 /// Round-robin state: the candidates for the current pool and the cursor.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
@@ -37,8 +32,17 @@ impl RoundRobin {
 
 impl Balancer for RoundRobin {
     fn init(config: &str) -> Result<Self, String> {
-        let Settings {} = sluicegate_sdk::settings(config)?;
-        Ok(RoundRobin::default())
+        // No settings, and anything given is refused so a typo doesn't pass silently. Checked
+        // by hand rather than with `sluicegate_sdk::settings`, which keeps a TOML parser out of
+        // the default plugin embedded in every proxy (about 25 KB instead of 190 KB).
+        let given = config
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty() && !line.starts_with('#'));
+        match given {
+            Some(line) => Err(format!("round-robin takes no settings, got `{line}`")),
+            None => Ok(RoundRobin::default()),
+        }
     }
 
     fn pool_changed(&mut self, endpoints: &[Endpoint]) {
@@ -185,5 +189,6 @@ mod tests {
         let err = BalancerHarness::<RoundRobin>::init("weights = true").unwrap_err();
         assert!(err.contains("weights"), "{err}");
         assert!(BalancerHarness::<RoundRobin>::init("").is_ok());
+        assert!(BalancerHarness::<RoundRobin>::init("\n# just a comment\n").is_ok());
     }
 }
