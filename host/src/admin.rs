@@ -92,7 +92,8 @@ pub fn status(proxy: &Proxy) -> serde_json::Value {
                         "address": e.address,
                         "weight": e.weight,
                         "metadata": e.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-                        "healthy": true,
+                        "healthy": c.health.healthy(e.id),
+                        "health": c.health.endpoint_status(e.id),
                         "in_flight": stats.map_or(0, |s| s.in_flight()),
                         "latency_ewma_micros": stats.map_or(0, |s| s.latency_ewma_micros()),
                     })
@@ -103,6 +104,7 @@ pub fn status(proxy: &Proxy) -> serde_json::Value {
                 "balancer": c.balancer.plugin(),
                 "fallback_balancer": c.fallback.plugin(),
                 "retries_in_flight": c.budget.retries_in_flight(),
+                "panic": c.health.panic(),
                 "endpoints": endpoints,
             })
         })

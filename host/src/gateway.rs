@@ -39,11 +39,25 @@ impl Gateway {
         runtime: &PluginRuntime,
         metrics: &Metrics,
     ) -> Result<Gateway, ConfigError> {
+        Self::build_from(config, runtime, metrics, None)
+    }
+
+    /// Like [`Gateway::build`], for a reload: endpoints of `previous`'s clusters that stay (same
+    /// cluster name and address) keep their health state.
+    pub fn build_from(
+        config: Config,
+        runtime: &PluginRuntime,
+        metrics: &Metrics,
+        previous: Option<&Gateway>,
+    ) -> Result<Gateway, ConfigError> {
         let file = config.file.as_str();
         let clusters = config
             .clusters
             .iter()
-            .map(|c| Cluster::build(c, file, runtime, metrics).map(Arc::new))
+            .map(|c| {
+                let old = previous.and_then(|g| g.cluster(&c.name)).map(|c| &**c);
+                Cluster::build(c, file, runtime, metrics, old).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let by_name: HashMap<String, usize> = clusters
             .iter()
@@ -76,6 +90,14 @@ impl Gateway {
             clusters,
             by_name,
         })
+    }
+
+    /// Stops the health checks of every cluster (the gateway was replaced; requests still in
+    /// flight on it finish normally).
+    pub fn stop_health_checks(&self) {
+        for c in &self.clusters {
+            c.health_task.stop();
+        }
     }
 
     /// The cluster named `name`.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod headers;
+pub mod health;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;

@@ -28,6 +28,19 @@ struct FallbackLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    cluster: String,
+    endpoint: String,
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    cluster: String,
+    endpoint: String,
+}
+
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Index of a status's class in [`CLASSES`].
@@ -70,6 +83,60 @@ pub struct Metrics {
     /// Client connections open now.
     pub open_connections: Gauge,
     unrouted: EndpointMetrics,
+    health: HealthMetrics,
+}
+
+/// Health-check figures: probes by result, state changes, health and panic gauges. Probes and
+/// state changes are rare next to requests, so label lookups here are fine.
+#[derive(Clone, Debug, Default)]
+pub struct HealthMetrics {
+    probes: Family<HealthLabels, Counter>,
+    transitions: Family<HealthLabels, Counter>,
+    healthy: Family<EndpointLabels, Gauge>,
+    panic: Family<ClusterLabels, Gauge>,
+}
+
+impl HealthMetrics {
+    /// Counts one active probe of `endpoint`, passed or not.
+    pub fn probe(&self, cluster: &str, endpoint: &str, passed: bool) {
+        self.probes
+            .get_or_create(&HealthLabels {
+                cluster: cluster.to_string(),
+                endpoint: endpoint.to_string(),
+                event: if passed { "pass" } else { "fail" },
+            })
+            .inc();
+    }
+
+    /// Counts a health state change: `down`, `up`, `ejected`, `returned`.
+    pub fn transition(&self, cluster: &str, endpoint: &str, event: &'static str) {
+        self.transitions
+            .get_or_create(&HealthLabels {
+                cluster: cluster.to_string(),
+                endpoint: endpoint.to_string(),
+                event,
+            })
+            .inc();
+    }
+
+    /// Sets whether `endpoint` gets traffic (1) or not (0).
+    pub fn set_healthy(&self, cluster: &str, endpoint: &str, healthy: bool) {
+        self.healthy
+            .get_or_create(&EndpointLabels {
+                cluster: cluster.to_string(),
+                endpoint: endpoint.to_string(),
+            })
+            .set(i64::from(healthy));
+    }
+
+    /// Sets whether `cluster` is in panic mode.
+    pub fn set_panic(&self, cluster: &str, panic: bool) {
+        self.panic
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_string(),
+            })
+            .set(i64::from(panic));
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -112,6 +179,27 @@ impl Metrics {
             "Client connections open now",
             open_connections.clone(),
         );
+        let health = HealthMetrics::default();
+        registry.register(
+            "sluicegate_health_probes",
+            "Active health probes, by cluster, endpoint and event (pass, fail)",
+            health.probes.clone(),
+        );
+        registry.register(
+            "sluicegate_health_transitions",
+            "Endpoint health changes, by cluster, endpoint and event (down, up, ejected, returned)",
+            health.transitions.clone(),
+        );
+        registry.register(
+            "sluicegate_endpoint_healthy",
+            "Whether an endpoint gets traffic (active and passive checks), by cluster and endpoint",
+            health.healthy.clone(),
+        );
+        registry.register(
+            "sluicegate_cluster_panic",
+            "Whether a cluster is in panic mode (too few healthy endpoints: traffic goes to all)",
+            health.panic.clone(),
+        );
         registry.register_collector(Box::new(PluginCollector(runtime)));
         let unrouted = EndpointMetrics {
             requests: CLASSES.map(|class| {
@@ -132,6 +220,7 @@ impl Metrics {
             fallbacks,
             open_connections,
             unrouted,
+            health,
         }
     }
 
@@ -160,6 +249,11 @@ impl Metrics {
             duration: self.duration.get_or_create(&labels).clone(),
             retries: self.retries.get_or_create(&labels).clone(),
         }
+    }
+
+    /// The health-check figures.
+    pub fn health(&self) -> HealthMetrics {
+        self.health.clone()
     }
 
     /// Counters of requests answered before a cluster was chosen.

@@ -7,8 +7,8 @@ use crate::gateway::{Gateway, Router};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::plugin::{
-    EndpointId, HeaderOp, LocalResponse, PluginRuntime, RequestAction, RequestHead, ResponseHead,
-    RouteDecision,
+    EndpointId, Failure, HeaderOp, LocalResponse, PluginRuntime, RequestAction, RequestHead,
+    ResponseHead, RouteDecision,
 };
 use crate::upstream::{ActiveRequest, BoxError, Cluster, InFlight, RequestBody};
 use arc_swap::ArcSwap;
@@ -92,9 +92,11 @@ impl Proxy {
         self.gateway.load_full()
     }
 
-    /// Swaps in a new gateway; requests in flight finish on the old one.
+    /// Swaps in a new gateway; requests in flight finish on the old one, whose health checks stop
+    /// (the new one's took over).
     pub fn swap(&self, gateway: Gateway) {
-        self.gateway.store(Arc::new(gateway));
+        let old = self.gateway.swap(Arc::new(gateway));
+        old.stop_health_checks();
     }
 
     /// Reload outcomes so far.
@@ -305,12 +307,21 @@ impl Proxy {
             let safe = idempotent && body.reusable();
             match result {
                 Err(_) => {
+                    cluster
+                        .health
+                        .observe(id, None, Some(Failure::Timeout), elapsed);
                     // Timeouts are not retried: the endpoint may still be working on it.
                     failure = Some((StatusCode::GATEWAY_TIMEOUT, "upstream timeout"));
                     break;
                 }
                 Ok(Err(e)) => {
                     let connect = e.is_connect();
+                    let kind = if connect {
+                        Failure::Connect
+                    } else {
+                        Failure::Reset
+                    };
+                    cluster.health.observe(id, None, Some(kind), elapsed);
                     tracing::debug!(endpoint = %endpoint.address, error = %e, connect, "upstream attempt failed");
                     failure = Some((
                         StatusCode::BAD_GATEWAY,
@@ -338,6 +349,7 @@ impl Proxy {
                         stats.record_latency_micros(elapsed.as_micros() as u64);
                     }
                     let status = resp.status().as_u16();
+                    cluster.health.observe(id, Some(status), None, elapsed);
                     if attempt < policy.attempts
                         && safe
                         && policy.on_status.contains(&status)

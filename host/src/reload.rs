@@ -97,7 +97,7 @@ pub async fn reload(proxy: &Arc<Proxy>, path: &Path) -> Result<(), String> {
                 "listeners, admin, access log and plugin settings change only on restart"
             );
         }
-        Gateway::build(config, &p.runtime, &p.metrics).map_err(|e| e.to_string())
+        Gateway::build_from(config, &p.runtime, &p.metrics, Some(&old)).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("reload task failed: {e}"))

@@ -10,8 +10,9 @@ pub use facts::{ClusterFacts, EndpointStats, InFlight};
 pub use retry::{ActiveRequest, RetryBudget, RetryPermit};
 
 use crate::config::{ClusterConfig, ConfigError, PluginUse};
+use crate::health::{ClusterHealth, HealthTask};
 use crate::metrics::{EndpointMetrics, Metrics};
-use crate::plugin::{BalancerHandle, EndpointId, PluginError, PluginRuntime, PoolEndpoint};
+use crate::plugin::{BalancerHandle, EndpointId, PluginError, PluginRuntime};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -52,6 +53,10 @@ pub struct Cluster {
     pub client: Client<HttpConnector, AttemptBody>,
     /// The cluster's counters, made once.
     pub metrics: crate::metrics::ClusterMetrics,
+    /// Endpoint health (active and passive checks); it keeps the balancers' pool up to date.
+    pub health: Arc<ClusterHealth>,
+    /// Runs the health checks while the cluster serves.
+    pub health_task: HealthTask,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -74,13 +79,15 @@ pub fn plugin_error(file: &str, use_: &PluginUse, source: PluginError) -> Config
 }
 
 impl Cluster {
-    /// Builds a cluster: creates its balancer uses through the runtime (running their `init`) and
-    /// pushes the pool to them.
+    /// Builds a cluster: creates its balancer uses through the runtime (running their `init`),
+    /// pushes the pool to them and starts its health checks. Endpoints that were in `previous`
+    /// (the same cluster of the config being replaced) keep their health.
     pub fn build(
         config: &ClusterConfig,
         file: &str,
         runtime: &PluginRuntime,
         metrics: &Metrics,
+        previous: Option<&Cluster>,
     ) -> Result<Cluster, ConfigError> {
         let facts = ClusterFacts::new(config.endpoints.len());
         let balancer = runtime
@@ -116,18 +123,22 @@ impl Cluster {
                 metrics: metrics.endpoint(&config.name, &e.address),
             });
         }
-        let pool: Vec<PoolEndpoint> = endpoints
-            .iter()
-            .map(|e| PoolEndpoint {
-                id: e.id,
-                address: e.address.clone(),
-                weight: e.weight,
-                healthy: true,
-                metadata: e.metadata.clone(),
-            })
-            .collect();
-        balancer.set_pool(pool.clone());
-        fallback.set_pool(pool);
+        let health_plugin = match &config.health.plugin {
+            Some(use_) => Some(
+                runtime
+                    .health(&use_.plugin, &use_.settings)
+                    .map_err(|e| plugin_error(file, use_, e))?,
+            ),
+            None => None,
+        };
+        let health = ClusterHealth::new(
+            config,
+            vec![balancer.clone(), fallback.clone()],
+            health_plugin,
+            previous.map(|p| &*p.health),
+            metrics.health(),
+        );
+        let health_task = health.start();
 
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -148,6 +159,8 @@ impl Cluster {
             fallback,
             facts,
             client,
+            health,
+            health_task,
         })
     }
 

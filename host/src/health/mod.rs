@@ -1,0 +1,524 @@
+//! Endpoint health: active probes, passive outlier detection, the panic threshold, slow start and
+//! health plugins, turned into the `healthy` flags and weights of the pool pushed to balancers.
+//!
+//! Each cluster has one [`ClusterHealth`]; a supervisor task per cluster (started with the cluster,
+//! stopped when a reload replaces it) runs one probe loop per endpoint and ends ejections when
+//! their time comes. Endpoint state is keyed by cluster name and address, so an endpoint that stays
+//! across a reload keeps its health. The request path only reports outcomes ([`ClusterHealth::observe`]),
+//! which is a no-op unless outlier detection or a health plugin is configured.
+
+mod probe;
+mod state;
+
+pub use probe::{describe, passes, probe};
+pub use state::{Change, EndpointState, LastProbe, in_panic, may_eject};
+
+use crate::config::{ClusterConfig, HealthConfig, OutlierConfig};
+use crate::metrics::HealthMetrics;
+use crate::plugin::{
+    BalancerHandle, EndpointId, Failure, HealthHandle, Outcome, PoolEndpoint, Verdict,
+};
+use serde_json::json;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// One endpoint as health checking knows it.
+#[derive(Debug)]
+struct EndpointHealth {
+    address: String,
+    weight: u32,
+    metadata: Vec<(String, String)>,
+    /// Shared with the next config's cluster when the endpoint stays.
+    state: Arc<Mutex<EndpointState>>,
+}
+
+impl EndpointHealth {
+    fn state(&self) -> MutexGuard<'_, EndpointState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What was last pushed to the balancers.
+#[derive(Debug, Default)]
+struct View {
+    pool: Vec<PoolEndpoint>,
+    healthy: Vec<bool>,
+    panic: bool,
+    pushed: bool,
+}
+
+/// The health of one cluster's endpoints, and the balancers it keeps informed.
+pub struct ClusterHealth {
+    cluster: String,
+    config: HealthConfig,
+    /// The outlier rules in force: the configured ones, or defaults for a plugin's verdicts.
+    outlier: OutlierConfig,
+    endpoints: Vec<EndpointHealth>,
+    balancers: Vec<BalancerHandle>,
+    plugin: Option<HealthHandle>,
+    view: Mutex<View>,
+    wake: Notify,
+    metrics: HealthMetrics,
+}
+
+impl std::fmt::Debug for ClusterHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterHealth")
+            .field("cluster", &self.cluster)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Envoy's outlier defaults, used for a health plugin's verdicts when `[clusters.outlier]` is absent.
+fn default_outlier() -> OutlierConfig {
+    OutlierConfig {
+        consecutive_5xx: 5,
+        consecutive_gateway_errors: 5,
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_time: Duration::from_secs(300),
+        max_ejection_percent: 10,
+    }
+}
+
+impl ClusterHealth {
+    /// Health for `config`'s endpoints, taking over the state of endpoints with the same address
+    /// in `previous` (the same cluster of the config being replaced). Endpoints new to an existing
+    /// cluster start a slow-start ramp. Pushes the first pool to `balancers`.
+    pub fn new(
+        config: &ClusterConfig,
+        balancers: Vec<BalancerHandle>,
+        plugin: Option<HealthHandle>,
+        previous: Option<&ClusterHealth>,
+        metrics: HealthMetrics,
+    ) -> Arc<Self> {
+        let now = Instant::now();
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| {
+                let kept = previous.and_then(|p| {
+                    p.endpoints
+                        .iter()
+                        .find(|old| old.address == e.address)
+                        .map(|old| old.state.clone())
+                });
+                let state = kept.unwrap_or_else(|| {
+                    let ramp = previous.is_some().then_some(now);
+                    Arc::new(Mutex::new(EndpointState::new(ramp)))
+                });
+                EndpointHealth {
+                    address: e.address.clone(),
+                    weight: e.weight,
+                    metadata: e.metadata.clone(),
+                    state,
+                }
+            })
+            .collect();
+        let health = Arc::new(ClusterHealth {
+            cluster: config.name.clone(),
+            outlier: config
+                .health
+                .outlier
+                .clone()
+                .unwrap_or_else(default_outlier),
+            config: config.health.clone(),
+            endpoints,
+            balancers,
+            plugin,
+            view: Mutex::new(View::default()),
+            wake: Notify::new(),
+            metrics,
+        });
+        health.refresh(now);
+        health
+    }
+
+    /// Whether anything is configured that needs the supervisor task.
+    fn needs_task(&self) -> bool {
+        self.config.check.is_some()
+            || self.config.outlier.is_some()
+            || self.config.slow_start.is_some()
+            || self.plugin.is_some()
+    }
+
+    /// Starts the supervisor (probes, ejection ends, slow-start steps) on the current tokio runtime.
+    /// Without a runtime (`sluicegate check`) nothing runs.
+    pub fn start(self: &Arc<Self>) -> HealthTask {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if self.needs_task() => HealthTask(Some(rt.spawn(supervise(self.clone())))),
+            _ => HealthTask(None),
+        }
+    }
+
+    /// Whether the cluster is in panic mode (traffic spread over every endpoint).
+    pub fn panic(&self) -> bool {
+        self.view().panic
+    }
+
+    fn view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether endpoint `id` gets traffic on its own merits (ignoring panic mode).
+    pub fn healthy(&self, id: EndpointId) -> bool {
+        self.endpoints
+            .get(id as usize)
+            .is_none_or(|e| e.state().healthy(Instant::now()))
+    }
+
+    /// Recomputes the pool (health, panic mode, slow-start weights) and pushes it to the balancers
+    /// when it changed.
+    fn refresh(&self, now: Instant) {
+        let mut view = self.view();
+        let mut healthy = Vec::with_capacity(self.endpoints.len());
+        let mut weights = Vec::with_capacity(self.endpoints.len());
+        for e in &self.endpoints {
+            let s = e.state();
+            healthy.push(s.healthy(now));
+            weights.push(s.effective_weight(e.weight, self.config.slow_start, now));
+        }
+        let n_healthy = healthy.iter().filter(|h| **h).count();
+        let panic = in_panic(n_healthy, healthy.len(), self.config.panic_threshold);
+        if panic != view.panic || !view.pushed {
+            if panic {
+                tracing::warn!(
+                    cluster = %self.cluster,
+                    healthy = n_healthy,
+                    endpoints = healthy.len(),
+                    threshold_percent = self.config.panic_threshold,
+                    "panic mode: too few healthy endpoints, traffic goes to all of them"
+                );
+            } else if view.panic {
+                tracing::info!(cluster = %self.cluster, healthy = n_healthy, "panic mode over");
+            }
+            self.metrics.set_panic(&self.cluster, panic);
+        }
+        for (i, (e, h)) in self.endpoints.iter().zip(&healthy).enumerate() {
+            if view.healthy.get(i) != Some(h) {
+                self.metrics.set_healthy(&self.cluster, &e.address, *h);
+            }
+        }
+        let pool: Vec<PoolEndpoint> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| PoolEndpoint {
+                id: i as EndpointId,
+                address: e.address.clone(),
+                weight: weights[i],
+                healthy: panic || healthy[i],
+                metadata: e.metadata.clone(),
+            })
+            .collect();
+        if pool != view.pool || !view.pushed {
+            for b in &self.balancers {
+                b.set_pool(pool.clone());
+            }
+            view.pool = pool;
+            view.pushed = true;
+        }
+        view.healthy = healthy;
+        view.panic = panic;
+    }
+
+    fn log_change(&self, id: usize, change: Change, why: &str) {
+        let address = &self.endpoints[id].address;
+        let event = match change {
+            Change::Down => {
+                tracing::warn!(cluster = %self.cluster, endpoint = %address, why, "endpoint down: active checks failed");
+                "down"
+            }
+            Change::Up => {
+                tracing::info!(cluster = %self.cluster, endpoint = %address, why, "endpoint up: active checks pass");
+                "up"
+            }
+            Change::Ejected(time) => {
+                tracing::warn!(cluster = %self.cluster, endpoint = %address, why, ?time, "endpoint ejected by outlier detection");
+                "ejected"
+            }
+            Change::Returned => {
+                tracing::info!(cluster = %self.cluster, endpoint = %address, why, "ejected endpoint returns");
+                "returned"
+            }
+        };
+        self.metrics.transition(&self.cluster, address, event);
+    }
+
+    /// Judges one active probe result (the health plugin first, the host's rule when it abstains
+    /// or faults) and updates the endpoint's state.
+    pub fn record_probe(&self, result: &crate::plugin::ProbeResult) {
+        let Some(check) = &self.config.check else {
+            return;
+        };
+        let id = result.endpoint as usize;
+        let Some(e) = self.endpoints.get(id) else {
+            return;
+        };
+        let verdict = match &self.plugin {
+            Some(p) => p.judge_probe(result).unwrap_or(Verdict::Abstain),
+            None => Verdict::Abstain,
+        };
+        let (passed, force) = match verdict {
+            Verdict::Pass => (true, false),
+            Verdict::Fail => (false, false),
+            Verdict::Eject => (false, true),
+            Verdict::Abstain => (passes(&check.kind, result), false),
+        };
+        self.metrics.probe(&self.cluster, &e.address, passed);
+        let now = Instant::now();
+        let detail = describe(result);
+        let changes = {
+            let mut s = e.state();
+            s.last_probe = Some(LastProbe {
+                passed,
+                detail: detail.clone(),
+                at: now,
+            });
+            s.on_probe(passed, force, check.rise, check.fall, now)
+        };
+        if changes.is_empty() {
+            return;
+        }
+        for c in changes {
+            self.log_change(id, c, &detail);
+        }
+        self.refresh(now);
+        self.wake.notify_one();
+    }
+
+    /// Reports the outcome of one real request to endpoint `id`: counts consecutive errors and
+    /// ejects when the outlier rules (or the health plugin) say so. A no-op without either.
+    pub fn observe(
+        &self,
+        id: EndpointId,
+        status: Option<u16>,
+        failure: Option<Failure>,
+        duration: Duration,
+    ) {
+        if self.config.outlier.is_none() && self.plugin.is_none() {
+            return;
+        }
+        let Some(e) = self.endpoints.get(id as usize) else {
+            return;
+        };
+        let verdict = match &self.plugin {
+            Some(p) => p
+                .observe(&Outcome {
+                    endpoint: id,
+                    status,
+                    failure,
+                    duration_micros: duration.as_micros() as u64,
+                })
+                .unwrap_or(Verdict::Abstain),
+            None => Verdict::Abstain,
+        };
+        let now = Instant::now();
+        let wants = {
+            let mut s = e.state();
+            if s.ejected(now) {
+                return;
+            }
+            match verdict {
+                Verdict::Eject => true,
+                Verdict::Pass => s.on_outcome(Some(200), false, &self.outlier),
+                Verdict::Fail => s.on_outcome(None, true, &self.outlier),
+                Verdict::Abstain if self.config.outlier.is_some() => {
+                    s.on_outcome(status, failure.is_some(), &self.outlier)
+                }
+                Verdict::Abstain => false,
+            }
+        };
+        if !wants {
+            return;
+        }
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|o| o.state().ejected(now))
+            .count();
+        if !may_eject(
+            ejected,
+            self.endpoints.len(),
+            self.outlier.max_ejection_percent,
+        ) {
+            tracing::debug!(cluster = %self.cluster, endpoint = %e.address, "not ejected: max_ejection_percent reached");
+            return;
+        }
+        let time = {
+            let mut s = e.state();
+            if s.ejected(now) {
+                return;
+            }
+            s.eject(&self.outlier, now)
+        };
+        let why = match (verdict, failure, status) {
+            (Verdict::Eject, ..) => "health plugin verdict".to_string(),
+            (_, Some(f), _) => format!("consecutive errors, last {f:?}"),
+            (_, None, Some(s)) => format!("consecutive errors, last status {s}"),
+            _ => "consecutive errors".to_string(),
+        };
+        self.log_change(id as usize, Change::Ejected(time), &why);
+        self.refresh(now);
+        self.wake.notify_one();
+    }
+
+    /// Ends ejections whose time has come; true when one did.
+    fn expire(&self, now: Instant) -> bool {
+        let mut any = false;
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let returned = e.state().expire(now);
+            if returned {
+                self.log_change(i, Change::Returned, "ejection time served");
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// When the supervisor must look again: the next ejection end, or the next slow-start step.
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for e in &self.endpoints {
+            let s = e.state();
+            let mut candidates = [None, None];
+            candidates[0] = s.ejected_until.filter(|t| *t > now);
+            if s.ramping(self.config.slow_start, now) {
+                let step = (self.config.slow_start.unwrap_or_default() / 20)
+                    .max(Duration::from_millis(50));
+                candidates[1] = Some(now + step);
+            }
+            for t in candidates.into_iter().flatten() {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        next
+    }
+
+    /// The health part of `/status` for endpoint `id`.
+    pub fn endpoint_status(&self, id: EndpointId) -> serde_json::Value {
+        let Some(e) = self.endpoints.get(id as usize) else {
+            return serde_json::Value::Null;
+        };
+        let now = Instant::now();
+        let s = e.state();
+        let active = match (&self.config.check, s.active_up) {
+            (None, _) => "unchecked",
+            (Some(_), true) => "up",
+            (Some(_), false) => "down",
+        };
+        json!({
+            "healthy": s.healthy(now),
+            "active": active,
+            "consecutive_passes": s.passes,
+            "consecutive_failures": s.failures,
+            "last_probe": s.last_probe.as_ref().map(|p| json!({
+                "passed": p.passed,
+                "result": p.detail,
+                "ago_ms": now.saturating_duration_since(p.at).as_millis() as u64,
+            })),
+            "ejected": s.ejected(now),
+            "ejections": s.total_ejections,
+            "returns_in_ms": s.ejected_until
+                .filter(|t| *t > now)
+                .map(|t| t.saturating_duration_since(now).as_millis() as u64),
+            "consecutive_5xx": s.consecutive_5xx,
+            "consecutive_gateway_errors": s.consecutive_gateway,
+            "effective_weight": s.effective_weight(e.weight, self.config.slow_start, now),
+        })
+    }
+}
+
+/// The running supervisor of a cluster; dropping it (or [`HealthTask::stop`]) stops its probes.
+#[derive(Debug)]
+pub struct HealthTask(Option<tokio::task::JoinHandle<()>>);
+
+impl HealthTask {
+    /// Stops the supervisor and its probes.
+    pub fn stop(&self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for HealthTask {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A random duration in `[0, max)`, for jitter (no cryptographic needs).
+fn random_below(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    max.mul_f64((h.finish() % 1_000_000) as f64 / 1_000_000.0)
+}
+
+/// Runs the probe loops and ends ejections on time, until aborted.
+async fn supervise(health: Arc<ClusterHealth>) {
+    // Dropping the set (when this task is aborted) aborts every probe loop.
+    let mut probes = tokio::task::JoinSet::new();
+    if let Some(check) = &health.config.check {
+        let n = health.endpoints.len().max(1) as u32;
+        for id in 0..health.endpoints.len() {
+            // Spread the first probes over one interval, so many endpoints are not probed at once.
+            let first = check.interval * id as u32 / n + random_below(check.jitter);
+            probes.spawn(probe_loop(health.clone(), id as EndpointId, first));
+        }
+    }
+    loop {
+        let now = Instant::now();
+        health.expire(now);
+        health.refresh(now);
+        let next = health.next_wake(now);
+        tokio::select! {
+            _ = health.wake.notified() => {}
+            _ = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+}
+
+/// Probes one endpoint forever: every `interval` while it is up, `unhealthy_interval` while it is
+/// down, each wait lengthened by a random share of the jitter.
+async fn probe_loop(health: Arc<ClusterHealth>, id: EndpointId, first: Duration) {
+    let Some(check) = health.config.check.clone() else {
+        return;
+    };
+    let address = health.endpoints[id as usize].address.clone();
+    tokio::time::sleep(first).await;
+    loop {
+        let result = probe(
+            &check.kind,
+            id,
+            &address,
+            check.timeout,
+            check.body_prefix_bytes,
+        )
+        .await;
+        health.record_probe(&result);
+        let up = health.endpoints[id as usize].state().active_up;
+        let wait = if up {
+            check.interval
+        } else {
+            check.unhealthy_interval
+        };
+        tokio::time::sleep(wait + random_below(check.jitter)).await;
+    }
+}
