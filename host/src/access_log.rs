@@ -91,8 +91,8 @@ impl AccessLog {
         self.tx.is_some()
     }
 
-    /// Writes one entry.
-    pub fn write(&self, entry: &Entry<'_>) {
+    /// Writes one entry (an [`Entry`] for HTTP requests; L4 connections log their own shape).
+    pub fn write(&self, entry: &impl Serialize) {
         if let Some(tx) = &self.tx
             && let Ok(line) = serde_json::to_string(entry)
         {

@@ -50,6 +50,9 @@ impl Gateway {
         metrics: &Metrics,
         previous: Option<&Gateway>,
     ) -> Result<Gateway, ConfigError> {
+        // Certificate files are read here so `check` and reloads refuse bad ones; the listeners
+        // load their own copies (and follow file changes), see [`crate::tls`].
+        crate::tls::check_listeners(&config)?;
         let file = config.file.as_str();
         let clusters = config
             .clusters

@@ -83,9 +83,10 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade:
     }
 }
 
-/// Adds the forwarding headers for a request from `client`: appends the client to
-/// `X-Forwarded-For` and `Forwarded` (with the `Host` asked for), and sets `X-Forwarded-Proto`.
-pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr) {
+/// Adds the forwarding headers for a request from `client` that came in over `proto` (`http` or
+/// `https`): appends the client to `X-Forwarded-For` and `Forwarded` (with the `Host` asked for),
+/// and sets `X-Forwarded-Proto`.
+pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, proto: &'static str) {
     let ip = client.ip();
     let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if headers.get_all(X_FORWARDED_FOR).iter().count() == 1 => {
@@ -104,7 +105,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr) {
     if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     let node = match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
@@ -118,9 +119,9 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr) {
             if h.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',') =>
         {
-            format!("for={node};proto=http;host={h}")
+            format!("for={node};proto={proto};host={h}")
         }
-        _ => format!("for={node};proto=http"),
+        _ => format!("for={node};proto={proto}"),
     };
     if let Ok(v) = HeaderValue::try_from(element) {
         headers.append(FORWARDED, v);
@@ -205,7 +206,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         h.insert(HOST, HeaderValue::from_static("example.com:8080"));
-        add_forwarding(&mut h, "192.0.2.7:5555".parse().unwrap());
+        add_forwarding(&mut h, "192.0.2.7:5555".parse().unwrap(), "http");
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 192.0.2.7");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
         assert_eq!(
@@ -214,11 +215,12 @@ mod tests {
         );
 
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, "[2001:db8::1]:80".parse().unwrap());
+        add_forwarding(&mut h, "[2001:db8::1]:80".parse().unwrap(), "https");
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "2001:db8::1");
+        assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "https");
         assert_eq!(
             h.get(FORWARDED).unwrap(),
-            "for=\"[2001:db8::1]\";proto=http"
+            "for=\"[2001:db8::1]\";proto=https"
         );
     }
 

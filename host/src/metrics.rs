@@ -83,6 +83,8 @@ pub struct Metrics {
     /// Client connections open now.
     pub open_connections: Gauge,
     unrouted: EndpointMetrics,
+    /// L4 (tcp, tls-passthrough) connection and byte counters.
+    pub l4: crate::l4::L4Metrics,
     health: HealthMetrics,
 }
 
@@ -200,6 +202,8 @@ impl Metrics {
             "Whether a cluster is in panic mode (too few healthy endpoints: traffic goes to all)",
             health.panic.clone(),
         );
+        let l4 = crate::l4::L4Metrics::default();
+        l4.register(&mut registry);
         registry.register_collector(Box::new(PluginCollector(runtime)));
         let unrouted = EndpointMetrics {
             requests: CLASSES.map(|class| {
@@ -221,6 +225,7 @@ impl Metrics {
             open_connections,
             unrouted,
             health,
+            l4,
         }
     }
 

@@ -122,6 +122,11 @@ impl Proxy {
         }
     }
 
+    /// The access log.
+    pub fn access_log(&self) -> &AccessLog {
+        &self.access_log
+    }
+
     /// Marks the proxy as draining (`/ready` answers 503).
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
@@ -132,7 +137,8 @@ impl Proxy {
         self.draining.load(Ordering::Relaxed)
     }
 
-    fn new_request_id(&self) -> String {
+    /// A new request (or L4 connection) id.
+    pub(crate) fn new_request_id(&self) -> String {
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
         format!("{:08x}{:016x}", self.id_prefix, n)
     }
@@ -149,6 +155,11 @@ impl Proxy {
             req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let proto = if parts.extensions.get::<crate::tls::Https>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let body = RequestBody::new(body);
 
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -158,7 +169,7 @@ impl Proxy {
         {
             parts.headers.insert(HOST, v);
         }
-        headers::add_forwarding(&mut parts.headers, client);
+        headers::add_forwarding(&mut parts.headers, client, proto);
         let request_id = match parts
             .headers
             .get(X_REQUEST_ID)
@@ -373,7 +384,7 @@ impl Proxy {
     }
 
     /// The cluster's balancer picks, falling back to the fallback balancer when it faults.
-    fn pick(
+    pub(crate) fn pick(
         &self,
         cluster: &Cluster,
         head: &Arc<RequestHead>,

@@ -7,11 +7,12 @@
 //! and wait for them up to the config's drain deadline.
 
 use crate::access_log::AccessLog;
-use crate::config::{Config, ConfigError, ListenerConfig};
+use crate::config::{Config, ConfigError, ListenerConfig, Protocol};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::plugin::{PluginError, PluginRuntime, PluginWatcher, RuntimeOptions};
 use crate::proxy::Proxy;
+use crate::tls::{CERT_POLL_INTERVAL, CertWatcher, ListenerCerts};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -26,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,8 @@ pub struct Server {
     /// The proxy's shared state.
     pub proxy: Arc<Proxy>,
     _plugin_watcher: Option<PluginWatcher>,
+    /// The certificates of the `https` listeners, loaded at start.
+    certs: Vec<(SocketAddr, ListenerCerts)>,
 }
 
 impl Server {
@@ -151,14 +155,25 @@ impl Server {
             AccessLog::stdout()
         };
         let gateway = Gateway::build(config, &runtime, &metrics)?;
+        let mut certs = Vec::new();
+        for l in &gateway.config.listeners {
+            if l.protocol == Protocol::Https {
+                let loaded = ListenerCerts::load(l).map_err(|e| ConfigError::Other {
+                    file: gateway.config.file.clone(),
+                    message: e.to_string(),
+                })?;
+                certs.push((l.address, loaded));
+            }
+        }
         Ok(Server {
             proxy: Proxy::new(gateway, runtime, metrics, access_log),
             _plugin_watcher: watcher,
+            certs,
         })
     }
 
     /// Serves until `shutdown` completes, then drains (see the module docs).
-    pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
         let proxy = self.proxy.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         // The admin API stays up while draining, so `/ready` can say 503.
@@ -166,14 +181,45 @@ impl Server {
         // Every connection task holds a sender; when all are gone, every connection is done.
         let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
         let mut accept_tasks = Vec::new();
+        // Kept until the server stops: each polls its listener's certificate files.
+        let mut cert_watchers = Vec::new();
         for (listener, config) in listeners.proxy {
-            accept_tasks.push(tokio::spawn(accept_loop(
-                listener,
-                config,
-                proxy.clone(),
-                stop_rx.clone(),
-                conns_tx.clone(),
-            )));
+            let (stop, conns) = (stop_rx.clone(), conns_tx.clone());
+            let task =
+                match config.protocol {
+                    Protocol::Http => tokio::spawn(accept_loop(
+                        listener,
+                        config,
+                        proxy.clone(),
+                        stop,
+                        conns,
+                        None,
+                    )),
+                    Protocol::Https => {
+                        let acceptor = match self.tls_acceptor(&config) {
+                            Ok((acceptor, watcher)) => {
+                                cert_watchers.push(watcher);
+                                acceptor
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "https listener not started");
+                                continue;
+                            }
+                        };
+                        tokio::spawn(accept_loop(
+                            listener,
+                            config,
+                            proxy.clone(),
+                            stop,
+                            conns,
+                            Some(acceptor),
+                        ))
+                    }
+                    Protocol::Tcp | Protocol::TlsPassthrough => tokio::spawn(
+                        crate::l4::accept_loop(listener, config, proxy.clone(), stop, conns),
+                    ),
+                };
+            accept_tasks.push(task);
         }
         let admin_task = listeners
             .admin
@@ -196,7 +242,34 @@ impl Server {
         if let Some(t) = admin_task {
             let _ = t.await;
         }
+        drop(cert_watchers);
         drop(self);
+    }
+
+    /// The TLS acceptor of an `https` listener and the watcher that keeps its certificates
+    /// current (following the listener's entry in the config as reloaded).
+    fn tls_acceptor(
+        &mut self,
+        config: &ListenerConfig,
+    ) -> Result<(TlsAcceptor, CertWatcher), crate::tls::TlsError> {
+        let loaded = match self.certs.iter().position(|(a, _)| *a == config.address) {
+            Some(i) => self.certs.swap_remove(i).1,
+            None => ListenerCerts::load(config)?,
+        };
+        let proxy = Arc::downgrade(&self.proxy);
+        let (address, protocol) = (config.address, config.protocol);
+        let watcher = CertWatcher::start(config, loaded, CERT_POLL_INTERVAL, move || {
+            let proxy = proxy.upgrade()?;
+            let gateway = proxy.gateway();
+            gateway
+                .config
+                .listeners
+                .iter()
+                .find(|l| l.address == address && l.protocol == protocol)
+                .cloned()
+        });
+        let server_config = crate::tls::server_config(config.address, watcher.certs.clone())?;
+        Ok((TlsAcceptor::from(server_config), watcher))
     }
 }
 
@@ -206,6 +279,7 @@ async fn accept_loop(
     proxy: Arc<Proxy>,
     mut stop: watch::Receiver<bool>,
     conns: mpsc::Sender<()>,
+    tls: Option<TlsAcceptor>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -234,23 +308,41 @@ async fn accept_loop(
         let mut stop = stop.clone();
         let conns = conns.clone();
         let idle = config.idle_timeout;
+        let handshake_timeout = config.header_read_timeout;
+        let tls = tls.clone();
         tokio::spawn(async move {
             proxy.metrics.open_connections.inc();
+            let https = tls.is_some();
             let service = {
                 let proxy = proxy.clone();
-                service_fn(move |req| {
+                service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let proxy = proxy.clone();
+                    if https {
+                        req.extensions_mut().insert(crate::tls::Https);
+                    }
                     async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
                 })
             };
-            let io = TokioIo::new(IdleIo::new(stream, idle));
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let io = IdleIo::new(stream, idle);
+            let result = match tls {
+                None => serve_connection(&builder, TokioIo::new(io), service, &mut stop).await,
+                Some(acceptor) => {
+                    // The handshake gets the header read timeout: a client that stalls in it
+                    // holds a connection like one that stalls in its headers.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(&builder, TokioIo::new(tls_stream), service, &mut stop)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
                 }
             };
             if let Err(e) = result {
@@ -259,6 +351,35 @@ async fn accept_loop(
             proxy.metrics.open_connections.dec();
             drop(conns);
         });
+    }
+}
+
+/// Serves HTTP on one client connection until it ends; on `stop`, finishes in-flight requests
+/// (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY).
+async fn serve_connection<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::proxy::ProxyBody>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }
 

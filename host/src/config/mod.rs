@@ -8,10 +8,12 @@
 
 mod duration;
 mod health;
+mod listener;
 mod raw;
 
 pub use duration::{ConfigDuration, parse_duration};
 pub use health::{HealthCheckConfig, HealthConfig, OutlierConfig, ProbeKind};
+pub use listener::{CertificateConfig, SniRoute, server_name_matches};
 
 use raw::{RawCluster, RawConfig, RawPluginUse};
 use std::collections::HashSet;
@@ -79,6 +81,13 @@ pub enum ConfigError {
 pub enum Protocol {
     /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c), in clear text.
     Http,
+    /// HTTP/1.1 and HTTP/2 over TLS (ALPN), certificates chosen by SNI.
+    Https,
+    /// L4: TCP connections balanced over one cluster, bytes copied both ways.
+    Tcp,
+    /// L4 by SNI: the ClientHello is read (not terminated) and the raw bytes go to the cluster
+    /// routed for its server name.
+    TlsPassthrough,
 }
 
 /// One listening socket for client traffic.
@@ -92,6 +101,12 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     /// A client connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
+    /// `https`: the certificates (at least one).
+    pub certificates: Vec<CertificateConfig>,
+    /// `tcp`: the cluster; `tls-passthrough`: the cluster for names no SNI route matches.
+    pub cluster: Option<String>,
+    /// `tls-passthrough`: clusters by SNI name.
+    pub sni_routes: Vec<SniRoute>,
 }
 
 /// Access log settings.
@@ -355,16 +370,7 @@ impl Checker<'_> {
                     format!("duplicate listener address `{address}`"),
                 ));
             }
-            let protocol = match l.protocol.as_ref().map(|p| p.get_ref().as_str()) {
-                None | Some("http") => Protocol::Http,
-                Some(other) => {
-                    let p = l.protocol.as_ref().expect("matched Some");
-                    return Err(self.err_at(
-                        p,
-                        format!("unknown protocol `{other}`: this build serves `http`"),
-                    ));
-                }
-            };
+            let protocol = self.protocol(l.protocol.as_ref())?;
             listeners.push(ListenerConfig {
                 address,
                 protocol,
@@ -372,6 +378,9 @@ impl Checker<'_> {
                     .header_read_timeout
                     .map_or(Duration::from_secs(10), |d| d.0),
                 idle_timeout: l.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+                certificates: Vec::new(),
+                cluster: None,
+                sni_routes: Vec::new(),
             });
         }
 
@@ -412,6 +421,21 @@ impl Checker<'_> {
                     self.err_at(&raw_c.name, format!("duplicate cluster name `{}`", c.name))
                 );
             }
+        }
+
+        for (l, raw_l) in listeners.iter_mut().zip(&raw.listeners) {
+            let extras = self.listener_extras(
+                l.protocol,
+                &raw_l.address,
+                &raw_l.certificates,
+                raw_l.cluster.as_ref(),
+                &raw_l.sni_routes,
+                &names,
+                &resolve,
+            )?;
+            l.certificates = extras.certificates;
+            l.cluster = extras.cluster;
+            l.sni_routes = extras.sni_routes;
         }
 
         let routing = match (&raw.router, raw.routes.is_empty()) {

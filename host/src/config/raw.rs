@@ -34,6 +34,12 @@ pub(super) struct RawListener {
     pub protocol: Option<Spanned<String>>,
     pub header_read_timeout: Option<ConfigDuration>,
     pub idle_timeout: Option<ConfigDuration>,
+    /// `tcp` and `tls-passthrough` listeners: the cluster (the default one for passthrough).
+    pub cluster: Option<Spanned<String>>,
+    #[serde(default)]
+    pub certificates: Vec<super::listener::RawCertificate>,
+    #[serde(default)]
+    pub sni_routes: Vec<super::listener::RawSniRoute>,
 }
 
 #[derive(Deserialize, Default)]
