@@ -8,7 +8,8 @@
 //! - [`choose`]: walks a hashing balancer's candidate sequence skipping unhealthy, tried and
 //!   (with bounded load) overloaded endpoints;
 //! - [`candidates`], [`consider`], [`random_below`], [`random_sample`]: the healthy endpoints (all of
-//!   them in panic mode), untried ones first, and fair random draws among them.
+//!   them in panic mode), untried ones first, and fair random draws among them;
+//! - [`no_settings`]: the settings check of balancers that take none, without a TOML parser.
 //!
 //! It is a plain library (not a plugin): the plugins link it in.
 
@@ -17,9 +18,11 @@ mod hash;
 mod key;
 mod pool;
 mod select;
+mod settings;
 
 pub use address::{Cidr, ClientAddress};
 pub use hash::{mix64, xxh64};
 pub use key::HashKey;
 pub use pool::{Member, Pool, candidates, consider, random_below, random_sample};
 pub use select::{check_balance_factor, choose};
+pub use settings::no_settings;

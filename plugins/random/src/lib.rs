@@ -7,13 +7,8 @@
 //! - Panic mode: when no endpoint is healthy, all of them are drawn from. An empty pool gives
 //!   `None` (503). It takes no settings.
 
-use sluicegate_plugin_hashing::{Member, candidates, consider, random_below};
+use sluicegate_plugin_hashing::{Member, candidates, consider, no_settings, random_below};
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};
-
-/// No settings: unknown keys are refused so typos don't pass silently.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {}
 
 /// The candidates and their cumulative weights.
 #[derive(Debug, Default)]
@@ -33,7 +28,7 @@ impl Random {
 
 impl Balancer for Random {
     fn init(config: &str) -> Result<Self, String> {
-        let Settings {} = sluicegate_sdk::settings(config)?;
+        no_settings("random", config)?;
         Ok(Random::default())
     }
 

@@ -10,13 +10,8 @@
 //! - The candidate list is rebuilt (and the `current` values reset) only in `pool_changed`.
 //!   It takes no settings.
 
-use sluicegate_plugin_hashing::{Member, candidates, consider};
+use sluicegate_plugin_hashing::{Member, candidates, consider, no_settings};
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};
-
-/// No settings: unknown keys are refused so typos don't pass silently.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {}
 
 /// The candidates and their running `current` values.
 #[derive(Debug, Default)]
@@ -35,7 +30,7 @@ impl WeightedRoundRobin {
 
 impl Balancer for WeightedRoundRobin {
     fn init(config: &str) -> Result<Self, String> {
-        let Settings {} = sluicegate_sdk::settings(config)?;
+        no_settings("weighted-round-robin", config)?;
         Ok(WeightedRoundRobin::default())
     }
 
