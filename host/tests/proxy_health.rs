@@ -1,0 +1,549 @@
+//! Health checking end to end: the proxy in-process against real backends on loopback whose
+//! `/health` answer and traffic status the tests switch. Intervals are short real times (100 ms),
+//! every wait is bounded; the state machine itself is unit-tested in `health::state`.
+
+mod common;
+
+use bytes::Bytes;
+use common::{Proxy, eventually, get, http1_client, parse_prometheus};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// A backend whose `/health` status (and `x-health` header) and traffic status can be switched.
+struct Switchable {
+    addr: SocketAddr,
+    health: Arc<AtomicU16>,
+    header: Arc<Mutex<Option<String>>>,
+    traffic: Arc<AtomicU16>,
+    probes: Arc<AtomicUsize>,
+    served: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Switchable {
+    async fn start(name: &str) -> Switchable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let health = Arc::new(AtomicU16::new(200));
+        let header = Arc::new(Mutex::new(None::<String>));
+        let traffic = Arc::new(AtomicU16::new(200));
+        let probes = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
+        let (h, hd, t, p, s) = (
+            health.clone(),
+            header.clone(),
+            traffic.clone(),
+            probes.clone(),
+            served.clone(),
+        );
+        let name = name.to_string();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (h, hd, t, p, s, name) = (
+                    h.clone(),
+                    hd.clone(),
+                    t.clone(),
+                    p.clone(),
+                    s.clone(),
+                    name.clone(),
+                );
+                conns.spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let mut resp =
+                            Response::new(Full::new(Bytes::from(format!("hello from {name}"))));
+                        if req.uri().path() == "/health" {
+                            p.fetch_add(1, Ordering::Relaxed);
+                            *resp.status_mut() =
+                                StatusCode::from_u16(h.load(Ordering::Relaxed)).unwrap();
+                            if let Some(v) = hd.lock().unwrap().clone() {
+                                resp.headers_mut().insert("x-health", v.parse().unwrap());
+                            }
+                        } else {
+                            s.fetch_add(1, Ordering::Relaxed);
+                            *resp.status_mut() =
+                                StatusCode::from_u16(t.load(Ordering::Relaxed)).unwrap();
+                        }
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Switchable {
+            addr,
+            health,
+            header,
+            traffic,
+            probes,
+            served,
+            task,
+        }
+    }
+
+    fn set_health(&self, status: u16) {
+        self.health.store(status, Ordering::Relaxed);
+    }
+
+    fn set_header(&self, value: Option<&str>) {
+        *self.header.lock().unwrap() = value.map(str::to_string);
+    }
+
+    fn set_traffic(&self, status: u16) {
+        self.traffic.store(status, Ordering::Relaxed);
+    }
+
+    fn probes(&self) -> usize {
+        self.probes.load(Ordering::Relaxed)
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Switchable {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A config of one cluster `web` over `backends`: `cluster_keys` go in `[[clusters]]`, `tables`
+/// after it (like `[clusters.health_check]`), `top` at the top level.
+fn config(backends: &[&Switchable], cluster_keys: &str, tables: &str, top: &str) -> String {
+    let mut text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{top}\n[[routes]]\ncluster = \"web\"\n[[clusters]]\nname = \"web\"\n{cluster_keys}\n{tables}\n"
+    );
+    for b in backends {
+        text.push_str(&format!(
+            "[[clusters.endpoints]]\naddress = \"{}\"\n",
+            b.addr
+        ));
+    }
+    text
+}
+
+const ACTIVE: &str = "[clusters.health_check]\npath = \"/health\"\ninterval = \"100ms\"\njitter = \"10ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 3\n";
+
+async fn status(proxy: &Proxy) -> serde_json::Value {
+    let (code, body) = get(&http1_client(), &proxy.admin_url("/status")).await;
+    assert_eq!(code, StatusCode::OK);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The `/status` entry of the endpoint at `addr` in cluster `web`.
+async fn endpoint(proxy: &Proxy, addr: SocketAddr) -> serde_json::Value {
+    let s = status(proxy).await;
+    s["clusters"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == addr.to_string())
+        .cloned()
+        .expect("endpoint in /status")
+}
+
+async fn healthy(proxy: &Proxy, addr: SocketAddr) -> bool {
+    endpoint(proxy, addr).await["healthy"].as_bool().unwrap()
+}
+
+/// Sends `n` GETs, returning the statuses seen by status code.
+async fn send_n(proxy: &Proxy, n: usize) -> HashMap<u16, usize> {
+    let client = http1_client();
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let (code, _) = get(&client, &proxy.url("/")).await;
+        *seen.entry(code.as_u16()).or_default() += 1;
+    }
+    seen
+}
+
+/// The value of a metric sample with these labels (0 when absent).
+async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, text) = get(&http1_client(), &proxy.admin_url("/metrics")).await;
+    parse_prometheus(&text)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+        .map_or(0.0, |s| s.value)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failing_health_check_takes_the_endpoint_out_after_fall_probes_and_rise_brings_it_back() {
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&config(&[&a, &b], "", ACTIVE, ""), dir.path()).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || a.probes() > 0
+            && b.probes() > 0)
+        .await,
+        "both endpoints are probed"
+    );
+    send_n(&proxy, 10).await;
+    assert_eq!((a.served(), b.served()), (5, 5));
+
+    b.set_health(503);
+    let t0 = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
+            .await)
+        .await
+    );
+    let took = t0.elapsed();
+    // fall × (interval + jitter), plus one interval for the probe in progress, plus slack for a
+    // busy machine.
+    assert!(
+        took < Duration::from_millis(4 * 110 + 1000),
+        "down after {took:?}"
+    );
+    let e = endpoint(&proxy, b.addr).await;
+    assert_eq!(e["health"]["active"], "down");
+    assert!(
+        e["health"]["consecutive_failures"].as_u64().unwrap() >= 3,
+        "{e}"
+    );
+    assert_eq!(e["health"]["last_probe"]["result"], "status 503");
+    assert_eq!(e["health"]["last_probe"]["passed"], false);
+
+    let before = (a.served(), b.served());
+    let seen = send_n(&proxy, 20).await;
+    assert_eq!(seen, HashMap::from([(200, 20)]));
+    assert_eq!(
+        (a.served() - before.0, b.served() - before.1),
+        (20, 0),
+        "no request reaches the endpoint that is down"
+    );
+
+    b.set_health(200);
+    let t1 = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), async || healthy(&proxy, b.addr)
+            .await)
+        .await
+    );
+    let took = t1.elapsed();
+    assert!(
+        took < Duration::from_millis(3 * 110 + 1000),
+        "up after {took:?}"
+    );
+    let before = b.served();
+    send_n(&proxy, 10).await;
+    assert_eq!(b.served() - before, 5, "back in rotation");
+
+    let b_label = b.addr.to_string();
+    let transitions = |event| {
+        [
+            ("endpoint", b_label.clone()),
+            ("event", String::from(event)),
+        ]
+    };
+    for (event, want) in [("down", 1.0), ("up", 1.0)] {
+        let labels = transitions(event);
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            metric(&proxy, "sluicegate_health_transitions_total", &labels).await,
+            want,
+            "{event} is counted once"
+        );
+    }
+    let fails = metric(
+        &proxy,
+        "sluicegate_health_probes_total",
+        &[("endpoint", &b_label), ("event", "fail")],
+    )
+    .await;
+    assert!(fails >= 3.0, "{fails} failed probes counted");
+    assert_eq!(
+        metric(
+            &proxy,
+            "sluicegate_endpoint_healthy",
+            &[("endpoint", &b_label)]
+        )
+        .await,
+        1.0
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_tcp_check_takes_out_an_endpoint_that_refuses_connections() {
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let tcp = "[clusters.health_check]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nfall = 2\n";
+    let proxy = Proxy::start(&config(&[&a, &b], "", tcp, ""), dir.path()).await;
+    b.task.abort();
+    assert!(
+        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
+            .await)
+        .await
+    );
+    let e = endpoint(&proxy, b.addr).await;
+    assert_eq!(e["health"]["last_probe"]["result"], "connect failure");
+    assert_eq!(a.probes(), 0, "a TCP check sends no request");
+    assert_eq!(send_n(&proxy, 10).await, HashMap::from([(200, 10)]));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn consecutive_5xx_eject_an_endpoint_for_the_ejection_time_which_doubles_next_time() {
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let outlier = "[clusters.outlier]\nconsecutive_5xx = 3\nbase_ejection_time = \"600ms\"\nmax_ejection_percent = 50\n";
+    let proxy = Proxy::start(&config(&[&a, &b], "", outlier, ""), dir.path()).await;
+    b.set_traffic(500);
+
+    // Round-robin alternates: b's third 500 comes with the sixth request.
+    let seen = send_n(&proxy, 6).await;
+    assert_eq!(seen, HashMap::from([(200, 3), (500, 3)]));
+    let e = endpoint(&proxy, b.addr).await;
+    assert_eq!(e["healthy"], false, "{e}");
+    assert_eq!(e["health"]["ejected"], true);
+    assert_eq!(e["health"]["ejections"], 1);
+    assert!(e["health"]["returns_in_ms"].as_u64().unwrap() <= 600);
+    let ejected_at = Instant::now();
+
+    let before = b.served();
+    assert_eq!(send_n(&proxy, 20).await, HashMap::from([(200, 20)]));
+    assert_eq!(
+        b.served(),
+        before,
+        "no request reaches the ejected endpoint"
+    );
+
+    assert!(
+        eventually(Duration::from_secs(5), async || healthy(&proxy, b.addr)
+            .await)
+        .await
+    );
+    let out_for = ejected_at.elapsed();
+    assert!(
+        out_for >= Duration::from_millis(400),
+        "returned after {out_for:?}"
+    );
+
+    // Still failing: ejected again, this time for 2 × 600 ms.
+    send_n(&proxy, 6).await;
+    let e = endpoint(&proxy, b.addr).await;
+    assert_eq!(e["health"]["ejections"], 2, "{e}");
+    assert!(e["health"]["returns_in_ms"].as_u64().unwrap() > 700, "{e}");
+    let b_label = b.addr.to_string();
+    assert_eq!(
+        metric(
+            &proxy,
+            "sluicegate_health_transitions_total",
+            &[("endpoint", &b_label), ("event", "ejected")]
+        )
+        .await,
+        2.0
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn max_ejection_percent_keeps_the_second_failing_endpoint_in() {
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    let c = Switchable::start("c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let outlier = "[clusters.outlier]\nconsecutive_5xx = 2\nbase_ejection_time = \"30s\"\nmax_ejection_percent = 40\n";
+    let proxy = Proxy::start(&config(&[&a, &b, &c], "", outlier, ""), dir.path()).await;
+    a.set_traffic(500);
+    b.set_traffic(500);
+    send_n(&proxy, 12).await;
+    let (ea, eb) = (
+        endpoint(&proxy, a.addr).await,
+        endpoint(&proxy, b.addr).await,
+    );
+    let ejected = [&ea, &eb]
+        .iter()
+        .filter(|e| e["health"]["ejected"] == true)
+        .count();
+    assert_eq!(ejected, 1, "40% of 3 allows one: {ea} {eb}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn panic_mode_spreads_traffic_over_all_endpoints_when_most_are_down_and_ends_on_recovery() {
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    let c = Switchable::start("c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let check =
+        "[clusters.health_check]\ninterval = \"100ms\"\njitter = \"10ms\"\nrise = 1\nfall = 1\n";
+    let proxy = Proxy::start(
+        &config(&[&a, &b, &c], "panic_threshold = 50", check, ""),
+        dir.path(),
+    )
+    .await;
+    let panic = async || status(&proxy).await["clusters"][0]["panic"] == true;
+
+    b.set_health(503);
+    assert!(
+        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
+            .await)
+        .await
+    );
+    assert!(!panic().await, "2 of 3 healthy is above 50%");
+    let before = b.served();
+    send_n(&proxy, 10).await;
+    assert_eq!(b.served(), before, "b is out");
+
+    c.set_health(503);
+    assert!(eventually(Duration::from_secs(5), async || panic().await).await);
+    assert!(!healthy(&proxy, c.addr).await);
+    let before = [a.served(), b.served(), c.served()];
+    assert_eq!(send_n(&proxy, 30).await, HashMap::from([(200, 30)]));
+    let got = [
+        a.served() - before[0],
+        b.served() - before[1],
+        c.served() - before[2],
+    ];
+    assert_eq!(got, [10, 10, 10], "panic mode spreads over all");
+    assert_eq!(
+        metric(&proxy, "sluicegate_cluster_panic", &[("cluster", "web")]).await,
+        1.0
+    );
+
+    b.set_health(200);
+    c.set_health(200);
+    assert!(eventually(Duration::from_secs(5), async || !panic().await).await);
+    assert!(
+        eventually(Duration::from_secs(5), async || healthy(&proxy, b.addr)
+            .await
+            && healthy(&proxy, c.addr).await)
+        .await
+    );
+    assert_eq!(
+        metric(&proxy, "sluicegate_cluster_panic", &[("cluster", "web")]).await,
+        0.0
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn health_survives_a_reload_and_the_old_checks_stop() {
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluicegate.toml");
+    let text = config(&[&a, &b], "", ACTIVE, "");
+    std::fs::write(&path, &text).unwrap();
+    let proxy = Proxy::start(&text, dir.path()).await;
+    b.set_health(503);
+    assert!(
+        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
+            .await)
+        .await
+    );
+
+    // The new config probes rarely: b's first probe is half an interval (5 s) away.
+    let slow = ACTIVE.replace("\"100ms\"", "\"10s\"");
+    std::fs::write(
+        &path,
+        config(&[&a, &b], "connect_timeout = \"900ms\"", &slow, ""),
+    )
+    .unwrap();
+    sluicegate::reload::reload(&proxy.proxy, &path)
+        .await
+        .unwrap();
+    let e = endpoint(&proxy, b.addr).await;
+    assert_eq!(e["healthy"], false, "b stays down across the reload: {e}");
+    assert!(e["health"]["consecutive_failures"].as_u64().unwrap() >= 3);
+    let before = b.served();
+    send_n(&proxy, 10).await;
+    assert_eq!(b.served(), before, "the new balancers know b is down");
+
+    let probes = b.probes();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.probes(), probes, "the old config's probes stopped");
+    proxy.stop().await;
+}
+
+/// Builds the health-header test plugin once per test binary.
+fn health_plugin() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/plugins/health-header");
+            sluicegate::plugin::build_plugin(&dir, None).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .clone()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_health_plugin_verdict_overrides_the_host_rule_and_a_trap_falls_back_to_it() {
+    let plugin = tokio::task::spawn_blocking(health_plugin).await.unwrap();
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    std::fs::copy(&plugin, dir.path().join("plugins/health-header.wasm")).unwrap();
+    let proxy = Proxy::start(
+        &config(
+            &[&a, &b],
+            "health_plugin = { plugin = \"health-header\" }",
+            ACTIVE,
+            "[plugins]\ndir = \"plugins\"\n",
+        ),
+        dir.path(),
+    )
+    .await;
+
+    // 200 by the host's rule, but the plugin reads `x-health: down`.
+    b.set_header(Some("down"));
+    assert!(
+        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
+            .await)
+        .await
+    );
+    assert_eq!(
+        endpoint(&proxy, b.addr).await["health"]["last_probe"]["result"],
+        "status 200"
+    );
+
+    // The plugin traps on every probe: the host's rule (200 passes) decides, and b comes back.
+    b.set_header(Some("trap"));
+    assert!(
+        eventually(Duration::from_secs(5), async || healthy(&proxy, b.addr)
+            .await)
+        .await
+    );
+    let faults = proxy
+        .proxy
+        .runtime
+        .plugins()
+        .into_iter()
+        .find(|p| p.name == "health-header")
+        .unwrap()
+        .faults;
+    assert!(faults >= 2, "each trap is a fault: {faults}");
+
+    // Passive: the plugin ejects on 418 though no outlier detection is configured.
+    b.set_header(None);
+    a.set_traffic(418);
+    send_n(&proxy, 2).await;
+    let e = endpoint(&proxy, a.addr).await;
+    assert_eq!(e["health"]["ejected"], true, "{e}");
+    let before = a.served();
+    assert_eq!(send_n(&proxy, 6).await, HashMap::from([(200, 6)]));
+    assert_eq!(a.served(), before);
+    proxy.stop().await;
+}
