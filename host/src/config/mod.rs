@@ -12,7 +12,7 @@ mod listener;
 mod raw;
 
 pub use duration::{ConfigDuration, parse_duration};
-pub use health::{HealthCheckConfig, HealthConfig, OutlierConfig, ProbeKind};
+pub use health::{HealthCheckConfig, HealthConfig, OutlierConfig, PanicAction, ProbeKind};
 pub use listener::{CertificateConfig, SniRoute, server_name_matches};
 
 use raw::{RawCluster, RawConfig, RawPluginUse};

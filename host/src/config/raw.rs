@@ -106,6 +106,7 @@ pub(super) struct RawCluster {
     pub health_check: Option<super::health::RawHealthCheck>,
     pub outlier: Option<super::health::RawOutlier>,
     pub panic_threshold: Option<Spanned<u32>>,
+    pub panic_action: Option<Spanned<String>>,
     pub slow_start: Option<ConfigDuration>,
     pub health_plugin: Option<RawPluginUse>,
 }
