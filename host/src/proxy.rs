@@ -277,6 +277,12 @@ impl Proxy {
         let mut failure: Option<(StatusCode, &'static str)> = None;
         // The retry permit is taken when a retry is decided, and held until the request ends.
         let mut _permit = None;
+        if cluster.health.refusing() {
+            return done.local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster in panic mode (too few healthy endpoints)".into(),
+            );
+        }
         for attempt in 1..=policy.attempts {
             if attempt > 1 {
                 cluster.metrics.retries.inc();

@@ -547,3 +547,42 @@ async fn a_health_plugin_verdict_overrides_the_host_rule_and_a_trap_falls_back_t
     assert_eq!(a.served(), before);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn panic_action_refuse_answers_503_while_too_few_endpoints_are_healthy() {
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let check =
+        "[clusters.health_check]\ninterval = \"100ms\"\njitter = \"10ms\"\nrise = 1\nfall = 1\n";
+    let proxy = Proxy::start(
+        &config(
+            &[&a, &b],
+            "panic_threshold = 100\npanic_action = \"refuse\"",
+            check,
+            "",
+        ),
+        dir.path(),
+    )
+    .await;
+    assert_eq!(send_n(&proxy, 4).await, HashMap::from([(200, 4)]));
+    b.set_health(503);
+    assert!(
+        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
+            .await)
+        .await
+    );
+    let served = a.served() + b.served();
+    let (code, body) = get(&http1_client(), &proxy.url("/")).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("panic mode"), "{body}");
+    assert_eq!(a.served() + b.served(), served, "no endpoint is tried");
+    b.set_health(200);
+    assert!(
+        eventually(Duration::from_secs(5), async || healthy(&proxy, b.addr)
+            .await)
+        .await
+    );
+    assert_eq!(send_n(&proxy, 4).await, HashMap::from([(200, 4)]));
+    proxy.stop().await;
+}

@@ -64,6 +64,16 @@ pub struct OutlierConfig {
     pub max_ejection_percent: u32,
 }
 
+/// What a cluster in panic mode does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PanicAction {
+    /// Spread traffic over every endpoint, healthy or not (Envoy's behaviour): a broken health
+    /// check cannot black-hole the service.
+    Spread,
+    /// Answer 503 without trying an endpoint.
+    Refuse,
+}
+
 /// Everything about a cluster's health.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealthConfig {
@@ -71,8 +81,10 @@ pub struct HealthConfig {
     pub check: Option<HealthCheckConfig>,
     /// Passive checks, if configured.
     pub outlier: Option<OutlierConfig>,
-    /// Below this share (percent) of healthy endpoints, traffic spreads over all of them (0 = never).
+    /// Below this share (percent) of healthy endpoints the cluster is in panic mode (0 = never).
     pub panic_threshold: u32,
+    /// What panic mode does.
+    pub panic_action: PanicAction,
     /// A new or recovered endpoint's weight ramps up over this window (`None` = at once).
     pub slow_start: Option<Duration>,
     /// A health plugin whose verdicts override the host's rules.
@@ -85,6 +97,7 @@ impl Default for HealthConfig {
             check: None,
             outlier: None,
             panic_threshold: 50,
+            panic_action: PanicAction::Spread,
             slow_start: None,
             plugin: None,
         }
@@ -135,6 +148,17 @@ impl Checker<'_> {
             Some(p) => *p.get_ref(),
             None => 50,
         };
+        let panic_action = match c.panic_action.as_ref().map(|a| a.get_ref().as_str()) {
+            None | Some("spread") => PanicAction::Spread,
+            Some("refuse") => PanicAction::Refuse,
+            Some(other) => {
+                let a = c.panic_action.as_ref().expect("matched Some");
+                return Err(self.err_at(
+                    a,
+                    format!("unknown panic_action `{other}`: use `spread` or `refuse`"),
+                ));
+            }
+        };
         let plugin = c
             .health_plugin
             .as_ref()
@@ -144,6 +168,7 @@ impl Checker<'_> {
             check,
             outlier,
             panic_threshold,
+            panic_action,
             slow_start: c.slow_start.map(|d| d.0).filter(|d| !d.is_zero()),
             plugin,
         })
@@ -244,5 +269,147 @@ impl Checker<'_> {
                 .max(base),
             max_ejection_percent,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ConfigError};
+    use super::*;
+    use std::path::Path;
+
+    fn health(cluster: &str) -> Result<HealthConfig, ConfigError> {
+        let text = format!("[[clusters]]\nname = \"web\"\n{cluster}");
+        Config::parse(&text, "test.toml", Path::new("/")).map(|c| c.clusters[0].health.clone())
+    }
+
+    fn message(cluster: &str) -> (usize, String) {
+        match health(cluster) {
+            Err(ConfigError::Invalid { at, message, .. }) => (at.line, message),
+            other => panic!("expected an invalid-config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_haproxy_and_envoy_like() {
+        let h = health("[clusters.health_check]\n[clusters.outlier]\n").unwrap();
+        let check = h.check.unwrap();
+        assert_eq!(
+            (
+                check.interval,
+                check.unhealthy_interval,
+                check.rise,
+                check.fall
+            ),
+            (Duration::from_secs(2), Duration::from_secs(2), 2, 3)
+        );
+        assert_eq!(check.jitter, Duration::from_millis(200));
+        let ProbeKind::Http {
+            method,
+            path,
+            expect,
+            ..
+        } = check.kind
+        else {
+            panic!("http by default")
+        };
+        assert_eq!(
+            (method, path.as_str(), expect.len()),
+            (http::Method::GET, "/health", 0)
+        );
+        let o = h.outlier.unwrap();
+        assert_eq!((o.consecutive_5xx, o.consecutive_gateway_errors), (5, 5));
+        assert_eq!(o.base_ejection_time, Duration::from_secs(30));
+        assert_eq!(o.max_ejection_percent, 10);
+        assert_eq!(
+            (h.panic_threshold, h.panic_action),
+            (50, PanicAction::Spread)
+        );
+        let none = health("").unwrap();
+        assert!(none.check.is_none() && none.outlier.is_none() && none.plugin.is_none());
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let h = health(
+            "panic_threshold = 30\npanic_action = \"refuse\"\nslow_start = \"20s\"\n\
+             health_plugin = { plugin = \"judge\", settings = { strict = true } }\n\
+             [clusters.health_check]\nkind = \"http\"\nmethod = \"HEAD\"\npath = \"/ready?full=1\"\n\
+             host = \"svc.local\"\nexpect = [200, 204]\nbody_contains = \"ok\"\nbody_prefix_bytes = 64\n\
+             interval = \"5s\"\nunhealthy_interval = \"1s\"\njitter = \"0ms\"\ntimeout = \"300ms\"\n\
+             rise = 4\nfall = 1\n\
+             [clusters.outlier]\nconsecutive_5xx = 0\nconsecutive_gateway_errors = 2\n\
+             base_ejection_time = \"10s\"\nmax_ejection_time = \"1m\"\nmax_ejection_percent = 100\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (h.panic_threshold, h.panic_action),
+            (30, PanicAction::Refuse)
+        );
+        assert_eq!(h.slow_start, Some(Duration::from_secs(20)));
+        let p = h.plugin.unwrap();
+        assert_eq!(
+            (p.plugin.as_str(), p.settings.trim()),
+            ("judge", "strict = true")
+        );
+        let c = h.check.unwrap();
+        assert_eq!(
+            c.kind,
+            ProbeKind::Http {
+                method: http::Method::HEAD,
+                path: "/ready?full=1".into(),
+                host: Some("svc.local".into()),
+                expect: vec![200, 204],
+                body_contains: Some("ok".into()),
+            }
+        );
+        assert_eq!(
+            (
+                c.interval,
+                c.unhealthy_interval,
+                c.jitter,
+                c.timeout,
+                c.rise,
+                c.fall
+            ),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+                Duration::ZERO,
+                Duration::from_millis(300),
+                4,
+                1
+            )
+        );
+        assert_eq!(c.body_prefix_bytes, 64);
+        let o = h.outlier.unwrap();
+        assert_eq!((o.consecutive_5xx, o.consecutive_gateway_errors), (0, 2));
+        assert_eq!(o.max_ejection_time, Duration::from_secs(60));
+        assert_eq!(o.max_ejection_percent, 100);
+        let tcp = health("[clusters.health_check]\nkind = \"tcp\"\n").unwrap();
+        assert_eq!(tcp.check.unwrap().kind, ProbeKind::Tcp);
+    }
+
+    #[test]
+    fn wrong_values_name_their_line() {
+        let (line, m) = message("[clusters.health_check]\nrise = 0\n");
+        assert_eq!(line, 4);
+        assert!(m.contains("rise must be at least 1"), "{m}");
+        let (line, m) = message("[clusters.health_check]\nkind = \"udp\"\n");
+        assert_eq!(line, 4);
+        assert!(m.contains("`http` or `tcp`"), "{m}");
+        let (_, m) = message("[clusters.health_check]\npath = \"health\"\n");
+        assert!(m.contains("must start with `/`"), "{m}");
+        let (_, m) = message("[clusters.health_check]\nexpect = [700]\n");
+        assert!(m.contains("not an HTTP status"), "{m}");
+        let (_, m) = message("panic_threshold = 101\n");
+        assert!(m.contains("percent"), "{m}");
+        let (_, m) = message("panic_action = \"shrug\"\n");
+        assert!(m.contains("`spread` or `refuse`"), "{m}");
+        let (_, m) = message("[clusters.outlier]\nmax_ejection_percent = 150\n");
+        assert!(m.contains("percent"), "{m}");
+        let (line, m) = message("[clusters.health_check]\nintervall = \"1s\"\n");
+        assert_eq!(line, 4);
+        assert!(m.contains("unknown field"), "{m}");
     }
 }

@@ -13,12 +13,13 @@ mod state;
 pub use probe::{describe, passes, probe};
 pub use state::{Change, EndpointState, LastProbe, in_panic, may_eject};
 
-use crate::config::{ClusterConfig, HealthConfig, OutlierConfig};
+use crate::config::{ClusterConfig, HealthConfig, OutlierConfig, PanicAction};
 use crate::metrics::HealthMetrics;
 use crate::plugin::{
     BalancerHandle, EndpointId, Failure, HealthHandle, Outcome, PoolEndpoint, Verdict,
 };
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -59,6 +60,8 @@ pub struct ClusterHealth {
     balancers: Vec<BalancerHandle>,
     plugin: Option<HealthHandle>,
     view: Mutex<View>,
+    /// Panic mode with `panic_action = "refuse"`: read on every request, so an atomic.
+    refusing: AtomicBool,
     wake: Notify,
     metrics: HealthMetrics,
 }
@@ -129,6 +132,7 @@ impl ClusterHealth {
             balancers,
             plugin,
             view: Mutex::new(View::default()),
+            refusing: AtomicBool::new(false),
             wake: Notify::new(),
             metrics,
         });
@@ -156,6 +160,11 @@ impl ClusterHealth {
     /// Whether the cluster is in panic mode (traffic spread over every endpoint).
     pub fn panic(&self) -> bool {
         self.view().panic
+    }
+
+    /// Whether requests must be answered 503: panic mode with `panic_action = "refuse"`.
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
     }
 
     fn view(&self) -> MutexGuard<'_, View> {
@@ -189,13 +198,19 @@ impl ClusterHealth {
                     healthy = n_healthy,
                     endpoints = healthy.len(),
                     threshold_percent = self.config.panic_threshold,
-                    "panic mode: too few healthy endpoints, traffic goes to all of them"
+                    action = ?self.config.panic_action,
+                    "panic mode: too few healthy endpoints"
                 );
             } else if view.panic {
                 tracing::info!(cluster = %self.cluster, healthy = n_healthy, "panic mode over");
             }
             self.metrics.set_panic(&self.cluster, panic);
+            self.refusing.store(
+                panic && self.config.panic_action == PanicAction::Refuse,
+                Ordering::Relaxed,
+            );
         }
+        let spread = panic && self.config.panic_action == PanicAction::Spread;
         for (i, (e, h)) in self.endpoints.iter().zip(&healthy).enumerate() {
             if view.healthy.get(i) != Some(h) {
                 self.metrics.set_healthy(&self.cluster, &e.address, *h);
@@ -209,7 +224,7 @@ impl ClusterHealth {
                 id: i as EndpointId,
                 address: e.address.clone(),
                 weight: weights[i],
-                healthy: panic || healthy[i],
+                healthy: spread || healthy[i],
                 metadata: e.metadata.clone(),
             })
             .collect();
@@ -520,5 +535,66 @@ async fn probe_loop(health: Arc<ClusterHealth>, id: EndpointId, first: Duration)
             check.unhealthy_interval
         };
         tokio::time::sleep(wait + random_below(check.jitter)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::plugin::{NoFacts, PluginRuntime, RuntimeOptions};
+
+    fn cluster(endpoints: &[&str]) -> ClusterConfig {
+        let mut text = "[[clusters]]\nname = \"web\"\nslow_start = \"10s\"\n".to_string();
+        for e in endpoints {
+            text.push_str(&format!(
+                "[[clusters.endpoints]]\naddress = \"{e}\"\nweight = 10\n"
+            ));
+        }
+        Config::parse(&text, "test.toml", std::path::Path::new("/"))
+            .unwrap()
+            .clusters
+            .remove(0)
+    }
+
+    fn pushed_weights(h: &ClusterHealth) -> Vec<u32> {
+        h.view().pool.iter().map(|e| e.weight).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_added_by_a_reload_ramps_up_over_slow_start() {
+        let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
+        let metrics = Metrics::new(rt.clone());
+        let balancer = rt.balancer("round-robin", "", Arc::new(NoFacts)).unwrap();
+        let first = ClusterHealth::new(
+            &cluster(&["10.0.0.1:80"]),
+            vec![balancer.clone()],
+            None,
+            None,
+            metrics.health(),
+        );
+        assert_eq!(pushed_weights(&first), [10], "no ramp for the first config");
+        let second = ClusterHealth::new(
+            &cluster(&["10.0.0.1:80", "10.0.0.2:80"]),
+            vec![balancer],
+            None,
+            Some(&first),
+            metrics.health(),
+        );
+        assert_eq!(
+            pushed_weights(&second),
+            [10, 1],
+            "the new one starts at a tenth"
+        );
+        let _task = second.start();
+        for (after, want) in [(5, 5), (3, 8), (2, 10)] {
+            tokio::time::advance(Duration::from_secs(after)).await;
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(pushed_weights(&second), [10, want]);
+        }
+        assert_eq!(second.endpoint_status(1)["effective_weight"], 10);
     }
 }
