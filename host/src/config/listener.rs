@@ -381,3 +381,27 @@ mod config_tests {
         assert!(m.contains("routed twice"), "{m}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use crate::config::{Config, Protocol};
+    use std::path::Path;
+
+    #[test]
+    fn the_tls_example_validates() {
+        let c = Config::parse(
+            include_str!("../../../examples/tls.toml"),
+            "tls.toml",
+            Path::new("/etc/sg"),
+        )
+        .unwrap();
+        let protocols: Vec<Protocol> = c.listeners.iter().map(|l| l.protocol).collect();
+        assert_eq!(
+            protocols,
+            [Protocol::Https, Protocol::Tcp, Protocol::TlsPassthrough]
+        );
+        assert_eq!(c.listeners[0].certificates.len(), 2);
+        assert_eq!(c.listeners[1].cluster.as_deref(), Some("postgres"));
+        assert_eq!(c.listeners[2].sni_routes[1].cluster, "web-tls");
+    }
+}
