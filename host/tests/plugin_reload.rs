@@ -169,3 +169,29 @@ fn a_second_runtime_loads_from_the_disk_cache() {
     b.set_pool(pool(&IDS));
     assert_eq!(b.pick(&request("/", &[]), 1, &[]).unwrap(), Some(LAST));
 }
+
+#[test]
+fn a_deleted_plugin_file_keeps_its_last_good_version_serving() {
+    let log = log();
+    let bytes = built("tests/plugins/pick-first");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("doomed.wasm");
+    install(&file, &bytes);
+    let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
+    let (_watcher, errors) = rt.watch_dir(dir.path()).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let b = rt.balancer("doomed", "", Arc::new(NoFacts)).unwrap();
+    b.set_pool(pool(&IDS));
+    std::fs::remove_file(&file).unwrap();
+    let line = log.wait_for_line(&["doomed.wasm", "removed"], Duration::from_secs(10));
+    assert!(line.contains("WARN"), "{line}");
+    assert_eq!(b.pick(&request("/", &[]), 1, &[]).unwrap(), Some(FIRST));
+    assert_eq!(
+        rt.plugins()
+            .into_iter()
+            .find(|p| p.name == "doomed")
+            .unwrap()
+            .version,
+        version_of(&bytes)
+    );
+}
