@@ -586,3 +586,78 @@ async fn panic_action_refuse_answers_503_while_too_few_endpoints_are_healthy() {
     assert_eq!(send_n(&proxy, 4).await, HashMap::from([(200, 4)]));
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_under_traffic_is_taken_out_and_only_unretryable_requests_fail() {
+    use common::{Backend, send};
+    let backends = [
+        Backend::start("1").await,
+        Backend::start("2").await,
+        Backend::start("3").await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[[routes]]\ncluster = \"web\"\n[[clusters]]\nname = \"web\"\nretry = {{ attempts = 3, min_retries = 32 }}\n[clusters.health_check]\nkind = \"tcp\"\ninterval = \"100ms\"\nfall = 2\n[clusters.outlier]\nconsecutive_gateway_errors = 2\nbase_ejection_time = \"30s\"\n"
+    );
+    for b in &backends {
+        text.push_str(&format!(
+            "[[clusters.endpoints]]\naddress = \"{}\"\n",
+            b.addr
+        ));
+    }
+    let proxy = Arc::new(Proxy::start(&text, dir.path()).await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let (proxy, stop) = (proxy.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let client = http1_client();
+            // Half the workers POST a body: once it is sent, a reset cannot be retried.
+            let post = w % 2 == 1;
+            let (mut sent, mut failed) = (0usize, 0usize);
+            while !stop.load(Ordering::Relaxed) {
+                let req = if post {
+                    Request::post(proxy.url("/upload"))
+                        .body(Full::new(Bytes::from_static(b"0123456789")))
+                        .unwrap()
+                } else {
+                    Request::get(proxy.url("/slow?ms=5"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap()
+                };
+                let (code, _) = send(&client, req).await;
+                sent += 1;
+                failed += usize::from(code != StatusCode::OK);
+            }
+            (post, sent, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    backends[1].kill();
+    let killed = backends[1].addr;
+    assert!(
+        eventually(Duration::from_secs(5), async || !healthy(&proxy, killed)
+            .await)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut get_failed, mut post_failed, mut total) = (0, 0, 0);
+    for w in workers {
+        let (post, sent, failed) = w.await.unwrap();
+        total += sent;
+        if post {
+            post_failed += failed;
+        } else {
+            get_failed += failed;
+        }
+    }
+    println!(
+        "{total} requests while a backend was killed: {get_failed} GET and {post_failed} POST failures seen by clients"
+    );
+    assert!(total > 50, "traffic flowed: {total}");
+    assert_eq!(get_failed, 0, "idempotent requests are retried elsewhere");
+    let e = endpoint(&proxy, killed).await;
+    assert_eq!(e["healthy"], false, "{e}");
+    Arc::try_unwrap(proxy).ok().unwrap().stop().await;
+}
