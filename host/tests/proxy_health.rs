@@ -661,3 +661,30 @@ async fn a_backend_killed_under_traffic_is_taken_out_and_only_unretryable_reques
     assert_eq!(e["healthy"], false, "{e}");
     Arc::try_unwrap(proxy).ok().unwrap().stop().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn success_rate_ejection_takes_out_the_endpoint_far_below_the_cluster_mean() {
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        backends.push(Switchable::start(name).await);
+    }
+    backends[2].set_traffic(500);
+    let dir = tempfile::tempdir().unwrap();
+    let outlier = "[clusters.outlier]\nconsecutive_5xx = 0\nconsecutive_gateway_errors = 0\nsuccess_rate = true\nsuccess_rate_interval = \"300ms\"\nsuccess_rate_request_volume = 5\nsuccess_rate_minimum_hosts = 5\n";
+    let refs: Vec<&Switchable> = backends.iter().collect();
+    let proxy = Proxy::start(&config(&refs, "", outlier, ""), dir.path()).await;
+    let bad = backends[2].addr;
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            send_n(&proxy, 25).await;
+            !healthy(&proxy, bad).await
+        })
+        .await,
+        "the endpoint answering 500 is ejected"
+    );
+    for b in backends.iter().filter(|b| b.addr != bad) {
+        assert!(healthy(&proxy, b.addr).await, "the others stay");
+    }
+    assert_eq!(send_n(&proxy, 20).await, HashMap::from([(200, 20)]));
+    proxy.stop().await;
+}

@@ -62,6 +62,22 @@ pub struct OutlierConfig {
     pub max_ejection_time: Duration,
     /// At most this share (percent) of the cluster is ejected at once; one endpoint always may be.
     pub max_ejection_percent: u32,
+    /// Success-rate ejection, if enabled.
+    pub success_rate: Option<SuccessRateConfig>,
+}
+
+/// Success-rate ejection (as Envoy's): every `interval`, endpoints whose success rate is below the
+/// cluster's mean by more than `stdev_factor` standard deviations are ejected.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SuccessRateConfig {
+    /// How often rates are compared (and counts start afresh).
+    pub interval: Duration,
+    /// Only endpoints with at least this many requests in the interval are compared...
+    pub request_volume: u64,
+    /// ...and only when at least this many endpoints qualify.
+    pub minimum_hosts: usize,
+    /// How many standard deviations below the mean make an outlier.
+    pub stdev_factor: f64,
 }
 
 /// What a cluster in panic mode does.
@@ -130,6 +146,11 @@ pub(super) struct RawOutlier {
     pub base_ejection_time: Option<ConfigDuration>,
     pub max_ejection_time: Option<ConfigDuration>,
     pub max_ejection_percent: Option<Spanned<u32>>,
+    pub success_rate: Option<bool>,
+    pub success_rate_interval: Option<ConfigDuration>,
+    pub success_rate_request_volume: Option<u64>,
+    pub success_rate_minimum_hosts: Option<usize>,
+    pub success_rate_stdev_factor: Option<Spanned<f64>>,
 }
 
 impl Checker<'_> {
@@ -268,6 +289,27 @@ impl Checker<'_> {
                 .map_or(Duration::from_secs(300), |d| d.0)
                 .max(base),
             max_ejection_percent,
+            success_rate: match o.success_rate {
+                Some(true) => Some(SuccessRateConfig {
+                    interval: o
+                        .success_rate_interval
+                        .map_or(Duration::from_secs(10), |d| d.0)
+                        .max(Duration::from_millis(10)),
+                    request_volume: o.success_rate_request_volume.unwrap_or(100).max(1),
+                    minimum_hosts: o.success_rate_minimum_hosts.unwrap_or(5).max(2),
+                    stdev_factor: match &o.success_rate_stdev_factor {
+                        Some(f) if !(*f.get_ref() > 0.0) => {
+                            return Err(self.err_at(
+                                f,
+                                "success_rate_stdev_factor must be more than 0".into(),
+                            ));
+                        }
+                        Some(f) => *f.get_ref(),
+                        None => 1.9,
+                    },
+                }),
+                _ => None,
+            },
         })
     }
 }

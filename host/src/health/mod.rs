@@ -11,7 +11,7 @@ mod probe;
 mod state;
 
 pub use probe::{describe, passes, probe};
-pub use state::{Change, EndpointState, LastProbe, in_panic, may_eject};
+pub use state::{Change, EndpointState, LastProbe, in_panic, may_eject, success_rate_outliers};
 
 use crate::config::{ClusterConfig, HealthConfig, OutlierConfig, PanicAction};
 use crate::metrics::HealthMetrics;
@@ -19,7 +19,7 @@ use crate::plugin::{
     BalancerHandle, EndpointId, Failure, HealthHandle, Outcome, PoolEndpoint, Verdict,
 };
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -33,6 +33,9 @@ struct EndpointHealth {
     metadata: Vec<(String, String)>,
     /// Shared with the next config's cluster when the endpoint stays.
     state: Arc<Mutex<EndpointState>>,
+    /// Requests and successes since the last success-rate check.
+    requests: AtomicU64,
+    successes: AtomicU64,
 }
 
 impl EndpointHealth {
@@ -83,6 +86,7 @@ fn default_outlier() -> OutlierConfig {
         base_ejection_time: Duration::from_secs(30),
         max_ejection_time: Duration::from_secs(300),
         max_ejection_percent: 10,
+        success_rate: None,
     }
 }
 
@@ -117,6 +121,8 @@ impl ClusterHealth {
                     weight: e.weight,
                     metadata: e.metadata.clone(),
                     state,
+                    requests: AtomicU64::new(0),
+                    successes: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -330,6 +336,12 @@ impl ClusterHealth {
                 .unwrap_or(Verdict::Abstain),
             None => Verdict::Abstain,
         };
+        if self.outlier.success_rate.is_some() {
+            e.requests.fetch_add(1, Ordering::Relaxed);
+            if failure.is_none() && status.is_some_and(|s| s < 500) {
+                e.successes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let now = Instant::now();
         let wants = {
             let mut s = e.state();
@@ -349,6 +361,18 @@ impl ClusterHealth {
         if !wants {
             return;
         }
+        let why = match (verdict, failure, status) {
+            (Verdict::Eject, ..) => "health plugin verdict".to_string(),
+            (_, Some(f), _) => format!("consecutive errors, last {f:?}"),
+            (_, None, Some(s)) => format!("consecutive errors, last status {s}"),
+            _ => "consecutive errors".to_string(),
+        };
+        self.eject(id as usize, &why, now);
+    }
+
+    /// Ejects endpoint `id` unless the cluster's ejection cap is reached.
+    fn eject(&self, id: usize, why: &str, now: Instant) {
+        let e = &self.endpoints[id];
         let ejected = self
             .endpoints
             .iter()
@@ -369,15 +393,38 @@ impl ClusterHealth {
             }
             s.eject(&self.outlier, now)
         };
-        let why = match (verdict, failure, status) {
-            (Verdict::Eject, ..) => "health plugin verdict".to_string(),
-            (_, Some(f), _) => format!("consecutive errors, last {f:?}"),
-            (_, None, Some(s)) => format!("consecutive errors, last status {s}"),
-            _ => "consecutive errors".to_string(),
-        };
-        self.log_change(id as usize, Change::Ejected(time), &why);
+        self.log_change(id, Change::Ejected(time), why);
         self.refresh(now);
         self.wake.notify_one();
+    }
+
+    /// Compares the endpoints' success rates since the last check and ejects the outliers; the
+    /// counts start afresh.
+    fn check_success_rates(&self, now: Instant) {
+        let Some(sr) = &self.outlier.success_rate else {
+            return;
+        };
+        let samples: Vec<(usize, u64, u64)> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                (
+                    i,
+                    e.requests.swap(0, Ordering::Relaxed),
+                    e.successes.swap(0, Ordering::Relaxed),
+                )
+            })
+            .filter(|(i, ..)| !self.endpoints[*i].state().ejected(now))
+            .collect();
+        for id in success_rate_outliers(
+            &samples,
+            sr.request_volume,
+            sr.minimum_hosts,
+            sr.stdev_factor,
+        ) {
+            self.eject(id, "success rate below the cluster's", now);
+        }
     }
 
     /// Ends ejections whose time has come; true when one did.
@@ -493,11 +540,22 @@ async fn supervise(health: Arc<ClusterHealth>) {
             probes.spawn(probe_loop(health.clone(), id as EndpointId, first));
         }
     }
+    let sr_interval = health.outlier.success_rate.as_ref().map(|sr| sr.interval);
+    let mut next_sr = sr_interval.map(|i| Instant::now() + i);
     loop {
         let now = Instant::now();
+        if let (Some(t), Some(i)) = (next_sr, sr_interval)
+            && t <= now
+        {
+            health.check_success_rates(now);
+            next_sr = Some(now + i);
+        }
         health.expire(now);
         health.refresh(now);
-        let next = health.next_wake(now);
+        let next = match (health.next_wake(now), next_sr) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             _ = health.wake.notified() => {}
             _ = async {

@@ -205,6 +205,34 @@ pub fn may_eject(ejected: usize, total: usize, max_percent: u32) -> bool {
     ejected == 0 || (ejected + 1) * 100 <= max_percent as usize * total
 }
 
+/// Success-rate outliers among `samples` of `(id, requests, successes)` (as Envoy's): endpoints with
+/// at least `request_volume` requests qualify; with at least `minimum_hosts` qualifying, those whose
+/// success rate is below `mean - stdev_factor × stdev` are outliers.
+pub fn success_rate_outliers(
+    samples: &[(usize, u64, u64)],
+    request_volume: u64,
+    minimum_hosts: usize,
+    stdev_factor: f64,
+) -> Vec<usize> {
+    let rates: Vec<(usize, f64)> = samples
+        .iter()
+        .filter(|(_, total, _)| *total >= request_volume && *total > 0)
+        .map(|(id, total, ok)| (*id, *ok as f64 / *total as f64))
+        .collect();
+    if rates.len() < minimum_hosts || rates.is_empty() {
+        return Vec::new();
+    }
+    let n = rates.len() as f64;
+    let mean = rates.iter().map(|(_, r)| r).sum::<f64>() / n;
+    let variance = rates.iter().map(|(_, r)| (r - mean).powi(2)).sum::<f64>() / n;
+    let threshold = mean - stdev_factor * variance.sqrt();
+    rates
+        .into_iter()
+        .filter(|(_, r)| *r < threshold)
+        .map(|(id, _)| id)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +244,7 @@ mod tests {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(100),
             max_ejection_percent: 50,
+            success_rate: None,
         }
     }
 
@@ -320,6 +349,28 @@ mod tests {
         assert!(!in_panic(0, 0, 50), "an empty cluster is not in panic");
         assert!(!in_panic(10, 10, 100));
         assert!(in_panic(9, 10, 100));
+    }
+
+    #[test]
+    fn success_rate_outliers_are_below_mean_minus_factor_stdev() {
+        let good = |id| (id, 200, 199);
+        let samples = [good(0), good(1), good(2), good(3), (4, 200, 100)];
+        assert_eq!(success_rate_outliers(&samples, 100, 5, 1.9), [4]);
+        assert!(
+            success_rate_outliers(&samples, 100, 6, 1.9).is_empty(),
+            "too few hosts"
+        );
+        assert!(
+            success_rate_outliers(&samples, 201, 1, 1.9).is_empty(),
+            "too few requests"
+        );
+        let same = [good(0), good(1), good(2), good(3), good(4)];
+        assert!(success_rate_outliers(&same, 100, 5, 1.9).is_empty());
+        let low_volume = [good(0), good(1), good(2), good(3), (4, 10, 0)];
+        assert!(
+            success_rate_outliers(&low_volume, 100, 4, 1.9).is_empty(),
+            "an endpoint below the request volume is not judged"
+        );
     }
 
     #[test]
