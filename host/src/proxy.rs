@@ -311,7 +311,12 @@ impl Proxy {
             done.attempts = attempt;
             done.push_tried(id);
             let in_flight = cluster.facts.start(id);
-            let upstream = upstream_request(&head.parts, &endpoint.authority, &body);
+            let upstream = upstream_request(
+                &head.parts,
+                cluster.config.tls.is_some(),
+                &endpoint.authority,
+                &body,
+            );
             let sent = Instant::now();
             let result = tokio::time::timeout(
                 cluster.config.response_timeout,
@@ -502,11 +507,16 @@ fn is_idempotent(m: &Method) -> bool {
 /// The request for one attempt to `authority`: same method, path, query and headers, HTTP/1.1.
 fn upstream_request(
     parts: &http::request::Parts,
+    tls: bool,
     authority: &http::uri::Authority,
     body: &RequestBody,
 ) -> Request<crate::upstream::AttemptBody> {
     let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
     uri.authority = Some(authority.clone());
     uri.path_and_query = Some(
         parts

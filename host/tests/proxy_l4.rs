@@ -406,3 +406,56 @@ async fn a_garbage_client_hello_is_refused_without_affecting_others() {
     drop((open, fresh));
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_receives_a_proxy_protocol_v2_header_with_the_client_address() {
+    // The backend reads the v2 header, then the payload up to the end of input, and answers
+    // `{source address} {destination address} {payload}`.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let _task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut fixed = [0u8; 16];
+                s.read_exact(&mut fixed).await.unwrap();
+                assert_eq!(&fixed[..12], b"\r\n\r\n\0\r\nQUIT\n", "v2 signature");
+                assert_eq!(fixed[12], 0x21, "version 2, PROXY");
+                assert_eq!(fixed[13], 0x11, "TCP over IPv4");
+                let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+                assert_eq!(len, 12);
+                let mut addrs = vec![0u8; len];
+                s.read_exact(&mut addrs).await.unwrap();
+                let ip = |b: &[u8]| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+                let src =
+                    SocketAddr::from((ip(&addrs[0..4]), u16::from_be_bytes([addrs[8], addrs[9]])));
+                let dst = SocketAddr::from((
+                    ip(&addrs[4..8]),
+                    u16::from_be_bytes([addrs[10], addrs[11]]),
+                ));
+                let mut payload = Vec::new();
+                s.read_to_end(&mut payload).await.unwrap();
+                let answer = format!("{src} {dst} {}", String::from_utf8_lossy(&payload));
+                s.write_all(answer.as_bytes()).await.unwrap();
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = l4_config(TCP_LISTENER, &[("echo", &[backend])], false).replace(
+        "connect_timeout = \"2s\"\n",
+        "connect_timeout = \"2s\"\nproxy_protocol = \"v2\"\n",
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let client = s.local_addr().unwrap();
+    s.write_all(b"payload").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, format!("{client} {} payload", proxy.addr));
+    proxy.stop().await;
+}

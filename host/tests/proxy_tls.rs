@@ -242,3 +242,93 @@ async fn bad_certificate_files_are_refused_naming_listener_file_and_line() {
     assert!(err.contains("cannot read the certificate file"), "{err}");
     assert!(err.contains("nope.pem"), "{err}");
 }
+
+/// A clear-text listener routing to cluster `web`, whose endpoints speak TLS as `tls` says.
+fn upstream_tls_config(backend: std::net::SocketAddr, tls: &str) -> String {
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [access_log]\nenabled = false\n\n[[routes]]\ncluster = \"web\"\n\n\
+         [[clusters]]\nname = \"web\"\nretry = {{ attempts = 1 }}\n[clusters.tls]\n{tls}\n\
+         [[clusters.endpoints]]\naddress = \"{backend}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_verifies_the_backend_with_the_ca_file_and_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let leaf = ca.leaf(dir.path(), "backend", &["backend.internal"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let backend = tls_support::HttpsBackend::start("tls-backend", &leaf, None).await;
+    let client = common::http1_client();
+
+    let tls = format!(
+        "ca_file = \"{}\"\nserver_name = \"backend.internal\"",
+        ca_file.display()
+    );
+    let proxy = Proxy::start(&upstream_tls_config(backend.addr, &tls), dir.path()).await;
+    let (status, body) = common::get(&client, &proxy.url("/")).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(body, "tls-backend sni=backend.internal");
+    proxy.stop().await;
+
+    // The same backend checked against another CA: refused, the client gets a 502.
+    let other = TestCa::new();
+    let other_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_file, other.pem()).unwrap();
+    let tls = format!(
+        "ca_file = \"{}\"\nserver_name = \"backend.internal\"",
+        other_file.display()
+    );
+    let proxy = Proxy::start(&upstream_tls_config(backend.addr, &tls), dir.path()).await;
+    let (status, _) = common::get(&client, &proxy.url("/")).await;
+    assert_eq!(status, http::StatusCode::BAD_GATEWAY);
+    proxy.stop().await;
+
+    // A name the certificate does not have: refused too.
+    let tls = format!(
+        "ca_file = \"{}\"\nserver_name = \"other.internal\"",
+        ca_file.display()
+    );
+    let proxy = Proxy::start(&upstream_tls_config(backend.addr, &tls), dir.path()).await;
+    let (status, _) = common::get(&client, &proxy.url("/")).await;
+    assert_eq!(status, http::StatusCode::BAD_GATEWAY);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_presents_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let leaf = ca.leaf(dir.path(), "backend", &["backend.internal"]);
+    let client_leaf = ca.leaf(dir.path(), "proxy-client", &["proxy.internal"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let backend = tls_support::HttpsBackend::start("mtls-backend", &leaf, Some(&ca)).await;
+    let client = common::http1_client();
+
+    let base = format!(
+        "ca_file = \"{}\"\nserver_name = \"backend.internal\"",
+        ca_file.display()
+    );
+    let proxy = Proxy::start(&upstream_tls_config(backend.addr, &base), dir.path()).await;
+    let (status, _) = common::get(&client, &proxy.url("/")).await;
+    assert_eq!(
+        status,
+        http::StatusCode::BAD_GATEWAY,
+        "no client certificate: refused"
+    );
+    proxy.stop().await;
+
+    let with_cert = format!(
+        "{base}\ncert = \"{}\"\nkey = \"{}\"",
+        client_leaf.cert.display(),
+        client_leaf.key.display()
+    );
+    let proxy = Proxy::start(&upstream_tls_config(backend.addr, &with_cert), dir.path()).await;
+    let (status, body) = common::get(&client, &proxy.url("/")).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(body, "mtls-backend sni=backend.internal");
+    proxy.stop().await;
+}

@@ -10,10 +10,12 @@ mod duration;
 mod health;
 mod listener;
 mod raw;
+mod upstream;
 
 pub use duration::{ConfigDuration, parse_duration};
 pub use health::{HealthCheckConfig, HealthConfig, OutlierConfig, PanicAction, ProbeKind};
 pub use listener::{CertificateConfig, SniRoute, server_name_matches};
+pub use upstream::{ProxyProtocol, UpstreamTlsConfig};
 
 use raw::{RawCluster, RawConfig, RawPluginUse};
 use std::collections::HashSet;
@@ -211,6 +213,10 @@ pub struct ClusterConfig {
     pub retry: RetryPolicy,
     /// Active and passive health checking, panic threshold, slow start.
     pub health: HealthConfig,
+    /// TLS to the endpoints (re-encryption); `None` for clear text.
+    pub tls: Option<UpstreamTlsConfig>,
+    /// The PROXY protocol header sent ahead of L4 connections to the endpoints.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// A validated configuration.
@@ -409,11 +415,15 @@ impl Checker<'_> {
             memory_limit_mb: raw.plugins.memory_limit_mb.unwrap_or(64),
         };
 
-        let clusters = raw
+        let mut clusters = raw
             .clusters
             .iter()
             .map(|c| self.cluster(c))
             .collect::<Result<Vec<_>, _>>()?;
+        for (c, raw_c) in clusters.iter_mut().zip(&raw.clusters) {
+            c.tls = self.upstream_tls(raw_c.tls.as_ref(), &resolve)?;
+            c.proxy_protocol = self.proxy_protocol(raw_c.proxy_protocol.as_ref())?;
+        }
         let mut names = HashSet::new();
         for (c, raw_c) in clusters.iter().zip(&raw.clusters) {
             if !names.insert(c.name.as_str()) {
@@ -582,6 +592,8 @@ impl Checker<'_> {
                 min_retries: c.retry.min_retries.unwrap_or(3),
             },
             health: self.health(c)?,
+            tls: None,
+            proxy_protocol: None,
         })
     }
 }

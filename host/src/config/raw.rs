@@ -109,6 +109,8 @@ pub(super) struct RawCluster {
     pub panic_action: Option<Spanned<String>>,
     pub slow_start: Option<ConfigDuration>,
     pub health_plugin: Option<RawPluginUse>,
+    pub tls: Option<super::upstream::RawUpstreamTls>,
+    pub proxy_protocol: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -8,6 +8,7 @@
 //! and `Host` header are the SNI name when there is one (so hashing on `header:host` follows the
 //! name), else the listener's address.
 
+pub mod proxy_protocol;
 pub mod sni;
 
 use crate::access_log::rfc3339_now;
@@ -298,7 +299,8 @@ async fn serve(
         None => listener.address.to_string(),
     };
     let head = Arc::new(l4_request(peer, &authority, id));
-    let Some((endpoint, upstream, connect)) = connect(proxy, &cluster, &head, report).await else {
+    let Some((endpoint, mut upstream, connect)) = connect(proxy, &cluster, &head, report).await
+    else {
         l4.refused(listener.address, "no_endpoint");
         report
             .reason
@@ -307,6 +309,15 @@ async fn serve(
     };
     report.endpoint = Some(endpoint);
     report.connect = Some(connect);
+    if let Some(version) = cluster.config.proxy_protocol {
+        // The address the client connected to is the header's destination.
+        let local = client.local_addr().unwrap_or(listener.address);
+        let header = proxy_protocol::header(version, peer, local);
+        if let Err(e) = upstream.write_all(&header).await {
+            report.reason = Some(format!("sending the PROXY protocol header: {e}"));
+            return;
+        }
+    }
     let _in_flight = cluster.facts.start(endpoint);
     if let Some(stats) = cluster.facts.get(endpoint) {
         // Connect time stands in for latency at L4.

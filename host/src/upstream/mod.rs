@@ -4,6 +4,7 @@
 mod body;
 mod facts;
 mod retry;
+pub mod tls;
 
 pub use body::{AttemptBody, BoxError, RequestBody};
 pub use facts::{ClusterFacts, EndpointStats, InFlight};
@@ -49,8 +50,8 @@ pub struct Cluster {
     pub facts: Arc<ClusterFacts>,
     /// The retry budget.
     pub budget: Arc<RetryBudget>,
-    /// The pooled HTTP/1.1 client to this cluster's endpoints.
-    pub client: Client<HttpConnector, AttemptBody>,
+    /// The pooled HTTP/1.1 client to this cluster's endpoints (TLS when `[clusters.tls]` is set).
+    pub client: Client<tls::UpstreamConnector, AttemptBody>,
     /// The cluster's counters, made once.
     pub metrics: crate::metrics::ClusterMetrics,
     /// Endpoint health (active and passive checks); it keeps the balancers' pool up to date.
@@ -143,7 +144,15 @@ impl Cluster {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        // The TLS wrapper below decides per URI scheme (https for `[clusters.tls]`).
+        connector.enforce_http(false);
+        let connector =
+            tls::connector(&config.name, connector, config.tls.as_ref()).map_err(|message| {
+                ConfigError::Other {
+                    file: file.to_string(),
+                    message,
+                }
+            })?;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.idle_timeout)
