@@ -125,8 +125,8 @@ impl Drop for Switchable {
 /// A config of one cluster `web` over `backends`: `cluster_keys` go in `[[clusters]]`, `tables`
 /// after it (like `[clusters.health_check]`), `top` at the top level.
 fn config(backends: &[&Switchable], cluster_keys: &str, tables: &str, top: &str) -> String {
-    let mut text = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{top}\n[[routes]]\ncluster = \"web\"\n[[clusters]]\nname = \"web\"\n{cluster_keys}\n{tables}\n"
+    let mut text = String::from(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{top}\n[[routes]]\ncluster = \"web\"\n[[clusters]]\nname = \"web\"\n{cluster_keys}\n{tables}\n",
     );
     for b in backends {
         text.push_str(&format!(

@@ -298,7 +298,7 @@ impl Checker<'_> {
                     request_volume: o.success_rate_request_volume.unwrap_or(100).max(1),
                     minimum_hosts: o.success_rate_minimum_hosts.unwrap_or(5).max(2),
                     stdev_factor: match &o.success_rate_stdev_factor {
-                        Some(f) if !(*f.get_ref() > 0.0) => {
+                        Some(f) if f.get_ref().is_nan() || *f.get_ref() <= 0.0 => {
                             return Err(self.err_at(
                                 f,
                                 "success_rate_stdev_factor must be more than 0".into(),
