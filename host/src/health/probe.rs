@@ -29,8 +29,11 @@ pub async fn probe(
         failure: None,
         duration_micros: 0,
     };
-    let outcome =
-        tokio::time::timeout(timeout, run(kind, address, body_prefix_bytes, &mut result)).await;
+    let outcome = tokio::time::timeout(
+        timeout,
+        run(kind, address, timeout, body_prefix_bytes, &mut result),
+    )
+    .await;
     match outcome {
         Err(_) => result.failure = Some(Failure::Timeout),
         Ok(Err(f)) => result.failure = Some(f),
@@ -43,6 +46,7 @@ pub async fn probe(
 async fn run(
     kind: &ProbeKind,
     address: &str,
+    timeout: Duration,
     body_prefix_bytes: usize,
     result: &mut ProbeResult,
 ) -> Result<(), Failure> {
@@ -59,9 +63,10 @@ async fn run(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|_| Failure::Reset)?;
-    // The connection task ends with the connection (closed after this one request).
+    // The connection closes after this one request, or when a timed-out probe drops its side;
+    // the deadline bounds the task in any case, so probes never pile up connections.
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = tokio::time::timeout(timeout, conn).await;
     });
     let req = http::Request::builder()
         .method(method.clone())
@@ -239,11 +244,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_silent_endpoint_times_out() {
+    async fn a_silent_endpoint_times_out_and_its_connection_is_closed() {
+        use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await.unwrap();
+            // Never answer; the probe's side must close the connection.
+            tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
+        });
         let r = probe(&http(vec![], None), 1, &addr, Duration::from_millis(100), 4).await;
         assert_eq!(r.failure, Some(Failure::Timeout));
-        drop(listener);
+        let closed = server.await.unwrap();
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "the probe connection is closed: {closed:?}"
+        );
     }
 }
