@@ -191,6 +191,21 @@ impl Proxy {
         });
         let mut done = Finish::new(self.clone(), head.clone(), start);
 
+        // An `http` listener with `redirect_to_https` answers everything with a redirect.
+        if let Some(r) = head.parts.extensions.get::<crate::tls::RedirectHttps>() {
+            let location = crate::tls::https_location(&head.parts, r.port)
+                .and_then(|l| HeaderValue::from_str(&l).ok());
+            return match location {
+                Some(location) => {
+                    let mut resp =
+                        done.local(StatusCode::PERMANENT_REDIRECT, "redirect to https".into());
+                    resp.headers_mut().insert(http::header::LOCATION, location);
+                    resp
+                }
+                None => done.local(StatusCode::BAD_REQUEST, "no host to redirect to".into()),
+            };
+        }
+
         // Request filters, in config order.
         for f in &gateway.filters {
             match f.on_request(&head) {

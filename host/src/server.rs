@@ -309,16 +309,22 @@ async fn accept_loop(
         let conns = conns.clone();
         let idle = config.idle_timeout;
         let handshake_timeout = config.header_read_timeout;
+        let redirect_https = config.redirect_https;
         let tls = tls.clone();
         tokio::spawn(async move {
             proxy.metrics.open_connections.inc();
             let https = tls.is_some();
+            let redirect = redirect_https;
             let service = {
                 let proxy = proxy.clone();
                 service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let proxy = proxy.clone();
                     if https {
                         req.extensions_mut().insert(crate::tls::Https);
+                    }
+                    if let Some(port) = redirect {
+                        req.extensions_mut()
+                            .insert(crate::tls::RedirectHttps { port });
                     }
                     async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
                 })

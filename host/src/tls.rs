@@ -25,6 +25,29 @@ use std::time::{Duration, SystemTime};
 #[derive(Clone, Copy, Debug)]
 pub struct Https;
 
+/// Marks a request on an `http` listener that redirects everything to https on `port`.
+#[derive(Clone, Copy, Debug)]
+pub struct RedirectHttps {
+    /// The https port (443 is left out of the URL).
+    pub port: u16,
+}
+
+/// Where a request redirected to https goes: same host (its port replaced), path and query.
+/// `None` when the request names no host.
+pub fn https_location(parts: &http::request::Parts, port: u16) -> Option<String> {
+    let authority = crate::headers::request_authority(&parts.uri, &parts.headers)?;
+    let host = crate::headers::strip_port(authority);
+    if host.is_empty() {
+        return None;
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    })
+}
+
 /// ALPN protocols offered to clients, preferred first.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
@@ -344,6 +367,7 @@ mod tests {
             certificates: certs,
             cluster: None,
             sni_routes: Vec::new(),
+            redirect_https: None,
         }
     }
 
@@ -354,6 +378,30 @@ mod tests {
             server_names: names.iter().map(|n| n.to_string()).collect(),
             at: Default::default(),
         }
+    }
+
+    #[test]
+    fn https_locations_keep_host_path_and_query() {
+        let parts = |uri: &str, host: Option<&str>| {
+            let mut b = http::Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        assert_eq!(
+            https_location(&parts("/a/b?c=d", Some("example.com:8080")), 443).as_deref(),
+            Some("https://example.com/a/b?c=d")
+        );
+        assert_eq!(
+            https_location(&parts("/", Some("[::1]:80")), 8443).as_deref(),
+            Some("https://[::1]:8443/")
+        );
+        assert_eq!(
+            https_location(&parts("http://h2.example.com/x", None), 443).as_deref(),
+            Some("https://h2.example.com/x")
+        );
+        assert_eq!(https_location(&parts("/", None), 443), None);
     }
 
     #[test]

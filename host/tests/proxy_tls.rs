@@ -332,3 +332,28 @@ async fn upstream_tls_presents_the_client_certificate() {
     assert_eq!(body, "mtls-backend sni=backend.internal");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_http_listener_can_redirect_everything_to_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start("1").await;
+    let config = common::config_for(&[backend.addr], "", "").replacen(
+        "address = \"127.0.0.1:0\"\n",
+        "address = \"127.0.0.1:0\"\nredirect_to_https = true\nhttps_port = 8443\n",
+        1,
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let client = common::http1_client();
+    let req = http::Request::get(proxy.url("/a/b?c=d"))
+        .header("host", "www.example.com:8080")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        resp.headers()[http::header::LOCATION],
+        "https://www.example.com:8443/a/b?c=d"
+    );
+    assert_eq!(backend.hits("/a/b"), 0, "nothing reaches the backend");
+    proxy.stop().await;
+}

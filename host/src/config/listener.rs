@@ -240,6 +240,35 @@ impl Checker<'_> {
     }
 }
 
+impl Checker<'_> {
+    /// `redirect_to_https` and `https_port` (default 443), on `http` listeners only.
+    pub(super) fn redirect_https(
+        &self,
+        protocol: Protocol,
+        redirect: Option<&Spanned<bool>>,
+        port: Option<&Spanned<u16>>,
+    ) -> Result<Option<u16>, ConfigError> {
+        let on = redirect.is_some_and(|r| *r.get_ref());
+        if let Some(r) = redirect.filter(|_| protocol != Protocol::Http) {
+            return Err(self.err_at(
+                r,
+                format!(
+                    "`redirect_to_https` is for `http` listeners, not `{}`",
+                    protocol.name()
+                ),
+            ));
+        }
+        match port {
+            Some(p) if !on => {
+                Err(self.err_at(p, "`https_port` needs `redirect_to_https = true`".into()))
+            }
+            Some(p) if *p.get_ref() == 0 => Err(self.err_at(p, "`https_port` cannot be 0".into())),
+            Some(p) => Ok(Some(*p.get_ref())),
+            None => Ok(on.then_some(443)),
+        }
+    }
+}
+
 impl Protocol {
     /// The protocol's name as written in the config.
     pub fn name(self) -> &'static str {
@@ -346,6 +375,17 @@ mod config_tests {
         ));
         assert_eq!(line, 3);
         assert!(m.contains("not used by a `http` listener"), "{m}");
+
+        let (line, m) = message(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\nprotocol = \"tcp\"\ncluster = \"a\"\nredirect_to_https = true\n[[clusters]]\nname = \"a\"\n",
+        );
+        assert_eq!(line, 5);
+        assert!(m.contains("for `http` listeners"), "{m}");
+        let c = parse("[[listeners]]\naddress = \"127.0.0.1:1\"\nredirect_to_https = true\nhttps_port = 8443\n").unwrap();
+        assert_eq!(c.listeners[0].redirect_https, Some(8443));
+        let c =
+            parse("[[listeners]]\naddress = \"127.0.0.1:1\"\nredirect_to_https = true\n").unwrap();
+        assert_eq!(c.listeners[0].redirect_https, Some(443));
 
         let (line, m) = message("[[listeners]]\naddress = \"127.0.0.1:1\"\nprotocol = \"quic\"\n");
         assert_eq!(line, 3);

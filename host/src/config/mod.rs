@@ -109,6 +109,8 @@ pub struct ListenerConfig {
     pub cluster: Option<String>,
     /// `tls-passthrough`: clusters by SNI name.
     pub sni_routes: Vec<SniRoute>,
+    /// `http`: answer every request with a 308 redirect to https on this port.
+    pub redirect_https: Option<u16>,
 }
 
 /// Access log settings.
@@ -387,6 +389,7 @@ impl Checker<'_> {
                 certificates: Vec::new(),
                 cluster: None,
                 sni_routes: Vec::new(),
+                redirect_https: None,
             });
         }
 
@@ -446,6 +449,11 @@ impl Checker<'_> {
             l.certificates = extras.certificates;
             l.cluster = extras.cluster;
             l.sni_routes = extras.sni_routes;
+            l.redirect_https = self.redirect_https(
+                l.protocol,
+                raw_l.redirect_to_https.as_ref(),
+                raw_l.https_port.as_ref(),
+            )?;
         }
 
         let routing = match (&raw.router, raw.routes.is_empty()) {

@@ -40,6 +40,9 @@ pub(super) struct RawListener {
     pub certificates: Vec<super::listener::RawCertificate>,
     #[serde(default)]
     pub sni_routes: Vec<super::listener::RawSniRoute>,
+    /// `http` listeners: answer every request with a redirect to https.
+    pub redirect_to_https: Option<Spanned<bool>>,
+    pub https_port: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize, Default)]

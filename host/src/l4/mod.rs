@@ -594,6 +594,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             certificates: Vec::new(),
             cluster: default.map(str::to_string),
+            redirect_https: None,
             sni_routes: routes
                 .iter()
                 .map(|(names, cluster)| SniRoute {
