@@ -125,8 +125,8 @@ impl Drop for Switchable {
 /// A config of one cluster `web` over `backends`: `cluster_keys` go in `[[clusters]]`, `tables`
 /// after it (like `[clusters.health_check]`), `top` at the top level.
 fn config(backends: &[&Switchable], cluster_keys: &str, tables: &str, top: &str) -> String {
-    let mut text = String::from(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{top}\n[[routes]]\ncluster = \"web\"\n[[clusters]]\nname = \"web\"\n{cluster_keys}\n{tables}\n",
+    let mut text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{top}\n[[routes]]\ncluster = \"web\"\n[[clusters]]\nname = \"web\"\n{cluster_keys}\n{tables}\n"
     );
     for b in backends {
         text.push_str(&format!(
@@ -596,8 +596,8 @@ async fn a_backend_killed_under_traffic_is_taken_out_and_only_unretryable_reques
         Backend::start("3").await,
     ];
     let dir = tempfile::tempdir().unwrap();
-    let mut text = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[[routes]]\ncluster = \"web\"\n[[clusters]]\nname = \"web\"\nretry = {{ attempts = 3, min_retries = 32 }}\n[clusters.health_check]\nkind = \"tcp\"\ninterval = \"100ms\"\nfall = 2\n[clusters.outlier]\nconsecutive_gateway_errors = 2\nbase_ejection_time = \"30s\"\n"
+    let mut text = String::from(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[[routes]]\ncluster = \"web\"\n[[clusters]]\nname = \"web\"\nretry = { attempts = 3, min_retries = 32 }\n[clusters.health_check]\nkind = \"tcp\"\ninterval = \"100ms\"\nfall = 2\n[clusters.outlier]\nconsecutive_gateway_errors = 2\nbase_ejection_time = \"30s\"\n",
     );
     for b in &backends {
         text.push_str(&format!(
