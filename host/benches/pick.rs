@@ -68,6 +68,21 @@ fn main() {
         request_id: "b".into(),
     });
 
+    // `BENCH_CALLS=n`: make exactly n picks (pool of 10) and exit, for `perf stat` (cycles per call from two
+    // runs with different n do not depend on what else the machine is doing).
+    if let Some(n) = std::env::var("BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let b = rt
+            .balancer("round-robin", "", Arc::new(NoFacts))
+            .expect("balancer");
+        b.set_pool(pool(10));
+        for _ in 0..n {
+            black_box(b.pick(black_box(&req), 1, &[]).expect("pick"));
+        }
+        return;
+    }
     println!("{:<40} {:>9} {:>10}", "case", "ns/call", "x native");
     for n in [10u32, 1_000] {
         let ids: Vec<u32> = (0..n).collect();
