@@ -1,0 +1,568 @@
+#!/usr/bin/env bash
+# Sluicegate vs haproxy vs nginx on loopback, same backends, same wrk loads, same run. See bench/README.md.
+#
+#   bench/run.sh            the benchmark: prints a table and writes bench/results/<date>/{raw.tsv,table.md}
+#   bench/run.sh profile    perf profile of Sluicegate (one worker thread) under wrk -c50 (README "Profile")
+#
+# Settings (environment): DURATION (s, default 10), RUNS (3), CONNS ("50 200"), BODIES ("small"; also "1k"
+# and "64k"), PINNED (auto|0|1: the pinned placement when 2+ CPUs), PIN_CONNS ("50"), L4 (auto|0|1), L4_CONNS
+# ("50"), PICK_BENCH (1|0: the plugin-boundary micro-benchmark), SLUICEGATE_BIN (skip the build), BUILD (1|0),
+# PROFILE_SECONDS (profile mode, 10), MAX_SECONDS (hard bound on the whole run; default from the plan).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=${DURATION:-10}
+RUNS=${RUNS:-3}
+CONNS=${CONNS:-"50 200"}
+BODIES=${BODIES:-small}
+PINNED=${PINNED:-auto}
+PIN_CONNS=${PIN_CONNS:-50}
+L4=${L4:-auto}
+L4_CONNS=${L4_CONNS:-50}
+PICK_BENCH=${PICK_BENCH:-1}
+BUILD=${BUILD:-1}
+PROFILE_SECONDS=${PROFILE_SECONDS:-10}
+MODE=${1:-bench}
+NCPU=$(nproc)
+TICK=$(getconf CLK_TCK)
+STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- processes: every one is killed on exit
+PIDS=()
+WORK=$(mktemp -d /tmp/sluicegate-bench.XXXXXX)
+chmod 755 "$WORK" # nginx workers run as nobody and read the backend's files
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 30); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ $alive == 0 ]] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    [[ -n ${KEEP_WORK:-} ]] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- tools
+need_pkgs=()
+command -v nginx >/dev/null || need_pkgs+=(nginx-light)
+command -v haproxy >/dev/null || need_pkgs+=(haproxy)
+command -v wrk >/dev/null || need_pkgs+=(wrk)
+STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+[[ $L4 == 0 || -e $STREAM_MODULE ]] || need_pkgs+=(libnginx-mod-stream)
+[[ $MODE != profile ]] || command -v perf >/dev/null || need_pkgs+=(linux-perf)
+if ((${#need_pkgs[@]})); then
+    log "installing ${need_pkgs[*]} from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt_install() { timeout 600 apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2; }
+    apt_install || { timeout 300 apt-get update -q >&2 && apt_install; } || die "apt-get install ${need_pkgs[*]} failed"
+fi
+[[ -e $STREAM_MODULE ]] || { [[ $L4 == 1 ]] && die "no nginx stream module"; L4=0; }
+
+# ---------------------------------------------------------------- Sluicegate, release build
+if [[ -z ${SLUICEGATE_BIN:-} ]]; then
+    SLUICEGATE_BIN=$ROOT/target/release/sluicegate
+    if [[ $BUILD == 1 ]]; then
+        log "building sluicegate (release)"
+        # Outer cargo/make settings must not leak into this build.
+        if ! (cd "$ROOT" && env $(env | grep -oE '^(CARGO_[A-Z_]*|RUSTFLAGS|MAKEFLAGS)=' | sed 's/=$//; s/^/-u /') \
+            timeout 1800 cargo build --release -q -p sluicegate --bin sluicegate >&2); then
+            [[ -x $SLUICEGATE_BIN ]] || die "build failed and no binary at $SLUICEGATE_BIN"
+            log "warning: build failed; using the existing $SLUICEGATE_BIN"
+        fi
+    fi
+fi
+[[ -x $SLUICEGATE_BIN ]] || die "no sluicegate binary at $SLUICEGATE_BIN"
+SG_VERSION="$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- host && echo "" || echo "+dirty")"
+
+# ---------------------------------------------------------------- ports, free at start
+declare -A TAKEN=()
+PORT=
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        [[ -z ${TAKEN[$p]:-} ]] || continue
+        ss -Htan "( sport = :$p )" | grep -q . && continue
+        TAKEN[$p]=1
+        PORT=$p
+        return
+    done
+}
+wait_port() { # port pid name
+    local i
+    for i in $(seq 100); do
+        kill -0 "$2" 2>/dev/null || die "$3 exited at start (logs in $WORK; KEEP_WORK=1 keeps them)"
+        ss -Htln "( sport = :$1 )" | grep -q . && return
+        sleep 0.1
+    done
+    die "$3 is not listening on $1 after 10 s"
+}
+start() { # name logfile cmd... ; sets STARTED to the pid
+    local name=$1 logf=$2
+    shift 2
+    "$@" >"$logf" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+free_port; B1=$PORT
+free_port; B2=$PORT
+
+# ---------------------------------------------------------------- backends: one nginx, two ports
+BODY_small="hello from the backend"
+mkdir -p "$WORK/backend/www" "$WORK/backend/tmp"
+head -c 1024 /dev/zero | tr '\0' 'a' >"$WORK/backend/www/1k"
+head -c 65536 /dev/zero | tr '\0' 'b' >"$WORK/backend/www/64k"
+chmod -R a+rX "$WORK/backend"
+nginx_common() { # dir
+    cat <<EOF
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 16384; }
+EOF
+}
+nginx_http_common() { # dir
+    cat <<EOF
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $1/tmp; proxy_temp_path $1/tmp; fastcgi_temp_path $1/tmp;
+    uwsgi_temp_path $1/tmp; scgi_temp_path $1/tmp;
+EOF
+}
+{
+    echo "worker_processes ${BACKEND_WORKERS:-$NCPU};"
+    nginx_common "$WORK/backend"
+    echo "http {"
+    nginx_http_common "$WORK/backend"
+    cat <<EOF
+    default_type text/plain;
+    open_file_cache max=16 inactive=1h;
+    open_file_cache_valid 1h;
+    server {
+        listen 127.0.0.1:$B1;
+        listen 127.0.0.1:$B2;
+        root $WORK/backend/www;
+        location = /small { return 200 "$BODY_small\n"; }
+    }
+}
+EOF
+} >"$WORK/backend/nginx.conf"
+start backend "$WORK/backend/out.log" nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -e "$WORK/backend/error.log" -g 'daemon off;'
+BACKEND_PID=$STARTED
+wait_port "$B1" "$BACKEND_PID" backend
+wait_port "$B2" "$BACKEND_PID" backend
+
+# ---------------------------------------------------------------- the proxies (all started once; idle ones cost nothing)
+# Targets: name|workers|pid|http port|tcp port ("-" when none)
+TARGETS=()
+
+start_sluicegate() { # threads
+    local t=$1 dir=$WORK/sluicegate-$1 p pt pa
+    mkdir -p "$dir"
+    free_port; p=$PORT
+    free_port; pt=$PORT
+    free_port; pa=$PORT
+    {
+        cat <<EOF
+[[listeners]]
+address = "127.0.0.1:$p"
+protocol = "http"
+EOF
+        [[ $L4 == 0 ]] || cat <<EOF
+
+[[listeners]]
+address = "127.0.0.1:$pt"
+protocol = "tcp"
+cluster = "web"
+EOF
+        cat <<EOF
+
+[admin]
+enabled = true
+address = "127.0.0.1:$pa"
+
+[access_log]
+enabled = false
+
+[shutdown]
+drain_timeout = "1s"
+
+[[routes]]
+path_prefix = "/"
+cluster = "web"
+
+[[clusters]]
+name = "web"
+balancer = "round-robin"
+max_idle_per_endpoint = 256
+
+[[clusters.endpoints]]
+address = "127.0.0.1:$B1"
+
+[[clusters.endpoints]]
+address = "127.0.0.1:$B2"
+EOF
+    } >"$dir/sluicegate.toml"
+    # Tokio's multi-thread runtime reads its worker count from TOKIO_WORKER_THREADS.
+    start "sluicegate-$t" "$dir/out.log" env TOKIO_WORKER_THREADS="$t" RUST_LOG=warn \
+        "$SLUICEGATE_BIN" run --config "$dir/sluicegate.toml"
+    wait_port "$p" "$STARTED" "sluicegate-$t"
+    [[ $L4 == 0 ]] && pt=-
+    TARGETS+=("sluicegate|$t|$STARTED|$p|$pt")
+}
+
+start_haproxy() { # threads
+    local t=$1 dir=$WORK/haproxy-$1 p pt
+    mkdir -p "$dir"
+    free_port; p=$PORT
+    free_port; pt=$PORT
+    {
+        cat <<EOF
+global
+    nbthread $t
+    maxconn 4000
+
+defaults
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+
+frontend fe_http
+    mode http
+    bind 127.0.0.1:$p
+    default_backend be_http
+
+backend be_http
+    mode http
+    balance roundrobin
+    http-reuse always
+    server b1 127.0.0.1:$B1
+    server b2 127.0.0.1:$B2
+EOF
+        [[ $L4 == 0 ]] || cat <<EOF
+
+frontend fe_tcp
+    mode tcp
+    bind 127.0.0.1:$pt
+    default_backend be_tcp
+
+backend be_tcp
+    mode tcp
+    balance roundrobin
+    server b1 127.0.0.1:$B1
+    server b2 127.0.0.1:$B2
+EOF
+    } >"$dir/haproxy.cfg"
+    start "haproxy-$t" "$dir/out.log" haproxy -db -f "$dir/haproxy.cfg"
+    wait_port "$p" "$STARTED" "haproxy-$t"
+    [[ $L4 == 0 ]] && pt=-
+    TARGETS+=("haproxy|$t|$STARTED|$p|$pt")
+}
+
+start_nginx() { # workers
+    local w=$1 dir=$WORK/nginx-$1 p pt
+    mkdir -p "$dir/tmp"
+    free_port; p=$PORT
+    free_port; pt=$PORT
+    {
+        [[ $L4 == 0 ]] || echo "load_module $STREAM_MODULE;"
+        echo "worker_processes $w;"
+        nginx_common "$dir"
+        echo "http {"
+        nginx_http_common "$dir"
+        cat <<EOF
+    upstream be {
+        server 127.0.0.1:$B1;
+        server 127.0.0.1:$B2;
+        keepalive 256;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$p reuseport;
+        location / {
+            proxy_pass http://be;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+        [[ $L4 == 0 ]] || cat <<EOF
+stream {
+    upstream be_tcp {
+        server 127.0.0.1:$B1;
+        server 127.0.0.1:$B2;
+    }
+    server {
+        listen 127.0.0.1:$pt reuseport;
+        proxy_pass be_tcp;
+    }
+}
+EOF
+    } >"$dir/nginx.conf"
+    start "nginx-$w" "$dir/out.log" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;'
+    wait_port "$p" "$STARTED" "nginx-$w"
+    [[ $L4 == 0 ]] && pt=-
+    TARGETS+=("nginx|$w|$STARTED|$p|$pt")
+}
+
+# All pids of a target: the process and its children (nginx workers).
+target_pids() { echo "$1" $(pgrep -P "$1" || true); }
+cpu_ticks() { # pid... -> utime+stime of them all (threads included)
+    local sum=0 pid f
+    for pid in "$@"; do
+        f=$(cut -d' ' -f14,15 "/proc/$pid/stat" 2>/dev/null) || continue
+        sum=$((sum + ${f% *} + ${f#* }))
+    done
+    echo $sum
+}
+peak_rss_kb() { # pid... -> summed VmHWM
+    local sum=0 pid v
+    for pid in "$@"; do
+        v=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
+        sum=$((sum + ${v:-0}))
+    done
+    echo $sum
+}
+set_affinity() { # cpus pid... (every thread)
+    local cpus=$1 pid
+    shift
+    for pid in "$@"; do taskset -a -p -c "$cpus" "$pid" >/dev/null; done
+}
+to_us() { # "393.00us" | "1.20ms" | "2.00s" -> µs
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'
+}
+
+# One wrk run against url; appends a row to RAW. Args: placement layer target workers pid url conns body rep
+WRK_CPU=
+RAW=
+one_run() {
+    local placement=$1 layer=$2 name=$3 workers=$4 pid=$5 url=$6 conns=$7 body=$8 rep=$9
+    local pids out c0 c1 reqs rps p50 p99 errs load
+    pids=$(target_pids "$pid")
+    c0=$(cpu_ticks $pids)
+    out=$(timeout $((DURATION + 30)) $WRK_CPU wrk -t1 -c"$conns" -d"${DURATION}s" --latency "$url" 2>&1) || {
+        log "wrk failed against $name: $out"
+        return 0
+    }
+    c1=$(cpu_ticks $pids)
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$out")
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    local cpu_us
+    cpu_us=$(awk -v t=$((c1 - c0)) -v hz="$TICK" -v r="${reqs:-0}" 'BEGIN { if (r > 0) printf "%.2f", t / hz * 1e6 / r; else print "nan" }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$placement" "$layer" "$body" "$conns" "$name" "$workers" \
+        "$rep" "${rps:-0}" "${p50:-nan}" "${p99:-nan}" "$cpu_us" "$(peak_rss_kb $pids)" "$errs" "$load" >>"$RAW"
+    log "$placement $layer $body c$conns $name/$workers #$rep: ${rps:-0} req/s p50 ${p50}us p99 ${p99}us cpu ${cpu_us}us/req errors $errs load $load"
+}
+
+path_of() { case $1 in small) echo /small ;; *) echo "/$1" ;; esac; }
+
+# ---------------------------------------------------------------- profile mode
+if [[ $MODE == profile ]]; then
+    L4=0
+    start_sluicegate 1
+    IFS='|' read -r _ _ SG_PID SG_PORT _ <<<"${TARGETS[0]}"
+    url="http://127.0.0.1:$SG_PORT/small"
+    wrk -t1 -c50 -d2s "$url" >/dev/null
+    out=$WORK/profile
+    mkdir -p "$out"
+    log "perf stat + record (${PROFILE_SECONDS}s of wrk -t1 -c50)"
+    perf stat -e task-clock,context-switches,cycles,instructions -p "$SG_PID" -o "$out/stat.txt" -- sleep "$PROFILE_SECONDS" &
+    STAT_PID=$!
+    PIDS+=($STAT_PID)
+    perf record -F 2000 -g --call-graph dwarf,16384 -p "$SG_PID" -o "$out/perf.data" -- sleep "$PROFILE_SECONDS" 2>"$out/record.log" &
+    RECORD_PID=$!
+    PIDS+=($RECORD_PID)
+    wrkout=$(wrk -t1 -c50 -d"${PROFILE_SECONDS}s" "$url")
+    wait $STAT_PID $RECORD_PID || true
+    reqs=$(awk '/requests in/ {print $1}' <<<"$wrkout")
+    echo "== wrk (under perf record: slower than the benchmark)"; echo "$wrkout"
+    echo "== perf stat over the run; per request: divide by $reqs"
+    cat "$out/stat.txt"
+    awk -v r="$reqs" '/instructions|cycles|context-switches/ {gsub(/,/, "", $1); printf "  %-18s %12.0f per request\n", $2, $1 / r}
+        /task-clock/ {gsub(/,/, "", $1); printf "  %-18s %12.2f us per request\n", "task-clock", $1 * 1000 / r}' "$out/stat.txt"
+    echo "== top functions, self time"
+    perf report -i "$out/perf.data" --no-children --sort symbol --stdio -g none --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -45
+    echo "== top functions, inclusive (children)"
+    perf report -i "$out/perf.data" --children --sort symbol --stdio -g none --percent-limit 3 2>/dev/null | grep -v '^#' | grep -v '^$' | head -70
+    log "syscalls per request (strace -c, ${PROFILE_SECONDS}s; strace slows the proxy, the counts per request still hold)"
+    strace -c -f -p "$SG_PID" -o "$out/strace.txt" &
+    STRACE_PID=$!
+    PIDS+=($STRACE_PID)
+    sleep 0.5
+    wrkout=$(wrk -t1 -c50 -d"${PROFILE_SECONDS}s" "$url")
+    kill -INT $STRACE_PID; wait $STRACE_PID || true
+    reqs=$(awk '/requests in/ {print $1}' <<<"$wrkout")
+    echo "== syscalls per request ($reqs requests under strace)"
+    awk -v r="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 { name = $NF; calls = $4; printf "  %-16s %8.3f per request\n", name, calls / r }' "$out/strace.txt" | sort -k2 -nr | head -12
+    exit 0
+fi
+
+# ---------------------------------------------------------------- bench mode
+[[ $PINNED == auto ]] && { ((NCPU >= 2)) && PINNED=1 || PINNED=0; }
+[[ $L4 == auto ]] && L4=1
+
+start_sluicegate 1
+start_sluicegate 2
+start_haproxy 1
+start_haproxy 2
+start_nginx 1
+start_nginx 2
+TARGETS+=("direct|-|$BACKEND_PID|$B1|-")
+
+nconns=$(wc -w <<<"$CONNS"); nbodies=$(wc -w <<<"$BODIES"); npin=$(wc -w <<<"$PIN_CONNS"); nl4=$(wc -w <<<"$L4_CONNS")
+planned=$((RUNS * ${#TARGETS[@]} * nconns * nbodies + PINNED * RUNS * 4 * npin * nbodies + L4 * RUNS * 6 * nl4))
+MAX_SECONDS=${MAX_SECONDS:-$((planned * (DURATION + 3) + 120 + PICK_BENCH * 900))}
+log "$planned wrk runs of ${DURATION}s planned; the run is bounded to ${MAX_SECONDS}s"
+# The bound: a watchdog that ends this script (whose trap then kills everything).
+# Its sleep is killed with it (else the sleep would hold our stdout open after the exit).
+(
+    trap 'kill $sleeper 2>/dev/null; exit 0' TERM
+    sleep "$MAX_SECONDS" &
+    sleeper=$!
+    wait $sleeper && log "time bound reached" && kill -TERM $$
+) &
+PIDS+=($!)
+
+RESULTS=${RESULTS:-$ROOT/bench/results/$STAMP}
+mkdir -p "$RESULTS"
+RAW=$RESULTS/raw.tsv
+printf 'placement\tlayer\tbody\tconns\ttarget\tworkers\trep\trps\tp50_us\tp99_us\tcpu_us_per_req\tpeak_rss_kb\terrors\tload1\n' >"$RAW"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+all_proxy_pids() {
+    local t pid
+    for t in "${TARGETS[@]}"; do
+        IFS='|' read -r name _ pid _ _ <<<"$t"
+        [[ $name == direct ]] || target_pids "$pid"
+    done
+}
+
+# Warm every target (connection pools, plugin instances, page cache) once.
+for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name w pid p pt <<<"$t"
+    for body in $BODIES; do wrk -t1 -c50 -d1s "http://127.0.0.1:$p$(path_of "$body")" >/dev/null 2>&1 || true; done
+    [[ $pt == - ]] || wrk -t1 -c50 -d1s "http://127.0.0.1:$pt/small" >/dev/null 2>&1 || true
+done
+
+# Unpinned, HTTP: A B C A B C.
+WRK_CPU=
+for rep in $(seq "$RUNS"); do
+    for body in $BODIES; do
+        for conns in $CONNS; do
+            for t in "${TARGETS[@]}"; do
+                IFS='|' read -r name w pid p _ <<<"$t"
+                one_run unpinned http "$name" "$w" "$pid" "http://127.0.0.1:$p$(path_of "$body")" "$conns" "$body" "$rep"
+            done
+        done
+    done
+done
+
+# Unpinned, L4 (TCP): Sluicegate tcp vs haproxy mode tcp vs nginx stream; same backends.
+if [[ $L4 == 1 ]]; then
+    for rep in $(seq "$RUNS"); do
+        for conns in $L4_CONNS; do
+            for t in "${TARGETS[@]}"; do
+                IFS='|' read -r name w pid _ pt <<<"$t"
+                [[ $pt == - ]] && continue
+                one_run unpinned tcp "$name" "$w" "$pid" "http://127.0.0.1:$pt/small" "$conns" small "$rep"
+            done
+        done
+    done
+fi
+
+# Pinned: the proxy alone on CPU 1; wrk and the backends on CPU 0. One-worker proxies only (one core each).
+# "direct" is wrk and the backends on CPU 0: the ceiling of this placement.
+if [[ $PINNED == 1 ]]; then
+    set_affinity 0 $(target_pids "$BACKEND_PID")
+    set_affinity 1 $(all_proxy_pids)
+    WRK_CPU="taskset -c 0"
+    for rep in $(seq "$RUNS"); do
+        for body in $BODIES; do
+            for conns in $PIN_CONNS; do
+                for t in "${TARGETS[@]}"; do
+                    IFS='|' read -r name w pid p _ <<<"$t"
+                    [[ $w == 1 || $name == direct ]] || continue
+                    one_run pinned http "$name" "$w" "$pid" "http://127.0.0.1:$p$(path_of "$body")" "$conns" "$body" "$rep"
+                done
+            done
+        done
+    done
+    WRK_CPU=
+    set_affinity "0-$((NCPU - 1))" $(target_pids "$BACKEND_PID") $(all_proxy_pids)
+fi
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- the table: medians, ratios in the same run
+TABLE=$RESULTS/table.md
+{
+    echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $NCPU CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo);" \
+        "$(uname -r); load average at start $LOAD_START, at end $LOAD_END"
+    echo "Sluicegate $SG_VERSION; $(nginx -v 2>&1 | sed 's/.*: //'); haproxy $(haproxy -v | awk 'NR==1 {print $3}'); wrk -t1, ${DURATION}s," \
+        "median of $RUNS interleaved runs; bodies: $BODIES"
+    echo
+    echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MB | errors | × haproxy | × nginx | × direct |"
+    echo "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' -v runs="$RUNS" '
+        function median(list,   a, n, i, j, t) {
+            n = split(list, a, " ")
+            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+            return n ? a[int((n + 1) / 2)] : "nan"
+        }
+        NR == 1 { next }
+        {
+            k = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4 SUBSEP $5 SUBSEP $6
+            if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+            rps[k] = rps[k] " " $8; p50[k] = p50[k] " " $9; p99[k] = p99[k] " " $10; cpu[k] = cpu[k] " " $11
+            if ($12 > rss[k]) rss[k] = $12
+            err[k] += $13
+        }
+        END {
+            for (i = 1; i <= nk; i++) { k = order[i]; m[k] = median(rps[k]) }
+            for (i = 1; i <= nk; i++) {
+                k = order[i]; split(k, f, SUBSEP)
+                w = f[6] == "-" ? 1 : f[6]
+                base = f[1] SUBSEP f[2] SUBSEP f[3] SUBSEP f[4]
+                h = base SUBSEP "haproxy" SUBSEP w; n = base SUBSEP "nginx" SUBSEP w; d = base SUBSEP "direct" SUBSEP "-"
+                rh = (h in m) && m[h] > 0 ? sprintf("%.2f", m[k] / m[h]) : "-"
+                rn = (n in m) && m[n] > 0 ? sprintf("%.2f", m[k] / m[n]) : "-"
+                rd = (d in m) && m[d] > 0 ? sprintf("%.2f", m[k] / m[d]) : "-"
+                printf "| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %.1f | %d | %s | %s | %s |\n",
+                    f[1], f[2], f[3], f[4], f[5], f[6], m[k], median(p50[k]), median(p99[k]), median(cpu[k]), rss[k] / 1024, err[k], rh, rn, rd
+            }
+        }' "$RAW"
+    echo
+    echo "Ratios are req/s against the same placement, layer, body and connections; × haproxy and × nginx against the"
+    echo "same worker count; CPU µs/req is the proxy's utime+stime (all its processes) over the run / requests;"
+    echo "for \"direct\" it is the backend nginx's. Peak RSS is VmHWM summed over the proxy's processes."
+} >"$TABLE"
+
+if [[ $PICK_BENCH == 1 ]]; then
+    log "plugin boundary: cargo bench -p sluicegate --bench pick"
+    {
+        echo
+        echo "Plugin boundary (cargo bench -p sluicegate --bench pick, ns per pick; the per-request CPU budget is 15 µs = 15000 ns):"
+        echo
+        echo '```'
+        (cd "$ROOT" && env $(env | grep -oE '^(CARGO_[A-Z_]*|RUSTFLAGS|MAKEFLAGS)=' | sed 's/=$//; s/^/-u /') \
+            timeout 900 cargo bench -q -p sluicegate --bench pick 2>&1 | grep -v -E '^\s*(Compiling|Finished|Running|Blocking)' | tail -20) || echo "(the pick benchmark failed)"
+        echo '```'
+    } >>"$TABLE"
+fi
+
+cat "$TABLE"
+log "results in $RESULTS"
