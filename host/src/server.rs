@@ -310,8 +310,26 @@ async fn accept_loop(
         let idle = config.idle_timeout;
         let handshake_timeout = config.header_read_timeout;
         let redirect_https = config.redirect_https;
+        let proxy_from = config.proxy_protocol_from.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let mut stream = stream;
+            // Behind a front load balancer: the client is the one its PROXY header names.
+            let peer = match crate::l4::proxy_protocol::accept(
+                &proxy_from,
+                handshake_timeout,
+                &mut stream,
+                peer,
+            )
+            .await
+            {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "connection refused");
+                    drop(conns);
+                    return;
+                }
+            };
             proxy.metrics.open_connections.inc();
             let https = tls.is_some();
             let redirect = redirect_https;

@@ -368,6 +368,7 @@ mod tests {
             cluster: None,
             sni_routes: Vec::new(),
             redirect_https: None,
+            proxy_protocol_from: Vec::new(),
         }
     }
 

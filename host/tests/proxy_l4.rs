@@ -407,13 +407,12 @@ async fn a_garbage_client_hello_is_refused_without_affecting_others() {
     proxy.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_receives_a_proxy_protocol_v2_header_with_the_client_address() {
-    // The backend reads the v2 header, then the payload up to the end of input, and answers
-    // `{source address} {destination address} {payload}`.
+/// A backend that reads a v2 header, then the payload up to the end of input, and answers
+/// `{source address} {destination address} {payload}`.
+async fn v2_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    let _task = tokio::spawn(async move {
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut fixed = [0u8; 16];
@@ -426,12 +425,9 @@ async fn a_backend_receives_a_proxy_protocol_v2_header_with_the_client_address()
                 let mut addrs = vec![0u8; len];
                 s.read_exact(&mut addrs).await.unwrap();
                 let ip = |b: &[u8]| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
-                let src =
-                    SocketAddr::from((ip(&addrs[0..4]), u16::from_be_bytes([addrs[8], addrs[9]])));
-                let dst = SocketAddr::from((
-                    ip(&addrs[4..8]),
-                    u16::from_be_bytes([addrs[10], addrs[11]]),
-                ));
+                let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+                let src = SocketAddr::from((ip(&addrs[0..4]), port(&addrs[8..10])));
+                let dst = SocketAddr::from((ip(&addrs[4..8]), port(&addrs[10..12])));
                 let mut payload = Vec::new();
                 s.read_to_end(&mut payload).await.unwrap();
                 let answer = format!("{src} {dst} {}", String::from_utf8_lossy(&payload));
@@ -440,22 +436,119 @@ async fn a_backend_receives_a_proxy_protocol_v2_header_with_the_client_address()
             });
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let config = l4_config(TCP_LISTENER, &[("echo", &[backend])], false).replace(
+    (addr, task)
+}
+
+fn with_proxy_protocol_v2(config: String) -> String {
+    config.replace(
         "connect_timeout = \"2s\"\n",
         "connect_timeout = \"2s\"\nproxy_protocol = \"v2\"\n",
+    )
+}
+
+/// Writes `bytes`, ends the input, reads everything back.
+async fn send_all(addr: SocketAddr, bytes: &[u8]) -> (SocketAddr, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let local = s.local_addr().unwrap();
+    s.write_all(bytes).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the connection ends");
+    (local, String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_receives_a_proxy_protocol_v2_header_with_the_client_address() {
+    let (backend, _task) = v2_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_proxy_protocol_v2(l4_config(TCP_LISTENER, &[("echo", &[backend])], false));
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let (client, out) = send_all(proxy.addr, b"payload").await;
+    assert_eq!(out, format!("{client} {} payload", proxy.addr));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_balancer_the_client_comes_from_its_proxy_header() {
+    let (backend, _task) = v2_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = format!("{TCP_LISTENER}proxy_protocol_from = [\"127.0.0.1/32\"]\n");
+    let config = with_proxy_protocol_v2(l4_config(&trusted, &[("echo", &[backend])], false));
+    let proxy = Proxy::start(&config, dir.path()).await;
+    // v1 in, v2 out: the backend sees the front balancer's client.
+    let (_, out) = send_all(
+        proxy.addr,
+        b"PROXY TCP4 203.0.113.9 198.51.100.1 4444 5432\r\npayload",
+    )
+    .await;
+    assert_eq!(out, format!("203.0.113.9:4444 {} payload", proxy.addr));
+    // No header from a trusted peer: refused.
+    let (_, out) = send_all(proxy.addr, b"payload without a header").await;
+    assert_eq!(out, "");
+    proxy.stop().await;
+
+    // A peer outside proxy_protocol_from is refused even with a well-formed header.
+    let untrusted = format!("{TCP_LISTENER}proxy_protocol_from = [\"10.0.0.0/8\"]\n");
+    let config = with_proxy_protocol_v2(l4_config(&untrusted, &[("echo", &[backend])], false));
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let (_, out) = send_all(
+        proxy.addr,
+        b"PROXY TCP4 203.0.113.9 198.51.100.1 4444 5432\r\npayload",
+    )
+    .await;
+    assert_eq!(out, "");
+    let refused: f64 = metrics(&proxy)
+        .await
+        .iter()
+        .filter(|s| {
+            s.name == "sluicegate_tcp_refused_total" && s.label("reason") == Some("proxy_protocol")
+        })
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(refused, 1.0);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_listener_behind_a_trusted_balancer_forwards_the_headers_client() {
+    let backend = common::Backend::start("1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config_for(&[backend.addr], "", "").replacen(
+        "address = \"127.0.0.1:0\"\n",
+        "address = \"127.0.0.1:0\"\nproxy_protocol_from = [\"127.0.0.1\"]\n",
+        1,
     );
     let proxy = Proxy::start(&config, dir.path()).await;
-
+    let mut request = proxy_protocol_v2_header("203.0.113.9:4444", "198.51.100.1:80");
+    request.extend_from_slice(
+        b"GET /echo-headers HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    );
+    // No half-close here: an HTTP/1.1 server may take it as the client leaving.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    let client = s.local_addr().unwrap();
-    s.write_all(b"payload").await.unwrap();
-    s.shutdown().await.unwrap();
+    s.write_all(&request).await.unwrap();
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
         .await
-        .unwrap()
+        .expect("Connection: close ends the answer")
         .unwrap();
-    assert_eq!(out, format!("{client} {} payload", proxy.addr));
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("x-forwarded-for: 203.0.113.9\n"), "{out}");
     proxy.stop().await;
+}
+
+/// A v2 header as a front load balancer would send it.
+fn proxy_protocol_v2_header(src: &str, dst: &str) -> Vec<u8> {
+    let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("IPv4 only here")
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&s.octets());
+    h.extend_from_slice(&d.octets());
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h
 }

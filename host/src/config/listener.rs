@@ -49,6 +49,65 @@ pub struct SniRoute {
     pub cluster: String,
 }
 
+/// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address (`127.0.0.1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as its IPv4 one).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        // Both sides as the top bits of a u128, so one mask works for either family.
+        let bits = |a: IpAddr| -> (u128, u8) {
+            match a {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (host, host_width)) = (bits(self.addr), bits(ip));
+        if width != host_width {
+            return false;
+        }
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        net & mask == host & mask
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("bad address block `{s}`: expected like 10.0.0.0/8, ::1 or 127.0.0.1");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
 /// The protocol-specific part of a listener, validated.
 pub(super) struct ListenerExtras {
     pub certificates: Vec<CertificateConfig>,
@@ -304,6 +363,25 @@ mod tests {
         assert!(check_server_name("*").is_err());
         assert!(check_server_name("a b.com").is_err());
         assert!(check_server_name("").is_err());
+    }
+
+    #[test]
+    fn address_blocks_contain_what_they_should() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(c("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!c("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(c("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!c("127.0.0.1").contains(ip("127.0.0.2")));
+        assert!(c("127.0.0.1").contains(ip("::ffff:127.0.0.1")));
+        assert!(c("0.0.0.0/0").contains(ip("192.0.2.1")));
+        assert!(!c("0.0.0.0/0").contains(ip("2001:db8::1")));
+        assert!(c("2001:db8::/32").contains(ip("2001:db8:1::5")));
+        assert!(!c("2001:db8::/32").contains(ip("2001:db9::5")));
+        assert!(!c("::1").contains(ip("127.0.0.1")));
+        for bad in ["10.0.0.0/33", "nope", "::/129", "1.2.3.4/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
     }
 
     #[test]

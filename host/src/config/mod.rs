@@ -14,7 +14,7 @@ mod upstream;
 
 pub use duration::{ConfigDuration, parse_duration};
 pub use health::{HealthCheckConfig, HealthConfig, OutlierConfig, PanicAction, ProbeKind};
-pub use listener::{CertificateConfig, SniRoute, server_name_matches};
+pub use listener::{CertificateConfig, Cidr, SniRoute, server_name_matches};
 pub use upstream::{ProxyProtocol, UpstreamTlsConfig};
 
 use raw::{RawCluster, RawConfig, RawPluginUse};
@@ -111,6 +111,9 @@ pub struct ListenerConfig {
     pub sni_routes: Vec<SniRoute>,
     /// `http`: answer every request with a 308 redirect to https on this port.
     pub redirect_https: Option<u16>,
+    /// Front load balancers whose connections start with a PROXY protocol header (v1 or v2)
+    /// naming the client; connections from other addresses are refused. Empty: no header.
+    pub proxy_protocol_from: Vec<Cidr>,
 }
 
 /// Access log settings.
@@ -390,6 +393,11 @@ impl Checker<'_> {
                 cluster: None,
                 sni_routes: Vec::new(),
                 redirect_https: None,
+                proxy_protocol_from: l
+                    .proxy_protocol_from
+                    .iter()
+                    .map(|c| c.get_ref().parse().map_err(|m| self.err_at(c, m)))
+                    .collect::<Result<_, _>>()?,
             });
         }
 

@@ -43,6 +43,8 @@ pub(super) struct RawListener {
     /// `http` listeners: answer every request with a redirect to https.
     pub redirect_to_https: Option<Spanned<bool>>,
     pub https_port: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

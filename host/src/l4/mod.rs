@@ -165,9 +165,20 @@ pub(crate) async fn accept_loop(
         let config = config.clone();
         let conns = conns.clone();
         tokio::spawn(async move {
-            proxy.metrics.open_connections.inc();
-            connection(&proxy, &config, stream, peer).await;
-            proxy.metrics.open_connections.dec();
+            let mut stream = stream;
+            let from = &config.proxy_protocol_from;
+            match proxy_protocol::accept(from, config.header_read_timeout, &mut stream, peer).await
+            {
+                Ok(client) => {
+                    proxy.metrics.open_connections.inc();
+                    connection(&proxy, &config, stream, client).await;
+                    proxy.metrics.open_connections.dec();
+                }
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "connection refused");
+                    proxy.metrics.l4.refused(config.address, "proxy_protocol");
+                }
+            }
             drop(conns);
         });
     }
@@ -595,6 +606,7 @@ mod tests {
             certificates: Vec::new(),
             cluster: default.map(str::to_string),
             redirect_https: None,
+            proxy_protocol_from: Vec::new(),
             sni_routes: routes
                 .iter()
                 .map(|(names, cluster)| SniRoute {
