@@ -552,3 +552,38 @@ fn proxy_protocol_v2_header(src: &str, dst: &str) -> Vec<u8> {
     h.extend_from_slice(&dst.port().to_be_bytes());
     h
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn connect_failures_eject_an_endpoint_through_outlier_detection() {
+    let live = [
+        EchoBackend::start("1", Duration::ZERO).await,
+        EchoBackend::start("3", Duration::ZERO).await,
+    ];
+    let dead = dead_addr().await;
+    let addrs = [live[0].addr, dead, live[1].addr];
+    let dir = tempfile::tempdir().unwrap();
+    let config = l4_config(TCP_LISTENER, &[("echo", &addrs)], false)
+        + "[clusters.outlier]\nconsecutive_gateway_errors = 2\nbase_ejection_time = \"1m\"\nmax_ejection_percent = 50\n";
+    let proxy = Proxy::start(&config, dir.path()).await;
+
+    for _ in 0..30 {
+        let answer = exchange(proxy.addr, "x")
+            .await
+            .expect("no connection fails");
+        assert!(answer.starts_with("x from "), "{answer}");
+    }
+    let failures: f64 = metrics(&proxy)
+        .await
+        .iter()
+        .filter(|s| {
+            s.name == "sluicegate_tcp_connect_failures_total"
+                && s.label("endpoint") == Some(&dead.to_string())
+        })
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        failures, 2.0,
+        "ejected after two connect failures, then skipped"
+    );
+    proxy.stop().await;
+}
