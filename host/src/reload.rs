@@ -5,7 +5,8 @@
 //! A reload changes routes, the router, filters, clusters (endpoints, balancers, timeouts, retry
 //! policy; their connection pools and in-flight/latency figures start afresh) and the drain deadline.
 //! Listeners, the admin listener, the access log and the plugin directory stay as they were at
-//! start: changing them needs a restart (a reload that changes them logs a warning).
+//! start: changing them needs a restart (a reload that changes them logs a warning), except for
+//! listener certificates and L4 clusters and SNI routes, which follow the reloaded config.
 
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -88,7 +89,7 @@ pub async fn reload(proxy: &Arc<Proxy>, path: &Path) -> Result<(), String> {
     let built = tokio::task::spawn_blocking(move || {
         let config = Config::load(&owned).map_err(|e| e.to_string())?;
         let old = p.gateway();
-        if config.listeners != old.config.listeners
+        if !crate::config::listeners_restart_equal(&config.listeners, &old.config.listeners)
             || config.admin != old.config.admin
             || config.access_log != old.config.access_log
             || config.plugins != old.config.plugins

@@ -357,3 +357,46 @@ async fn an_http_listener_can_redirect_everything_to_https() {
     assert_eq!(backend.hits("/a/b"), 0, "nothing reaches the backend");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_naming_other_certificate_files_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let first = ca.leaf(dir.path(), "first", &["a.example.com"]);
+    let second = ca.leaf(dir.path(), "second", &["a.example.com"]);
+    let backend = Backend::start("1").await;
+    let path = dir.path().join("sluicegate.toml");
+    std::fs::write(&path, https_config(&[(&first, &[])], backend.addr)).unwrap();
+    let proxy = Proxy::start(&std::fs::read_to_string(&path).unwrap(), dir.path()).await;
+    let got = https_get(&ca, b"h2", proxy.addr, "a.example.com", "/").await;
+    assert_eq!(got.leaf, first.der);
+
+    // A reload naming a missing key is refused: the first certificate keeps serving.
+    let broken = Leaf {
+        key: dir.path().join("missing.key"),
+        cert: second.cert.clone(),
+        der: second.der.clone(),
+        key_der: second.key_der.clone_key(),
+    };
+    std::fs::write(&path, https_config(&[(&broken, &[])], backend.addr)).unwrap();
+    let err = sluicegate::reload::reload(&proxy.proxy, &path)
+        .await
+        .unwrap_err();
+    assert!(err.contains("missing.key"), "{err}");
+    let got = https_get(&ca, b"h2", proxy.addr, "a.example.com", "/").await;
+    assert_eq!(got.leaf, first.der);
+
+    std::fs::write(&path, https_config(&[(&second, &[])], backend.addr)).unwrap();
+    sluicegate::reload::reload(&proxy.proxy, &path)
+        .await
+        .unwrap();
+    let served = common::eventually(Duration::from_secs(10), async || {
+        https_get(&ca, b"h2", proxy.addr, "a.example.com", "/")
+            .await
+            .leaf
+            == second.der
+    })
+    .await;
+    assert!(served, "the reloaded config's certificate is served");
+    proxy.stop().await;
+}

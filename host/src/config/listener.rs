@@ -2,7 +2,7 @@
 //! (`tcp`, a cluster per listener) and TLS passthrough (`tls-passthrough`, a cluster per SNI name).
 //! Kept apart from the rest of the config so each protocol's rules read in one place.
 
-use super::{Checker, ConfigError, Location, Protocol};
+use super::{Checker, ConfigError, ListenerConfig, Location, Protocol};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -340,6 +340,18 @@ impl Protocol {
     }
 }
 
+/// Whether two listener lists differ only in what a reload applies without a restart: the
+/// certificates of `https` listeners and the clusters and SNI routes of L4 listeners.
+pub fn listeners_restart_equal(a: &[ListenerConfig], b: &[ListenerConfig]) -> bool {
+    let strip = |l: &ListenerConfig| ListenerConfig {
+        certificates: Vec::new(),
+        cluster: None,
+        sni_routes: Vec::new(),
+        ..l.clone()
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| strip(x) == strip(y))
+}
+
 /// Whether `name` (lower case) matches `pattern`: exact, or `*.suffix` for any deeper name.
 pub fn server_name_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_prefix('*') {
@@ -476,6 +488,29 @@ mod config_tests {
         ));
         assert_eq!(line, 8);
         assert!(m.contains("only one certificate"), "{m}");
+    }
+
+    #[test]
+    fn certificates_and_l4_routes_change_without_a_restart_but_addresses_do_not() {
+        let with = |cert: &str, cluster: &str, port: u16| {
+            parse(&format!(
+                "[[listeners]]\naddress = \"127.0.0.1:{port}\"\nprotocol = \"https\"\n\
+                 [[listeners.certificates]]\ncert = \"{cert}\"\nkey = \"k.pem\"\n\
+                 [[listeners]]\naddress = \"127.0.0.1:2\"\nprotocol = \"tcp\"\ncluster = \"{cluster}\"\n{CLUSTERS}"
+            ))
+            .unwrap()
+            .listeners
+        };
+        let base = with("a.pem", "a", 1);
+        assert!(crate::config::listeners_restart_equal(
+            &base,
+            &with("b.pem", "b", 1)
+        ));
+        assert!(!crate::config::listeners_restart_equal(
+            &base,
+            &with("a.pem", "a", 3)
+        ));
+        assert!(!crate::config::listeners_restart_equal(&base, &base[..1]));
     }
 
     #[test]

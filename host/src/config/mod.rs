@@ -14,7 +14,9 @@ mod upstream;
 
 pub use duration::{ConfigDuration, parse_duration};
 pub use health::{HealthCheckConfig, HealthConfig, OutlierConfig, PanicAction, ProbeKind};
-pub use listener::{CertificateConfig, Cidr, SniRoute, server_name_matches};
+pub use listener::{
+    CertificateConfig, Cidr, SniRoute, listeners_restart_equal, server_name_matches,
+};
 pub use upstream::{ProxyProtocol, UpstreamTlsConfig};
 
 use raw::{RawCluster, RawConfig, RawPluginUse};
