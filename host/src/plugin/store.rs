@@ -12,6 +12,9 @@ use wasmtime::component::{Resource, ResourceTable};
 use super::EndpointFacts;
 use super::bindings::{RequestRef, ResponseRef, host, types};
 
+/// Longest plugin log message kept, in bytes.
+const MAX_LOG_LINE: usize = 4096;
+
 /// How many distinct counter names one instance may create (bounds metric cardinality).
 const MAX_COUNTERS_PER_INSTANCE: usize = 256;
 
@@ -146,7 +149,16 @@ fn splitmix64(state: &mut u64) -> u64 {
 }
 
 impl host::Host for StoreData {
-    fn log(&mut self, level: host::Level, message: String) {
+    fn log(&mut self, level: host::Level, mut message: String) {
+        if message.len() > MAX_LOG_LINE {
+            // A plugin cannot flood the proxy's log with one huge line.
+            let mut end = MAX_LOG_LINE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str(" [truncated]");
+        }
         let (p, v) = (&*self.plugin, &*self.version);
         match level {
             host::Level::Trace => tracing::trace!(plugin = p, version = v, "{message}"),
