@@ -375,16 +375,42 @@ path_of() { case $1 in small) echo /small ;; *) echo "/$1" ;; esac; }
 if [[ $MODE == profile ]]; then
     L4=0
     start_sluicegate 1
-    IFS='|' read -r _ _ SG_PID SG_PORT _ <<<"${TARGETS[0]}"
-    url="http://127.0.0.1:$SG_PORT/small"
-    wrk -t1 -c50 -d2s "$url" >/dev/null
+    start_haproxy 1
+    start_nginx 1
     out=$WORK/profile
     mkdir -p "$out"
+    # Voluntary and involuntary context switches summed over every thread of the pids.
+    ctx_switches() {
+        local pid
+        for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null; done |
+            awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}'
+    }
+    echo "== per request, the same wrk -t1 -c50 ${PROFILE_SECONDS}s load on each one-worker proxy (perf stat; /proc context switches)"
+    printf '  %-12s %9s %12s %12s %14s %14s\n' proxy req/s "task-clock" "ctx switches" "  voluntary" "  involuntary"
+    for t in "${TARGETS[@]}"; do
+        IFS='|' read -r name _ pid p _ <<<"$t"
+        u="http://127.0.0.1:$p/small"
+        wrk -t1 -c50 -d2s "$u" >/dev/null
+        pids=$(target_pids "$pid")
+        read -r v0 n0 < <(ctx_switches $pids)
+        perf stat -e task-clock,context-switches -p "$(tr ' ' ',' <<<"$pids")" -o "$out/stat-$name.txt" -- sleep "$PROFILE_SECONDS" &
+        STAT_PID=$!
+        PIDS+=($STAT_PID)
+        wrkout=$(wrk -t1 -c50 -d"${PROFILE_SECONDS}s" "$u")
+        wait $STAT_PID || true
+        read -r v1 n1 < <(ctx_switches $pids)
+        reqs=$(awk '/requests in/ {print $1}' <<<"$wrkout")
+        awk -v r="$reqs" -v name="$name" -v rps="$(awk '/^Requests\/sec/ {print $2}' <<<"$wrkout")" -v dv=$((v1 - v0)) -v dn=$((n1 - n0)) '
+            /task-clock/ {gsub(/,/, "", $1); tc = $1} /context-switches/ {gsub(/,/, "", $1); cs = $1}
+            END {printf "  %-12s %9.0f %9.2f us %12.2f %14.2f %14.2f\n", name, rps, tc * 1000 / r, cs / r, dv / r, dn / r}' "$out/stat-$name.txt"
+    done
+    IFS='|' read -r _ _ SG_PID SG_PORT _ <<<"${TARGETS[0]}"
+    url="http://127.0.0.1:$SG_PORT/small"
     log "perf stat + record (${PROFILE_SECONDS}s of wrk -t1 -c50)"
-    perf stat -e task-clock,context-switches,cycles,instructions -p "$SG_PID" -o "$out/stat.txt" -- sleep "$PROFILE_SECONDS" &
+    perf stat -e task-clock,context-switches,cpu-migrations,page-faults -p "$SG_PID" -o "$out/stat.txt" -- sleep "$PROFILE_SECONDS" &
     STAT_PID=$!
     PIDS+=($STAT_PID)
-    perf record -F 2000 -g --call-graph dwarf,16384 -p "$SG_PID" -o "$out/perf.data" -- sleep "$PROFILE_SECONDS" 2>"$out/record.log" &
+    perf record -F 999 -g --call-graph dwarf,8192 -p "$SG_PID" -o "$out/perf.data" -- sleep "$PROFILE_SECONDS" 2>"$out/record.log" &
     RECORD_PID=$!
     PIDS+=($RECORD_PID)
     wrkout=$(wrk -t1 -c50 -d"${PROFILE_SECONDS}s" "$url")
@@ -393,12 +419,16 @@ if [[ $MODE == profile ]]; then
     echo "== wrk (under perf record: slower than the benchmark)"; echo "$wrkout"
     echo "== perf stat over the run; per request: divide by $reqs"
     cat "$out/stat.txt"
-    awk -v r="$reqs" '/instructions|cycles|context-switches/ {gsub(/,/, "", $1); printf "  %-18s %12.0f per request\n", $2, $1 / r}
+    awk -v r="$reqs" '/context-switches/ {gsub(/,/, "", $1); printf "  %-18s %12.0f per request\n", $2, $1 / r}
         /task-clock/ {gsub(/,/, "", $1); printf "  %-18s %12.2f us per request\n", "task-clock", $1 * 1000 / r}' "$out/stat.txt"
-    echo "== top functions, self time"
-    perf report -i "$out/perf.data" --no-children --sort symbol --stdio -g none --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -45
+    # --no-inline: resolving inlined frames is minutes of addr2line; the symbols are enough here.
+    tidy() { grep -v -e '^#' -e '^$' "$1" | sed 's/ *-  *- *$//; s/ *$//' | cut -c1-180 | head -"$2" || true; }
+    perf report -i "$out/perf.data" --no-inline --no-children --sort symbol --stdio -g none --percent-limit 0.7 >"$out/self.txt" 2>/dev/null || true
+    perf report -i "$out/perf.data" --no-inline --children --sort symbol --stdio -g none --percent-limit 2 >"$out/children.txt" 2>/dev/null || true
+    echo "== top functions, self time (% of the proxy's samples)"
+    tidy "$out/self.txt" 40
     echo "== top functions, inclusive (children)"
-    perf report -i "$out/perf.data" --children --sort symbol --stdio -g none --percent-limit 3 2>/dev/null | grep -v '^#' | grep -v '^$' | head -70
+    tidy "$out/children.txt" 90
     log "syscalls per request (strace -c, ${PROFILE_SECONDS}s; strace slows the proxy, the counts per request still hold)"
     strace -c -f -p "$SG_PID" -o "$out/strace.txt" &
     STRACE_PID=$!
@@ -408,7 +438,7 @@ if [[ $MODE == profile ]]; then
     kill -INT $STRACE_PID; wait $STRACE_PID || true
     reqs=$(awk '/requests in/ {print $1}' <<<"$wrkout")
     echo "== syscalls per request ($reqs requests under strace)"
-    awk -v r="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 { name = $NF; calls = $4; printf "  %-16s %8.3f per request\n", name, calls / r }' "$out/strace.txt" | sort -k2 -nr | head -12
+    awk -v r="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 { name = $NF; calls = $4; printf "  %-16s %8.3f per request\n", name, calls / r }' "$out/strace.txt" | sort -k2 -nr | head -12 || true
     exit 0
 fi
 
