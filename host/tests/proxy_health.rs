@@ -22,6 +22,7 @@ struct Switchable {
     addr: SocketAddr,
     health: Arc<AtomicU16>,
     header: Arc<Mutex<Option<String>>>,
+    weight: Arc<Mutex<Option<String>>>,
     traffic: Arc<AtomicU16>,
     probes: Arc<AtomicUsize>,
     served: Arc<AtomicUsize>,
@@ -34,12 +35,14 @@ impl Switchable {
         let addr = listener.local_addr().unwrap();
         let health = Arc::new(AtomicU16::new(200));
         let header = Arc::new(Mutex::new(None::<String>));
+        let weight = Arc::new(Mutex::new(None::<String>));
         let traffic = Arc::new(AtomicU16::new(200));
         let probes = Arc::new(AtomicUsize::new(0));
         let served = Arc::new(AtomicUsize::new(0));
-        let (h, hd, t, p, s) = (
+        let (h, hd, wt, t, p, s) = (
             health.clone(),
             header.clone(),
+            weight.clone(),
             traffic.clone(),
             probes.clone(),
             served.clone(),
@@ -51,9 +54,10 @@ impl Switchable {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (h, hd, t, p, s, name) = (
+                let (h, hd, wt, t, p, s, name) = (
                     h.clone(),
                     hd.clone(),
+                    wt.clone(),
                     t.clone(),
                     p.clone(),
                     s.clone(),
@@ -69,6 +73,9 @@ impl Switchable {
                                 StatusCode::from_u16(h.load(Ordering::Relaxed)).unwrap();
                             if let Some(v) = hd.lock().unwrap().clone() {
                                 resp.headers_mut().insert("x-health", v.parse().unwrap());
+                            }
+                            if let Some(v) = wt.lock().unwrap().clone() {
+                                resp.headers_mut().insert("x-weight", v.parse().unwrap());
                             }
                         } else {
                             s.fetch_add(1, Ordering::Relaxed);
@@ -88,6 +95,7 @@ impl Switchable {
             addr,
             health,
             header,
+            weight,
             traffic,
             probes,
             served,
@@ -101,6 +109,10 @@ impl Switchable {
 
     fn set_header(&self, value: Option<&str>) {
         *self.header.lock().unwrap() = value.map(str::to_string);
+    }
+
+    fn set_weight(&self, value: &str) {
+        *self.weight.lock().unwrap() = Some(value.to_string());
     }
 
     fn set_traffic(&self, status: u16) {
@@ -686,5 +698,67 @@ async fn success_rate_ejection_takes_out_the_endpoint_far_below_the_cluster_mean
         assert!(healthy(&proxy, b.addr).await, "the others stay");
     }
     assert_eq!(send_n(&proxy, 20).await, HashMap::from([(200, 20)]));
+    proxy.stop().await;
+}
+
+/// Builds a plugin crate of the repository once per test binary.
+fn built(rel: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<Mutex<HashMap<String, std::path::PathBuf>>> =
+        std::sync::OnceLock::new();
+    let mut map = BUILT.get_or_init(Default::default).lock().unwrap();
+    map.entry(rel.to_string())
+        .or_insert_with(|| {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(rel);
+            sluicegate::plugin::build_plugin(&dir, None).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .clone()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn weights_announced_in_a_probe_header_change_the_traffic_split() {
+    let plugin = tokio::task::spawn_blocking(|| built("plugins/weighted-round-robin"))
+        .await
+        .unwrap();
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    a.set_weight("3");
+    b.set_weight("1");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    std::fs::copy(
+        &plugin,
+        dir.path().join("plugins/weighted-round-robin.wasm"),
+    )
+    .unwrap();
+    let check = format!("{ACTIVE}weight_header = \"x-weight\"\n");
+    let proxy = Proxy::start(
+        &config(
+            &[&a, &b],
+            "balancer = \"weighted-round-robin\"",
+            &check,
+            "[plugins]\ndir = \"plugins\"\n",
+        ),
+        dir.path(),
+    )
+    .await;
+    let announced = async |s: &Switchable, w: u64| {
+        endpoint(&proxy, s.addr).await["health"]["agent_weight"] == w
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || announced(&a, 3).await
+            && announced(&b, 1).await)
+        .await
+    );
+    let before = (a.served(), b.served());
+    send_n(&proxy, 40).await;
+    assert_eq!((a.served() - before.0, b.served() - before.1), (30, 10));
+
+    b.set_weight("3");
+    assert!(eventually(Duration::from_secs(5), async || announced(&b, 3).await).await);
+    let before = (a.served(), b.served());
+    send_n(&proxy, 40).await;
+    assert_eq!((a.served() - before.0, b.served() - before.1), (20, 20));
     proxy.stop().await;
 }

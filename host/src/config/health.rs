@@ -47,6 +47,9 @@ pub struct HealthCheckConfig {
     pub fall: u32,
     /// How much of the body is read (and given to a health plugin).
     pub body_prefix_bytes: usize,
+    /// A response header of a passing probe whose number becomes the endpoint's weight (like
+    /// HAProxy's agent-check); `None` keeps the configured weights.
+    pub weight_header: Option<String>,
 }
 
 /// Passive health checking (outlier detection, as Envoy's).
@@ -136,6 +139,7 @@ pub(super) struct RawHealthCheck {
     pub expect: Option<Vec<Spanned<u16>>>,
     pub body_contains: Option<String>,
     pub body_prefix_bytes: Option<usize>,
+    pub weight_header: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +270,11 @@ impl Checker<'_> {
             rise,
             fall,
             body_prefix_bytes: h.body_prefix_bytes.unwrap_or(1024).min(64 * 1024),
+            weight_header: h
+                .weight_header
+                .as_ref()
+                .map(|w| w.trim().to_ascii_lowercase())
+                .filter(|w| !w.is_empty()),
         })
     }
 
@@ -377,7 +386,7 @@ mod tests {
             "panic_threshold = 30\npanic_action = \"refuse\"\nslow_start = \"20s\"\n\
              health_plugin = { plugin = \"judge\", settings = { strict = true } }\n\
              [clusters.health_check]\nkind = \"http\"\nmethod = \"HEAD\"\npath = \"/ready?full=1\"\n\
-             host = \"svc.local\"\nexpect = [200, 204]\nbody_contains = \"ok\"\nbody_prefix_bytes = 64\n\
+             host = \"svc.local\"\nweight_header = \"X-Weight\"\nexpect = [200, 204]\nbody_contains = \"ok\"\nbody_prefix_bytes = 64\n\
              interval = \"5s\"\nunhealthy_interval = \"1s\"\njitter = \"0ms\"\ntimeout = \"300ms\"\n\
              rise = 4\nfall = 1\n\
              [clusters.outlier]\nconsecutive_5xx = 0\nconsecutive_gateway_errors = 2\n\
@@ -424,6 +433,7 @@ mod tests {
             )
         );
         assert_eq!(c.body_prefix_bytes, 64);
+        assert_eq!(c.weight_header.as_deref(), Some("x-weight"));
         let o = h.outlier.unwrap();
         assert_eq!((o.consecutive_5xx, o.consecutive_gateway_errors), (0, 2));
         assert_eq!(o.max_ejection_time, Duration::from_secs(60));

@@ -193,7 +193,11 @@ impl ClusterHealth {
         for e in &self.endpoints {
             let s = e.state();
             healthy.push(s.healthy(now));
-            weights.push(s.effective_weight(e.weight, self.config.slow_start, now));
+            weights.push(s.effective_weight(
+                s.agent_weight.unwrap_or(e.weight),
+                self.config.slow_start,
+                now,
+            ));
         }
         let n_healthy = healthy.iter().filter(|h| **h).count();
         let panic = in_panic(n_healthy, healthy.len(), self.config.panic_threshold);
@@ -291,16 +295,31 @@ impl ClusterHealth {
         self.metrics.probe(&self.cluster, &e.address, passed);
         let now = Instant::now();
         let detail = describe(result);
-        let changes = {
+        let announced = match &check.weight_header {
+            Some(name) if passed => announced_weight(result, name),
+            _ => None,
+        };
+        let (changes, reweighted) = {
             let mut s = e.state();
             s.last_probe = Some(LastProbe {
                 passed,
                 detail: detail.clone(),
                 at: now,
             });
-            s.on_probe(passed, force, check.rise, check.fall, now)
+            let reweighted = announced.is_some() && announced != s.agent_weight;
+            if reweighted {
+                tracing::info!(cluster = %self.cluster, endpoint = %e.address, weight = announced, "endpoint announced a new weight");
+                s.agent_weight = announced;
+            }
+            (
+                s.on_probe(passed, force, check.rise, check.fall, now),
+                reweighted,
+            )
         };
         if changes.is_empty() {
+            if reweighted {
+                self.refresh(now);
+            }
             return;
         }
         for c in changes {
@@ -488,9 +507,27 @@ impl ClusterHealth {
                 .map(|t| t.saturating_duration_since(now).as_millis() as u64),
             "consecutive_5xx": s.consecutive_5xx,
             "consecutive_gateway_errors": s.consecutive_gateway,
-            "effective_weight": s.effective_weight(e.weight, self.config.slow_start, now),
+            "agent_weight": s.agent_weight,
+            "effective_weight": s.effective_weight(
+                s.agent_weight.unwrap_or(e.weight),
+                self.config.slow_start,
+                now,
+            ),
         })
     }
+}
+
+/// The weight a probe answer announces in header `name` (lower case): a whole number, clamped to
+/// 1..=10000; anything else is ignored.
+fn announced_weight(result: &crate::plugin::ProbeResult, name: &str) -> Option<u32> {
+    let value = result
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))?
+        .1
+        .trim();
+    let n: u64 = value.trim_end_matches('%').trim().parse().ok()?;
+    Some(n.clamp(1, 10_000) as u32)
 }
 
 /// The running supervisor of a cluster; dropping it (or [`HealthTask::stop`]) stops its probes.

@@ -54,6 +54,8 @@ pub struct EndpointState {
     ejection_end: Option<Instant>,
     /// Since when it has been serving again (for slow start); `None` = from the start, no ramp.
     pub serving_since: Option<Instant>,
+    /// The weight the endpoint announced in its last passing probe (`weight_header`).
+    pub agent_weight: Option<u32>,
 }
 
 impl EndpointState {
@@ -71,6 +73,7 @@ impl EndpointState {
             total_ejections: 0,
             ejection_end: None,
             serving_since: ramp_from,
+            agent_weight: None,
         }
     }
 
