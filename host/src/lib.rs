@@ -2,7 +2,8 @@
 //!
 //! Layout: [`config`] reads and validates the TOML file; [`gateway`] builds it into what serves
 //! requests ([`routes`], [`upstream`] clusters with their balancer plugins); [`proxy`] runs the
-//! phases of one request; [`server`] owns listeners and shutdown; [`reload`] swaps configs;
+//! phases of one request; [`server`] owns listeners and shutdown, with [`tls`] termination and the
+//! [`l4`] (TCP, TLS passthrough) proxy; [`reload`] swaps configs;
 //! [`admin`], [`metrics`] and [`access_log`] report; [`plugin`] is the Wasm plugin runtime.
 
 pub mod access_log;

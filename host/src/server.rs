@@ -2,9 +2,15 @@
 //! passes a shutdown future to [`Server::run`], so tests bind port 0 and run the real server
 //! in-process.
 //!
+//! Each listener serves its protocol: `http` and `https` (TLS terminated with [`crate::tls`], then
+//! the same HTTP/1.1 + HTTP/2 server) go through [`Proxy::handle`]; `tcp` and `tls-passthrough`
+//! are served by [`crate::l4`]. Any listener may first read a PROXY protocol header from a trusted
+//! front load balancer.
+//!
 //! Shutdown: stop accepting, mark the proxy draining (`/ready` answers 503), ask every connection to
 //! finish its in-flight requests (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY),
-//! and wait for them up to the config's drain deadline.
+//! and wait for them up to the config's drain deadline. L4 connections cannot be asked to finish:
+//! they are waited for up to the same deadline.
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, ConfigError, ListenerConfig, Protocol};
