@@ -63,6 +63,9 @@ pub struct ClusterHealth {
     balancers: Vec<BalancerHandle>,
     plugin: Option<HealthHandle>,
     view: Mutex<View>,
+    /// The cluster of the config that replaced this one, which shares its endpoint states:
+    /// requests still finishing here may eject an endpoint, and that one must hear of it.
+    successor: Mutex<Option<std::sync::Weak<ClusterHealth>>>,
     /// Panic mode with `panic_action = "refuse"`: read on every request, so an atomic.
     refusing: AtomicBool,
     wake: Notify,
@@ -138,12 +141,33 @@ impl ClusterHealth {
             balancers,
             plugin,
             view: Mutex::new(View::default()),
+            successor: Mutex::new(None),
             refusing: AtomicBool::new(false),
             wake: Notify::new(),
             metrics,
         });
         health.refresh(now);
+        if let Some(p) = previous {
+            *p.successor.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Arc::downgrade(&health));
+        }
         health
+    }
+
+    /// An endpoint's state changed: push the pool, re-plan the supervisor's wake-up, and tell the
+    /// successor (if a reload replaced this cluster) to do the same.
+    fn changed(&self, now: Instant) {
+        self.refresh(now);
+        self.wake.notify_one();
+        let next = self
+            .successor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade);
+        if let Some(next) = next {
+            next.changed(now);
+        }
     }
 
     /// Whether anything is configured that needs the supervisor task.
@@ -318,15 +342,14 @@ impl ClusterHealth {
         };
         if changes.is_empty() {
             if reweighted {
-                self.refresh(now);
+                self.changed(now);
             }
             return;
         }
         for c in changes {
             self.log_change(id, c, &detail);
         }
-        self.refresh(now);
-        self.wake.notify_one();
+        self.changed(now);
     }
 
     /// Reports the outcome of one real request to endpoint `id`: counts consecutive errors and
@@ -413,8 +436,7 @@ impl ClusterHealth {
             s.eject(&self.outlier, now)
         };
         self.log_change(id, Change::Ejected(time), why);
-        self.refresh(now);
-        self.wake.notify_one();
+        self.changed(now);
     }
 
     /// Compares the endpoints' success rates since the last check and ejects the outliers; the
@@ -641,7 +663,11 @@ mod tests {
     use crate::plugin::{NoFacts, PluginRuntime, RuntimeOptions};
 
     fn cluster(endpoints: &[&str]) -> ClusterConfig {
-        let mut text = "[[clusters]]\nname = \"web\"\nslow_start = \"10s\"\n".to_string();
+        cluster_with(endpoints, "")
+    }
+
+    fn cluster_with(endpoints: &[&str], tables: &str) -> ClusterConfig {
+        let mut text = format!("[[clusters]]\nname = \"web\"\nslow_start = \"10s\"\n{tables}\n");
         for e in endpoints {
             text.push_str(&format!(
                 "[[clusters.endpoints]]\naddress = \"{e}\"\nweight = 10\n"
@@ -691,5 +717,31 @@ mod tests {
             assert_eq!(pushed_weights(&second), [10, want]);
         }
         assert_eq!(second.endpoint_status(1)["effective_weight"], 10);
+    }
+
+    fn pushed_healthy(h: &ClusterHealth) -> Vec<bool> {
+        h.view().pool.iter().map(|e| e.healthy).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_by_a_request_finishing_on_the_old_config_reaches_the_new_one() {
+        let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
+        let metrics = Metrics::new(rt.clone());
+        let lb = || rt.balancer("round-robin", "", Arc::new(NoFacts)).unwrap();
+        let config = cluster_with(
+            &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
+            "[clusters.outlier]\nconsecutive_5xx = 1\nmax_ejection_percent = 100\n",
+        );
+        let old = ClusterHealth::new(&config, vec![lb()], None, None, metrics.health());
+        let new = ClusterHealth::new(&config, vec![lb()], None, Some(&old), metrics.health());
+        assert_eq!(pushed_healthy(&new), [true, true, true]);
+        old.observe(1, Some(500), None, Duration::from_millis(1));
+        assert_eq!(pushed_healthy(&old), [true, false, true]);
+        assert_eq!(
+            pushed_healthy(&new),
+            [true, false, true],
+            "shared state, both pools"
+        );
+        assert!(!new.healthy(1));
     }
 }
