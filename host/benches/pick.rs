@@ -5,7 +5,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluicegate::plugin::{NoFacts, PluginRuntime, PoolEndpoint, RequestHead, RuntimeOptions};
+use sluicegate::plugin::{
+    NoFacts, Outcome, PluginRuntime, PoolEndpoint, RequestHead, RuntimeOptions, build_plugin,
+};
 
 /// ns per call of `f`: the best of many short batches (each ~1 ms), so batches where another process took the
 /// CPU (a busy 2-core machine) do not count.
@@ -108,6 +110,7 @@ fn main() {
         row(&format!("runtime pick, pool {n}"), plugin, native);
         row(&format!("runtime pick, 2 tried, pool {n}"), retry, native);
     }
+    observe_baseline(&rt, budget);
     let status = &rt.plugins()[0];
     println!(
         "round-robin version {}: {} calls, {} faults, mean {:.1} ns in the call (as counted by the runtime)",
@@ -115,5 +118,41 @@ fn main() {
         status.calls,
         status.faults,
         status.call_nanos_total as f64 / status.calls.max(1) as f64
+    );
+}
+
+/// A bare baseline through the same runtime: `health.observe` of the `all-kinds` test plugin takes a flat record
+/// and returns an enum (one entry into wasm, no list to allocate in the guest, no resource), where `pick` needs a
+/// guest `realloc` for the `tried` list and a borrowed `request`. Skipped when no wasm toolchain can build it.
+fn observe_baseline(rt: &PluginRuntime, budget: Duration) {
+    let crate_dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/plugins/all-kinds");
+    let built = build_plugin(&crate_dir, None).and_then(|p| rt.load_file(&p));
+    if let Err(e) = built {
+        println!("(observe baseline skipped: {e})");
+        return;
+    }
+    let name = crate_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let stem = rt
+        .plugins()
+        .into_iter()
+        .find(|p| p.name != "round-robin" && p.name.contains(name));
+    let Some(status) = stem else { return };
+    let h = rt.health(&status.name, "").expect("health");
+    let outcome = Outcome {
+        endpoint: 1,
+        status: Some(200),
+        failure: None,
+        duration_micros: 100,
+    };
+    let ns = measure(budget, || {
+        black_box(h.observe(black_box(&outcome)).expect("observe"));
+    });
+    println!(
+        "{:<40} {ns:>9.1}   (one wasm entry + one host import)",
+        "runtime health.observe (baseline)"
     );
 }
