@@ -300,6 +300,35 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
+    /// L4 listeners copy bytes as they are: a cluster with `[clusters.tls]` (which HTTP requests
+    /// use) would silently get clear text from them, so that is refused.
+    pub(super) fn check_l4_clusters(
+        &self,
+        listeners: &[ListenerConfig],
+        raw: &[super::raw::RawListener],
+        clusters: &[super::ClusterConfig],
+    ) -> Result<(), ConfigError> {
+        for (l, raw_l) in listeners.iter().zip(raw) {
+            let used = l
+                .cluster
+                .iter()
+                .chain(l.sni_routes.iter().map(|r| &r.cluster));
+            for name in used {
+                if clusters.iter().any(|c| &c.name == name && c.tls.is_some()) {
+                    return Err(self.err_at(
+                        &raw_l.address,
+                        format!(
+                            "cluster `{name}` has [clusters.tls], which a `{}` listener does not \
+                             do (it copies bytes as they are): use a cluster without it",
+                            l.protocol.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `redirect_to_https` and `https_port` (default 443), on `http` listeners only.
     pub(super) fn redirect_https(
         &self,
@@ -511,6 +540,16 @@ mod config_tests {
             &with("a.pem", "a", 3)
         ));
         assert!(!crate::config::listeners_restart_equal(&base, &base[..1]));
+    }
+
+    #[test]
+    fn l4_listeners_refuse_clusters_with_upstream_tls() {
+        let (line, m) = message(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\nprotocol = \"tcp\"\ncluster = \"a\"\n\
+             [[clusters]]\nname = \"a\"\n[clusters.tls]\nserver_name = \"a.internal\"\n",
+        );
+        assert_eq!(line, 2);
+        assert!(m.contains("cluster `a` has [clusters.tls]"), "{m}");
     }
 
     #[test]

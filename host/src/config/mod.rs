@@ -465,6 +465,7 @@ impl Checker<'_> {
                 raw_l.https_port.as_ref(),
             )?;
         }
+        self.check_l4_clusters(&listeners, &raw.listeners, &clusters)?;
 
         let routing = match (&raw.router, raw.routes.is_empty()) {
             (Some(RawPluginUse { plugin, .. }), false) => {
