@@ -423,10 +423,15 @@ if [[ $MODE == profile ]]; then
         /task-clock/ {gsub(/,/, "", $1); printf "  %-18s %12.2f us per request\n", "task-clock", $1 * 1000 / r}' "$out/stat.txt"
     # --no-inline: resolving inlined frames is minutes of addr2line; the symbols are enough here.
     tidy() { grep -v -e '^#' -e '^$' "$1" | sed 's/ *-  *- *$//; s/ *$//' | cut -c1-180 | head -"$2" || true; }
-    perf report -i "$out/perf.data" --no-inline --no-children --sort symbol --stdio -g none --percent-limit 0.7 >"$out/self.txt" 2>/dev/null || true
+    perf report -i "$out/perf.data" --no-inline --no-children --sort symbol --stdio -g none --percent-limit 0.25 >"$out/self.txt" 2>/dev/null || true
     perf report -i "$out/perf.data" --no-inline --children --sort symbol --stdio -g none --percent-limit 2 >"$out/children.txt" 2>/dev/null || true
+    perf report -i "$out/perf.data" --no-inline --no-children --sort dso --stdio -g none >"$out/dso.txt" 2>/dev/null || true
+    echo "== where the samples are, by binary ([kernel.kallsyms] is syscalls, loopback TCP and scheduling)"
+    tidy "$out/dso.txt" 8
     echo "== top functions, self time (% of the proxy's samples)"
-    tidy "$out/self.txt" 40
+    tidy "$out/self.txt" 20
+    echo "== top user-space functions, self time"
+    grep -F '[.]' "$out/self.txt" | sed 's/ *-  *- *$//; s/ *$//' | cut -c1-180 | head -25 || true
     echo "== top functions, inclusive (children)"
     tidy "$out/children.txt" 90
     log "syscalls per request (strace -c, ${PROFILE_SECONDS}s; strace slows the proxy, the counts per request still hold)"
