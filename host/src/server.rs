@@ -317,6 +317,7 @@ async fn accept_loop(
         let handshake_timeout = config.header_read_timeout;
         let redirect_https = config.redirect_https;
         let proxy_from = config.proxy_protocol_from.clone();
+        let listener_addr = config.address;
         let tls = tls.clone();
         tokio::spawn(async move {
             let mut stream = stream;
@@ -366,10 +367,18 @@ async fn accept_loop(
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            proxy
+                                .metrics
+                                .l4
+                                .tls_handshake_failed(listener_addr, "error");
                             Ok(())
                         }
                         Err(_) => {
                             tracing::debug!(%peer, "TLS handshake timed out");
+                            proxy
+                                .metrics
+                                .l4
+                                .tls_handshake_failed(listener_addr, "timeout");
                             Ok(())
                         }
                     }

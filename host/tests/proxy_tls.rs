@@ -73,6 +73,17 @@ async fn https_speaks_h2_and_http1_by_alpn_and_forwards_proto_https() {
         plain.is_err(),
         "plain HTTP must not be served on an https listener"
     );
+    let (_, text) = common::get(&client, &proxy.admin_url("/metrics")).await;
+    let failures: f64 = common::parse_prometheus(&text)
+        .unwrap()
+        .iter()
+        .filter(|s| s.name == "sluicegate_tls_handshake_failures_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        failures, 1.0,
+        "the plain request counts as a failed handshake"
+    );
     proxy.stop().await;
 }
 

@@ -56,13 +56,15 @@ struct RefusedLabels {
     reason: &'static str,
 }
 
-/// L4 figures. Label lookups happen once per connection, never per byte.
+/// L4 figures (and TLS handshake failures of https listeners). Label lookups happen once per
+/// connection, never per byte.
 #[derive(Clone, Debug, Default)]
 pub struct L4Metrics {
     connections: Family<EndpointLabels, Counter>,
     connect_failures: Family<EndpointLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
+    tls_handshake_failures: Family<RefusedLabels, Counter>,
 }
 
 impl L4Metrics {
@@ -88,6 +90,21 @@ impl L4Metrics {
             "L4 connections closed before reaching an endpoint, by listener and reason",
             self.refused.clone(),
         );
+        registry.register(
+            "sluicegate_tls_handshake_failures",
+            "TLS handshakes that failed on https listeners, by listener and reason (error, timeout)",
+            self.tls_handshake_failures.clone(),
+        );
+    }
+
+    /// Counts a failed TLS handshake on an `https` listener.
+    pub fn tls_handshake_failed(&self, listener: SocketAddr, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_string(),
+                reason,
+            })
+            .inc();
     }
 
     fn labels(cluster: &str, endpoint: &str) -> EndpointLabels {
