@@ -226,6 +226,7 @@ async fn a_dead_backend_is_skipped_by_connect_retries() {
         .find(|e| e["attempts"] == 2)
         .expect("a connection that was retried");
     assert_eq!(retried["tried"][0], dead.to_string());
+    assert!(retried["reason"].is_null(), "{retried}");
     proxy.stop().await;
 }
 

@@ -337,6 +337,8 @@ async fn serve(
     };
     report.endpoint = Some(endpoint);
     report.connect = Some(connect);
+    // Failed attempts before this one show in `tried`; the reason is for how the connection ends.
+    report.reason = None;
     if let Some(version) = cluster.config.proxy_protocol {
         // The address the client connected to is the header's destination.
         let local = client.local_addr().unwrap_or(listener.address);
