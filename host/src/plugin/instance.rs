@@ -456,7 +456,7 @@ impl HandleCore {
         self: &Arc<Self>,
         f: impl FnOnce(&mut Live) -> Result<R, CallError>,
     ) -> Result<R, PluginError> {
-        LIVE.with(|cell| {
+        let outcome = LIVE.try_with(|cell| {
             let Ok(mut map) = cell.try_borrow_mut() else {
                 return Err(PluginError::Reentrant {
                     name: self.name.to_string(),
@@ -531,6 +531,12 @@ impl HandleCore {
                     Err(self.fault(&generation, e, true))
                 }
             }
+        });
+        // Only during thread teardown (a call from another thread-local's destructor) is the map gone.
+        outcome.unwrap_or_else(|_| {
+            Err(PluginError::Runtime {
+                reason: format!("plugin `{}` called while its thread shuts down", self.name),
+            })
         })
     }
 
