@@ -6,11 +6,15 @@ use std::path::PathBuf;
 /// Everything that can go wrong loading, validating, building or calling a plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    /// No plugin of that name is loaded.
-    #[error("plugin `{name}` is not loaded")]
+    /// No plugin of that name is loaded or embedded.
+    #[error(
+        "plugin `{name}` is not loaded (no such file in the plugin directory; embedded: {embedded})"
+    )]
     NotFound {
         /// The name asked for.
         name: String,
+        /// The embedded defaults, comma-separated, to help spot a typo.
+        embedded: String,
     },
     /// A file could not be read or written.
     #[error("{context} `{}`: {source}", path.display())]

@@ -13,6 +13,7 @@ use wasmtime::Engine;
 use wasmtime::component::{HasSelf, InstancePre, Linker};
 
 use super::bindings::{HostView, balance, filter, health, route};
+use super::embedded;
 use super::engine;
 use super::instance::{self, HandleCore};
 use super::store::{Counters, StoreData};
@@ -298,9 +299,17 @@ impl RuntimeInner {
         settings: &str,
         facts: Arc<dyn EndpointFacts>,
     ) -> Result<Arc<HandleCore>, PluginError> {
+        // An embedded default is compiled the first time a use names it (unless a file of the
+        // same name was loaded first: a user's plugin may replace a default).
+        if self.slot(plugin).is_none()
+            && let Some(bytes) = embedded::lookup(plugin)
+        {
+            self.load_bytes(plugin, bytes, "embedded")?;
+        }
         let _serial = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
         let slot = self.slot(plugin).ok_or_else(|| PluginError::NotFound {
             name: plugin.to_owned(),
+            embedded: embedded::names().collect::<Vec<_>>().join(", "),
         })?;
         let generation = slot.current.load_full();
         let core = Arc::new(HandleCore::new(
