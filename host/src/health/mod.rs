@@ -201,11 +201,14 @@ impl ClusterHealth {
         self.view.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether endpoint `id` gets traffic on its own merits (ignoring panic mode).
+    /// Whether endpoint `id` gets traffic on its own merits (ignoring panic mode), as last pushed
+    /// to the balancers: an ejection whose time is up counts once the supervisor has returned it.
     pub fn healthy(&self, id: EndpointId) -> bool {
-        self.endpoints
+        self.view()
+            .healthy
             .get(id as usize)
-            .is_none_or(|e| e.state().healthy(Instant::now()))
+            .copied()
+            .unwrap_or(true)
     }
 
     /// Recomputes the pool (health, panic mode, slow-start weights) and pushes it to the balancers
@@ -505,6 +508,8 @@ impl ClusterHealth {
         let Some(e) = self.endpoints.get(id as usize) else {
             return serde_json::Value::Null;
         };
+        // Before the state lock: `refresh` takes the view, then states.
+        let healthy = self.healthy(id);
         let now = Instant::now();
         let s = e.state();
         let active = match (&self.config.check, s.active_up) {
@@ -513,7 +518,7 @@ impl ClusterHealth {
             (Some(_), false) => "down",
         };
         json!({
-            "healthy": s.healthy(now),
+            "healthy": healthy,
             "active": active,
             "consecutive_passes": s.passes,
             "consecutive_failures": s.failures,
