@@ -588,3 +588,23 @@ async fn connect_failures_eject_an_endpoint_through_outlier_detection() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_listener_speaks_tls_to_a_cluster_with_upstream_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let leaf = ca.leaf(dir.path(), "db", &["db.internal"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let backend = TlsBackend::start("tls-db", &leaf).await;
+    let config = l4_config(TCP_LISTENER, &[("echo", &[backend.addr])], false)
+        + &format!(
+            "[clusters.tls]\nca_file = \"{}\"\nserver_name = \"db.internal\"\n",
+            ca_file.display()
+        );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    // Clear text in, TLS out: the backend terminates the proxy's TLS and answers the line.
+    let (_, out) = send_all(proxy.addr, b"hello\n").await;
+    assert_eq!(out, "tls-db: hello\n");
+    proxy.stop().await;
+}

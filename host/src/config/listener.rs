@@ -300,8 +300,8 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
-    /// L4 listeners copy bytes as they are: a cluster with `[clusters.tls]` (which HTTP requests
-    /// use) would silently get clear text from them, so that is refused.
+    /// TLS passthrough forwards the client's own TLS: a cluster with `[clusters.tls]` would get
+    /// it wrapped in TLS again, so that is refused (tcp listeners do TLS to such clusters).
     pub(super) fn check_l4_clusters(
         &self,
         listeners: &[ListenerConfig],
@@ -309,6 +309,9 @@ impl Checker<'_> {
         clusters: &[super::ClusterConfig],
     ) -> Result<(), ConfigError> {
         for (l, raw_l) in listeners.iter().zip(raw) {
+            if l.protocol != Protocol::TlsPassthrough {
+                continue;
+            }
             let used = l
                 .cluster
                 .iter()
@@ -318,9 +321,8 @@ impl Checker<'_> {
                     return Err(self.err_at(
                         &raw_l.address,
                         format!(
-                            "cluster `{name}` has [clusters.tls], which a `{}` listener does not \
-                             do (it copies bytes as they are): use a cluster without it",
-                            l.protocol.name()
+                            "cluster `{name}` has [clusters.tls]: a tls-passthrough listener \
+                             forwards the client's own TLS, use a cluster without it"
                         ),
                     ));
                 }
@@ -545,7 +547,7 @@ mod config_tests {
     #[test]
     fn l4_listeners_refuse_clusters_with_upstream_tls() {
         let (line, m) = message(
-            "[[listeners]]\naddress = \"127.0.0.1:1\"\nprotocol = \"tcp\"\ncluster = \"a\"\n\
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\nprotocol = \"tls-passthrough\"\ncluster = \"a\"\n\
              [[clusters]]\nname = \"a\"\n[clusters.tls]\nserver_name = \"a.internal\"\n",
         );
         assert_eq!(line, 2);

@@ -25,8 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -360,15 +359,35 @@ async fn serve(
         .get_or_create(&L4Metrics::labels(&cluster.config.name, address))
         .inc();
     let counts = Counts::default();
-    let result = splice(
-        client,
-        upstream,
-        &initial,
-        listener.idle_timeout,
-        &counts,
-        [&up, &down],
-    )
-    .await;
+    let idle = listener.idle_timeout;
+    let counters = [&up, &down];
+    let result = match (&cluster.tls_client, &cluster.config.tls) {
+        // `[clusters.tls]` on a tcp listener: TLS to the endpoint (after any PROXY header).
+        (Some(config), Some(tls)) => {
+            let Some(name) = crate::upstream::tls::server_name(tls, address) else {
+                report.reason = Some(format!("no TLS server name for {address}"));
+                return;
+            };
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            match tokio::time::timeout(
+                cluster.config.connect_timeout,
+                connector.connect(name, upstream),
+            )
+            .await
+            {
+                Ok(Ok(tls)) => splice(client, tls, &initial, idle, &counts, counters).await,
+                Ok(Err(e)) => {
+                    report.reason = Some(format!("TLS to {address} failed: {e}"));
+                    return;
+                }
+                Err(_) => {
+                    report.reason = Some(format!("TLS to {address} timed out"));
+                    return;
+                }
+            }
+        }
+        _ => splice(client, upstream, &initial, idle, &counts, counters).await,
+    };
     report.from_client = counts.from_client.load(Ordering::Relaxed);
     report.to_client = counts.to_client.load(Ordering::Relaxed);
     if let Err(e) = result {
@@ -539,9 +558,9 @@ struct Counts {
 /// `idle`. `initial` (bytes already read from the client) goes to the upstream first. When one
 /// side ends its sending, the other side's write half is shut down (half-close) and the other
 /// direction goes on.
-async fn splice(
+async fn splice<U: AsyncRead + AsyncWrite>(
     client: TcpStream,
-    upstream: TcpStream,
+    upstream: U,
     initial: &[u8],
     idle: Duration,
     counts: &Counts,
@@ -550,7 +569,7 @@ async fn splice(
     let origin = Instant::now();
     let activity = AtomicU64::new(0);
     let (cr, cw) = client.into_split();
-    let (ur, mut uw) = upstream.into_split();
+    let (ur, mut uw) = tokio::io::split(upstream);
     let copy = async {
         if !initial.is_empty() {
             uw.write_all(initial).await?;
@@ -575,8 +594,8 @@ async fn splice(
 
 /// One direction of [`splice`].
 async fn pipe(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
     count: &AtomicU64,
     counter: &Counter,
     activity: &AtomicU64,

@@ -54,6 +54,8 @@ pub struct Cluster {
     pub client: Client<tls::UpstreamConnector, AttemptBody>,
     /// The cluster's counters, made once.
     pub metrics: crate::metrics::ClusterMetrics,
+    /// The TLS client config of `[clusters.tls]`, for L4 connections (HTTP uses `client`).
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
     /// Endpoint health (active and passive checks); it keeps the balancers' pool up to date.
     pub health: Arc<ClusterHealth>,
     /// Runs the health checks while the cluster serves.
@@ -146,13 +148,22 @@ impl Cluster {
         connector.set_nodelay(true);
         // The TLS wrapper below decides per URI scheme (https for `[clusters.tls]`).
         connector.enforce_http(false);
-        let connector =
-            tls::connector(&config.name, connector, config.tls.as_ref()).map_err(|message| {
-                ConfigError::Other {
-                    file: file.to_string(),
-                    message,
-                }
-            })?;
+        let tls_error = |message| ConfigError::Other {
+            file: file.to_string(),
+            message,
+        };
+        let tls_client = match &config.tls {
+            Some(t) => Some(Arc::new(
+                tls::client_config(&config.name, t).map_err(tls_error)?,
+            )),
+            None => None,
+        };
+        let connector = tls::connector(
+            &config.name,
+            connector,
+            config.tls.as_ref().zip(tls_client.as_deref().cloned()),
+        )
+        .map_err(tls_error)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.idle_timeout)
@@ -168,6 +179,7 @@ impl Cluster {
             fallback,
             facts,
             client,
+            tls_client,
             health,
             health_task,
         })

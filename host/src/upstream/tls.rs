@@ -36,6 +36,21 @@ fn certs(cluster: &str, what: &str, path: &Path) -> Result<Vec<CertificateDer<'s
     Ok(certs)
 }
 
+/// The server name to verify for `endpoint` (`host:port`): the configured `server_name`, else
+/// the endpoint's host.
+pub fn server_name(tls: &UpstreamTlsConfig, endpoint: &str) -> Option<ServerName<'static>> {
+    let host = match &tls.server_name {
+        Some(n) => n.as_str(),
+        None => {
+            let host = crate::headers::strip_port(endpoint);
+            host.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host)
+        }
+    };
+    ServerName::try_from(host.to_string()).ok()
+}
+
 /// The rustls client config for `tls`: trusted CAs (the file, or the system roots), and the
 /// client certificate if any. TLS 1.2 and 1.3; the connector sets ALPN (`http/1.1`).
 pub fn client_config(
@@ -93,13 +108,14 @@ pub fn client_config(
 }
 
 /// Wraps `http` (which must not enforce the `http` scheme) in a connector that does TLS for
-/// `https` URIs as `tls` says. Without `tls` the cluster is clear text: the TLS side is never used.
+/// `https` URIs as `tls` says, with `config` (made by [`client_config`]). Without `tls` the cluster
+/// is clear text: the TLS side is never used.
 pub fn connector(
     cluster: &str,
     http: HttpConnector,
-    tls: Option<&UpstreamTlsConfig>,
+    tls: Option<(&UpstreamTlsConfig, rustls::ClientConfig)>,
 ) -> Result<UpstreamConnector, String> {
-    let Some(tls) = tls else {
+    let Some((tls, config)) = tls else {
         let unused = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -113,7 +129,6 @@ pub fn connector(
             .enable_http1()
             .wrap_connector(http));
     };
-    let config = client_config(cluster, tls)?;
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http();
