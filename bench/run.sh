@@ -424,7 +424,7 @@ if [[ $MODE == profile ]]; then
     # --no-inline: resolving inlined frames is minutes of addr2line; the symbols are enough here.
     tidy() { grep -v -e '^#' -e '^$' "$1" | sed 's/ *-  *- *$//; s/ *$//' | cut -c1-180 | head -"$2" || true; }
     perf report -i "$out/perf.data" --no-inline --no-children --sort symbol --stdio -g none --percent-limit 0.25 >"$out/self.txt" 2>/dev/null || true
-    perf report -i "$out/perf.data" --no-inline --children --sort symbol --stdio -g none --percent-limit 2 >"$out/children.txt" 2>/dev/null || true
+    perf report -i "$out/perf.data" --no-inline --children --sort symbol --stdio -g none --percent-limit 0.4 >"$out/children.txt" 2>/dev/null || true
     perf report -i "$out/perf.data" --no-inline --no-children --sort dso --stdio -g none >"$out/dso.txt" 2>/dev/null || true
     echo "== where the samples are, by binary ([kernel.kallsyms] is syscalls, loopback TCP and scheduling)"
     tidy "$out/dso.txt" 8
@@ -433,7 +433,10 @@ if [[ $MODE == profile ]]; then
     echo "== top user-space functions, self time"
     grep -F '[.]' "$out/self.txt" | sed 's/ *-  *- *$//; s/ *$//' | cut -c1-180 | head -25 || true
     echo "== top functions, inclusive (children)"
-    tidy "$out/children.txt" 90
+    tidy "$out/children.txt" 70
+    echo "== the proxy's own steps and the libraries' per-request work, inclusive"
+    grep -E 'sluicegate::|hyper_util::client::legacy::(client::Client|pool)|wasmtime::runtime::component::func::Func::call|malloc|free|memmove|memcpy|HeaderMap.*clone|time::(sleep|timeout)|TimerEntry|Instant::now|clock_gettime' "$out/children.txt" |
+        sed 's/ *-  *- *$//; s/ *$//' | cut -c1-180 | head -45 || true
     log "syscalls per request (strace -c, ${PROFILE_SECONDS}s; strace slows the proxy, the counts per request still hold)"
     strace -c -f -p "$SG_PID" -o "$out/strace.txt" &
     STRACE_PID=$!
