@@ -134,9 +134,16 @@ impl<T: Balancer + 'static> wit_balance::Guest for BalancerExport<T> {
     }
 
     fn pick(request: &types::Request, context: wit_balance::PickContext) -> Option<u32> {
+        // The tried list crosses only on retries: reading it costs a second entry into
+        // this module (its allocator), which a first attempt should not pay.
+        let tried = if context.tried_count == 0 {
+            Vec::new()
+        } else {
+            request.tried_endpoints()
+        };
         let ctx = crate::PickContext {
             attempt: context.attempt,
-            tried: context.tried,
+            tried,
         };
         let req = crate::Request::from_host(request);
         with_instance(&BALANCER, |b: &mut T| b.pick(&req, &ctx)).flatten()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use wasmtime::component::Resource;
 
-use super::bindings::RequestRef;
+use super::bindings::{RequestRef, balance};
 use super::instance::{CallError, Exports, HandleCore, Live};
 use super::{
     EndpointId, HeaderOp, Outcome, PluginError, PoolEndpoint, ProbeResult, RequestAction,
@@ -79,15 +79,22 @@ impl BalancerHandle {
         tried: &[EndpointId],
     ) -> Result<Option<EndpointId>, PluginError> {
         self.core.call(|live| {
-            live.pick_context.attempt = attempt;
-            live.pick_context.tried.clear();
-            live.pick_context.tried.extend_from_slice(tried);
+            // The tried list stays in the store, read by the plugin only on retries
+            // (`request.tried-endpoints`); the first attempt crosses numbers only.
+            let tried_count = u32::try_from(tried.len()).unwrap_or(u32::MAX);
+            live.inst.store.data_mut().set_tried(tried);
+            let context = balance::PickContext {
+                attempt,
+                tried_count,
+            };
             let picked = with_request(live, req, |live, r| {
                 let Exports::Balance(g) = &live.inst.exports else {
                     wasmtime::bail!("internal: instance made for another interface");
                 };
-                g.call_pick(&mut live.inst.store, r, &live.pick_context)
-            })?;
+                g.call_pick(&mut live.inst.store, r, context)
+            });
+            live.inst.store.data_mut().set_tried(&[]);
+            let picked = picked?;
             match picked {
                 Some(id) if !live.in_pool(id) => Err(CallError::Invalid(format!(
                     "picked endpoint {id}, which is not in its pool of {} endpoints",

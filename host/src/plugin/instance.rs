@@ -104,8 +104,6 @@ pub(crate) struct Live {
     pub(crate) inst: Instance,
     /// The pool this instance was last told about.
     pool: Arc<Pool>,
-    /// Reused for every pick so a call does not allocate for `tried`.
-    pub(crate) pick_context: balance::PickContext,
     /// Calls made on this instance, to pick the ones that are timed.
     calls_here: u32,
 }
@@ -415,10 +413,6 @@ impl HandleCore {
             owner: Arc::downgrade(self),
             inst,
             pool: Arc::new(Pool::empty()),
-            pick_context: balance::PickContext {
-                attempt: 0,
-                tried: Vec::new(),
-            },
             calls_here: 0,
         };
         if self.kind == Kind::Balancer {

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use wasmtime::component::{Resource, ResourceTable};
 
-use super::EndpointFacts;
 use super::bindings::{RequestRef, ResponseRef, host, types};
+use super::{EndpointFacts, EndpointId};
 
 /// Longest plugin log message kept, in bytes.
 const MAX_LOG_LINE: usize = 4096;
@@ -97,6 +97,8 @@ pub(crate) struct StoreData {
     rng: u64,
     counters: Arc<Counters>,
     counter_cells: HashMap<String, Arc<AtomicU64>>,
+    /// Endpoints already tried by the request being picked for (empty outside `pick`).
+    tried: Vec<EndpointId>,
 }
 
 /// Everything needed to make a store for one instance.
@@ -121,7 +123,14 @@ impl StoreData {
             rng: seed(),
             counters: p.counters,
             counter_cells: HashMap::new(),
+            tried: Vec::new(),
         }
+    }
+
+    /// Sets what `request.tried-endpoints` answers (reusing the buffer: no allocation per pick).
+    pub(crate) fn set_tried(&mut self, tried: &[EndpointId]) {
+        self.tried.clear();
+        self.tried.extend_from_slice(tried);
     }
 }
 
@@ -283,6 +292,11 @@ impl types::HostRequest for StoreData {
         self.request(&r)
             .map(|h| h.request_id.clone())
             .unwrap_or_default()
+    }
+
+    fn tried_endpoints(&mut self, r: Resource<RequestRef>) -> Vec<EndpointId> {
+        let _ = r;
+        self.tried.clone()
     }
 
     fn drop(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<()> {
