@@ -17,6 +17,9 @@ use std::time::Duration;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// A routing case: path, request headers, the backend that must answer.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
 async fn backends(n: usize) -> Vec<Backend> {
     let mut v = Vec::new();
     for i in 1..=n {
@@ -341,7 +344,7 @@ respond = { status = 200, body = "ok\n", headers = { "cache-control" = "no-store
     let client = http1_client();
     let to = |path: &str| proxy.url(path);
 
-    let cases: [(&str, &[(&str, &str)], &str); 6] = [
+    let cases: [Case; 6] = [
         ("/", &[("host", "api.example.com")], "api"),
         ("/", &[("host", "API.example.com:8080")], "api"),
         ("/v2/items", &[], "api"),
