@@ -22,4 +22,4 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::sluicegate::plugin::{balance, filter, health, route};
-pub use sluicegate::plugin::{host, types};
+pub use self::sluicegate::plugin::{host, types};
