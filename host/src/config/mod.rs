@@ -421,10 +421,10 @@ impl Checker<'_> {
         let plugins = PluginsConfig {
             dir: raw.plugins.dir.as_deref().map(resolve),
             cache_dir: raw.plugins.cache_dir.as_deref().map(resolve),
-            call_deadline: raw
-                .plugins
-                .call_deadline
-                .map_or(Duration::from_millis(10), |d| d.0),
+            call_deadline: raw.plugins.call_deadline.map_or(
+                crate::plugin::RuntimeOptions::default().call_deadline,
+                |d| d.0,
+            ),
             memory_limit_mb: raw.plugins.memory_limit_mb.unwrap_or(64),
         };
 

@@ -21,5 +21,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::sluicegate::plugin::{balance, filter, health, route};
 pub use self::sluicegate::plugin::{host, types};
+pub use exports::sluicegate::plugin::{balance, filter, health, route};
