@@ -3,6 +3,7 @@
 //! every wait is bounded; the state machine itself is unit-tested in `health::state`.
 
 mod common;
+mod tls_support;
 
 use bytes::Bytes;
 use common::{Proxy, eventually, get, http1_client, parse_prometheus};
@@ -207,7 +208,13 @@ async fn a_failing_health_check_takes_the_endpoint_out_after_fall_probes_and_ris
         "both endpoints are probed"
     );
     send_n(&proxy, 10).await;
-    assert_eq!((a.served(), b.served()), (5, 5));
+    // Round-robin state is per plugin instance, so the spread is even but not exact.
+    assert!(
+        a.served() >= 3 && b.served() >= 3,
+        "{} {}",
+        a.served(),
+        b.served()
+    );
 
     b.set_health(503);
     let t0 = Instant::now();
@@ -255,7 +262,7 @@ async fn a_failing_health_check_takes_the_endpoint_out_after_fall_probes_and_ris
     );
     let before = b.served();
     send_n(&proxy, 10).await;
-    assert_eq!(b.served() - before, 5, "back in rotation");
+    assert!(b.served() - before >= 3, "back in rotation");
 
     let b_label = b.addr.to_string();
     let transitions = |event| {
@@ -321,9 +328,14 @@ async fn consecutive_5xx_eject_an_endpoint_for_the_ejection_time_which_doubles_n
     let proxy = Proxy::start(&config(&[&a, &b], "", outlier, ""), dir.path()).await;
     b.set_traffic(500);
 
-    // Round-robin alternates: b's third 500 comes with the sixth request.
-    let seen = send_n(&proxy, 6).await;
-    assert_eq!(seen, HashMap::from([(200, 3), (500, 3)]));
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            send_n(&proxy, 1).await;
+            endpoint(&proxy, b.addr).await["health"]["ejected"] == true
+        })
+        .await
+    );
+    assert_eq!(b.served(), 3, "ejected at its third 500 in a row");
     let e = endpoint(&proxy, b.addr).await;
     assert_eq!(e["healthy"], false, "{e}");
     assert_eq!(e["health"]["ejected"], true);
@@ -432,7 +444,10 @@ async fn panic_mode_spreads_traffic_over_all_endpoints_when_most_are_down_and_en
         b.served() - before[1],
         c.served() - before[2],
     ];
-    assert_eq!(got, [10, 10, 10], "panic mode spreads over all");
+    assert!(
+        got.iter().all(|n| *n >= 7),
+        "panic mode spreads over all: {got:?}"
+    );
     assert_eq!(
         metric(&proxy, "sluicegate_cluster_panic", &[("cluster", "web")]).await,
         1.0
@@ -554,9 +569,17 @@ async fn a_health_plugin_verdict_overrides_the_host_rule_and_a_trap_falls_back_t
     assert!(faults >= 2, "each trap is a fault: {faults}");
 
     // Passive: the plugin ejects on 418 though no outlier detection is configured.
+    // (a's /health fails too, or its next passing probe would end the ejection at once.)
     b.set_header(None);
+    a.set_health(503);
     a.set_traffic(418);
-    send_n(&proxy, 2).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            send_n(&proxy, 1).await;
+            endpoint(&proxy, a.addr).await["health"]["ejected"] == true
+        })
+        .await
+    );
     let e = endpoint(&proxy, a.addr).await;
     assert_eq!(e["health"]["ejected"], true, "{e}");
     let before = a.served();
@@ -758,12 +781,56 @@ async fn weights_announced_in_a_probe_header_change_the_traffic_split() {
     );
     let before = (a.served(), b.served());
     send_n(&proxy, 40).await;
-    assert_eq!((a.served() - before.0, b.served() - before.1), (30, 10));
+    let (ga, gb) = (a.served() - before.0, b.served() - before.1);
+    assert!(
+        (27..=33).contains(&ga) && ga + gb == 40,
+        "3:1 split: {ga} {gb}"
+    );
 
     b.set_weight("3");
     assert!(eventually(Duration::from_secs(5), async || announced(&b, 3).await).await);
     let before = (a.served(), b.served());
     send_n(&proxy, 40).await;
-    assert_eq!((a.served() - before.0, b.served() - before.1), (20, 20));
+    let (ga, gb) = (a.served() - before.0, b.served() - before.1);
+    assert!(
+        (17..=23).contains(&ga) && ga + gb == 40,
+        "even split: {ga} {gb}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn probes_of_a_tls_cluster_speak_tls_and_verify_the_certificate() {
+    use tls_support::{HttpsBackend, TestCa};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let good = ca.leaf(dir.path(), "good", &["backend.test"]);
+    let wrong_name = ca.leaf(dir.path(), "wrong", &["other.test"]);
+    let a = HttpsBackend::start("a", &good, None).await;
+    let b = HttpsBackend::start("b", &wrong_name, None).await;
+    let text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[[routes]]\ncluster = \"web\"\n[[clusters]]\nname = \"web\"\n[clusters.tls]\nca_file = \"ca.pem\"\nserver_name = \"backend.test\"\n[clusters.health_check]\ninterval = \"100ms\"\nfall = 1\nbody_contains = \"sni=backend.test\"\n[[clusters.endpoints]]\naddress = \"{}\"\n[[clusters.endpoints]]\naddress = \"{}\"\n",
+        a.addr, b.addr
+    );
+    let proxy = Proxy::start(&text, dir.path()).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
+            .await)
+        .await
+    );
+    assert_eq!(
+        endpoint(&proxy, b.addr).await["health"]["last_probe"]["result"],
+        "protocol error",
+        "a certificate for another name fails the handshake"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            endpoint(&proxy, a.addr).await["health"]["last_probe"]["passed"] == true
+        })
+        .await,
+        "the probe reached a over TLS with the configured SNI"
+    );
+    assert!(healthy(&proxy, a.addr).await);
     proxy.stop().await;
 }

@@ -10,7 +10,7 @@
 mod probe;
 mod state;
 
-pub use probe::{describe, passes, probe};
+pub use probe::{ProbeTls, describe, passes, probe};
 pub use state::{Change, EndpointState, LastProbe, in_panic, may_eject, success_rate_outliers};
 
 use crate::config::{ClusterConfig, HealthConfig, OutlierConfig, PanicAction};
@@ -62,6 +62,8 @@ pub struct ClusterHealth {
     endpoints: Vec<EndpointHealth>,
     balancers: Vec<BalancerHandle>,
     plugin: Option<HealthHandle>,
+    /// TLS for probes, when the cluster's endpoints speak TLS.
+    tls: Option<ProbeTls>,
     view: Mutex<View>,
     /// The cluster of the config that replaced this one, which shares its endpoint states:
     /// requests still finishing here may eject an endpoint, and that one must hear of it.
@@ -129,7 +131,21 @@ impl ClusterHealth {
                 }
             })
             .collect();
+        let tls = match (&config.tls, &config.health.check) {
+            (Some(t), Some(_)) => match crate::upstream::tls::client_config(&config.name, t) {
+                Ok(c) => Some(ProbeTls {
+                    config: Arc::new(c),
+                    server_name: t.server_name.clone(),
+                }),
+                Err(e) => {
+                    tracing::warn!(cluster = %config.name, error = %e, "health probes cannot use TLS: they will fail");
+                    None
+                }
+            },
+            _ => None,
+        };
         let health = Arc::new(ClusterHealth {
+            tls,
             cluster: config.name.clone(),
             outlier: config
                 .health
@@ -647,6 +663,7 @@ async fn probe_loop(health: Arc<ClusterHealth>, id: EndpointId, first: Duration)
             &address,
             check.timeout,
             check.body_prefix_bytes,
+            health.tls.as_ref(),
         )
         .await;
         health.record_probe(&result);

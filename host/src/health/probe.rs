@@ -1,6 +1,7 @@
 //! One active probe: a TCP connect, or an HTTP/1.1 request on a fresh connection of its own (never
 //! the client traffic pool, so a probe neither waits for nor disturbs real requests). The body is
-//! read only up to a bounded prefix.
+//! read only up to a bounded prefix. For a cluster with `[clusters.tls]` the probe speaks TLS with
+//! the cluster's settings (so a TCP check is a TLS handshake check).
 
 use crate::config::ProbeKind;
 use crate::plugin::{EndpointId, Failure, ProbeResult};
@@ -8,9 +9,20 @@ use bytes::Bytes;
 use http::header::{CONNECTION, HOST, USER_AGENT};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+/// TLS for the probes of a cluster whose endpoints speak TLS.
+#[derive(Clone, Debug)]
+pub struct ProbeTls {
+    /// The cluster's client config (trusted CAs, client certificate).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name sent as SNI and verified; `None` for the endpoint's host.
+    pub server_name: Option<String>,
+}
 
 /// Probes `address` once within `timeout`.
 pub async fn probe(
@@ -19,6 +31,7 @@ pub async fn probe(
     address: &str,
     timeout: Duration,
     body_prefix_bytes: usize,
+    tls: Option<&ProbeTls>,
 ) -> ProbeResult {
     let start = Instant::now();
     let mut result = ProbeResult {
@@ -31,7 +44,7 @@ pub async fn probe(
     };
     let outcome = tokio::time::timeout(
         timeout,
-        run(kind, address, timeout, body_prefix_bytes, &mut result),
+        run(kind, address, timeout, body_prefix_bytes, tls, &mut result),
     )
     .await;
     match outcome {
@@ -48,18 +61,50 @@ async fn run(
     address: &str,
     timeout: Duration,
     body_prefix_bytes: usize,
+    tls: Option<&ProbeTls>,
     result: &mut ProbeResult,
 ) -> Result<(), Failure> {
     let stream = TcpStream::connect(address)
         .await
         .map_err(|_| Failure::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return exchange(kind, stream, address, timeout, body_prefix_bytes, result).await;
+    };
+    let name = match &tls.server_name {
+        Some(n) => n.clone(),
+        None => address
+            .parse::<http::uri::Authority>()
+            .map(|a| a.host().trim_matches(['[', ']']).to_string())
+            .map_err(|_| Failure::Protocol)?,
+    };
+    let name = rustls_pki_types::ServerName::try_from(name).map_err(|_| Failure::Protocol)?;
+    // A failed handshake (an untrusted or wrong certificate) is a protocol failure.
+    let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|_| Failure::Protocol)?;
+    exchange(kind, stream, address, timeout, body_prefix_bytes, result).await
+}
+
+/// The HTTP part of a probe on an open connection (nothing more for a TCP check).
+async fn exchange<S>(
+    kind: &ProbeKind,
+    stream: S,
+    address: &str,
+    timeout: Duration,
+    body_prefix_bytes: usize,
+    result: &mut ProbeResult,
+) -> Result<(), Failure>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let ProbeKind::Http {
         method, path, host, ..
     } = kind
     else {
         return Ok(());
     };
-    let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|_| Failure::Reset)?;
@@ -209,10 +254,10 @@ mod tests {
     async fn probes_a_real_listener_and_a_closed_port() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let r = probe(&ProbeKind::Tcp, 3, &addr, Duration::from_secs(5), 16).await;
+        let r = probe(&ProbeKind::Tcp, 3, &addr, Duration::from_secs(5), 16, None).await;
         assert_eq!((r.endpoint, r.failure), (3, None));
         drop(listener);
-        let r = probe(&ProbeKind::Tcp, 3, &addr, Duration::from_secs(5), 16).await;
+        let r = probe(&ProbeKind::Tcp, 3, &addr, Duration::from_secs(5), 16, None).await;
         assert_eq!(r.failure, Some(Failure::Connect));
     }
 
@@ -231,7 +276,15 @@ mod tests {
                 .unwrap();
             req
         });
-        let r = probe(&http(vec![], None), 1, &addr, Duration::from_secs(5), 4).await;
+        let r = probe(
+            &http(vec![], None),
+            1,
+            &addr,
+            Duration::from_secs(5),
+            4,
+            None,
+        )
+        .await;
         let req = server.await.unwrap();
         assert!(req.starts_with("GET /health HTTP/1.1\r\n"), "{req}");
         assert!(
@@ -255,7 +308,15 @@ mod tests {
             // Never answer; the probe's side must close the connection.
             tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
         });
-        let r = probe(&http(vec![], None), 1, &addr, Duration::from_millis(100), 4).await;
+        let r = probe(
+            &http(vec![], None),
+            1,
+            &addr,
+            Duration::from_millis(100),
+            4,
+            None,
+        )
+        .await;
         assert_eq!(r.failure, Some(Failure::Timeout));
         let closed = server.await.unwrap();
         assert!(
