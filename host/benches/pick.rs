@@ -1,5 +1,6 @@
 //! ns per `pick` through the plugin runtime (embedded round-robin) for pools of 10 and 1,000 endpoints, beside a
-//! native round-robin baseline in the same run. Run: `cargo bench -p sluicegate --bench pick`.
+//! native round-robin baseline in the same run, then a table of every embedded balancer (loaded by name, default
+//! settings) on the same pools. Run: `cargo bench -p sluicegate --bench pick`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -111,7 +112,12 @@ fn main() {
         row(&format!("runtime pick, 2 tried, pool {n}"), retry, native);
     }
     observe_baseline(&rt, budget);
-    let status = &rt.plugins()[0];
+    // By name: other plugins (the baseline's, the table's) may come first in the list.
+    let status = rt
+        .plugins()
+        .into_iter()
+        .find(|p| p.name == "round-robin")
+        .expect("round-robin is loaded");
     println!(
         "round-robin version {}: {} calls, {} faults, mean {:.1} ns in the call (as counted by the runtime)",
         status.version,
@@ -119,6 +125,7 @@ fn main() {
         status.faults,
         status.call_nanos_total as f64 / status.calls.max(1) as f64
     );
+    per_balancer(&rt, &req, budget);
 }
 
 /// A bare baseline through the same runtime: `health.observe` of the `all-kinds` test plugin takes a flat record
@@ -155,4 +162,48 @@ fn observe_baseline(rt: &PluginRuntime, budget: Duration) {
         "{:<40} {ns:>9.1}   (one wasm entry + one host import)",
         "runtime health.observe (baseline)"
     );
+}
+
+/// Every embedded balancer, with the settings it needs (the defaults otherwise).
+const BALANCERS: &[(&str, &str)] = &[
+    ("round-robin", ""),
+    ("weighted-round-robin", ""),
+    ("least-connections", ""),
+    ("least-connections", "mode = \"p2c\""),
+    ("random", ""),
+    ("peak-ewma", ""),
+    ("ip-hash", ""),
+    ("ring-hash", ""),
+    ("maglev", ""),
+    ("sticky-session", "secret = \"bench\""),
+];
+
+/// ns per first-attempt `pick` of each embedded balancer, loaded by name through `PluginRuntime::balancer`, for
+/// pools of 10 and 1,000 endpoints. The pool is set (and any table built) before measuring; the request has no
+/// cookie or extra headers, so the hashing balancers hash the client address and sticky-session falls back to its
+/// round-robin.
+fn per_balancer(rt: &PluginRuntime, req: &Arc<RequestHead>, budget: Duration) {
+    println!();
+    println!(
+        "{:<40} {:>14} {:>16}",
+        "balancer (settings)", "ns/pick, 10", "ns/pick, 1000"
+    );
+    for (name, settings) in BALANCERS {
+        let mut cells = Vec::new();
+        for n in [10u32, 1_000] {
+            let b = rt
+                .balancer(name, settings, Arc::new(NoFacts))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            b.set_pool(pool(n));
+            cells.push(measure(budget, || {
+                black_box(b.pick(black_box(req), 1, &[]).expect("pick"));
+            }));
+        }
+        let label = if settings.is_empty() {
+            (*name).to_string()
+        } else {
+            format!("{name} ({settings})")
+        };
+        println!("{label:<40} {:>14.1} {:>16.1}", cells[0], cells[1]);
+    }
 }
