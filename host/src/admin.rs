@@ -17,17 +17,7 @@ use tokio::sync::watch;
 
 /// Serves the admin API on `listener` until `stop` changes.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    while let Some((stream, _)) = crate::server::accept(&listener, &mut stop).await {
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {

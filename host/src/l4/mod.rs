@@ -164,19 +164,7 @@ pub(crate) async fn accept_loop(
     conns: mpsc::Sender<()>,
 ) {
     let config = Arc::new(config);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = crate::server::accept(&listener, &mut stop).await {
         let proxy = proxy.clone();
         let config = config.clone();
         let conns = conns.clone();
