@@ -141,7 +141,13 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
 }
 
 fn demo() -> anyhow::Result<()> {
-    runtime()?.block_on(async {
+    // One worker thread: balancer instances are per worker (as Envoy's), so with one the
+    // newcomer's consecutive curls visibly go 1, 2, 3. `run` uses a worker per core.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
         let backends = sluicegate::demo::start_backends().await?;
         let text = sluicegate::demo::demo_config(&backends);
         let config = Config::parse(&text, "(embedded demo config)", std::path::Path::new("."))?;
