@@ -231,6 +231,8 @@ pub struct ClusterConfig {
 pub struct Config {
     /// The file it was read from (as given), for messages.
     pub file: String,
+    /// Worker threads (each runs its own event loop over every listener); `None`: one per CPU.
+    pub workers: Option<usize>,
     /// Client listeners.
     pub listeners: Vec<ListenerConfig>,
     /// The admin listener, `None` when disabled.
@@ -248,6 +250,9 @@ pub struct Config {
     /// Clusters.
     pub clusters: Vec<ClusterConfig>,
 }
+
+/// The most worker threads a config may ask for.
+pub const MAX_WORKERS: usize = 1024;
 
 /// The default admin address.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -510,8 +515,19 @@ impl Checker<'_> {
             .map(|f| self.plugin_use(&f.plugin, &f.settings))
             .collect::<Result<Vec<_>, _>>()?;
 
+        let workers = match &raw.workers {
+            Some(w) if !(1..=MAX_WORKERS).contains(w.get_ref()) => {
+                return Err(self.err_at(
+                    w,
+                    format!("`workers` must be between 1 and {MAX_WORKERS}"),
+                ));
+            }
+            w => w.as_ref().map(|w| *w.get_ref()),
+        };
+
         Ok(Config {
             file: self.file.to_string(),
+            workers,
             listeners,
             admin,
             access_log,

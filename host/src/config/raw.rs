@@ -8,6 +8,8 @@ use toml::Spanned;
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
+    /// Worker threads, each with its own event loop; default: one per CPU.
+    pub workers: Option<Spanned<usize>>,
     #[serde(default)]
     pub listeners: Vec<RawListener>,
     #[serde(default)]
