@@ -57,17 +57,38 @@ fn lend_response(live: &mut Live, resp: Option<Arc<ResponseHead>>) -> wasmtime::
 /// A use of a plugin as a cluster's balancer.
 #[derive(Clone)]
 pub struct BalancerHandle {
-    core: Arc<HandleCore>,
+    choice: Choice,
+}
+
+/// What makes a balancer's picks: a Wasm plugin, or (feature `native-choice`, for bench/) plain Rust.
+#[derive(Clone)]
+enum Choice {
+    Wasm(Arc<HandleCore>),
+    #[cfg(feature = "native-choice")]
+    Native(Arc<super::native::NativeRoundRobin>),
 }
 
 impl BalancerHandle {
     pub(crate) fn new(core: Arc<HandleCore>) -> Self {
-        BalancerHandle { core }
+        BalancerHandle {
+            choice: Choice::Wasm(core),
+        }
+    }
+
+    #[cfg(feature = "native-choice")]
+    pub(crate) fn native(balancer: super::native::NativeRoundRobin) -> Self {
+        BalancerHandle {
+            choice: Choice::Native(Arc::new(balancer)),
+        }
     }
 
     /// Replaces the pool; instances get `pool-changed` before their next pick.
     pub fn set_pool(&self, endpoints: Vec<PoolEndpoint>) {
-        self.core.set_pool(endpoints);
+        match &self.choice {
+            Choice::Wasm(core) => core.set_pool(endpoints),
+            #[cfg(feature = "native-choice")]
+            Choice::Native(n) => n.set_pool(&endpoints),
+        }
     }
 
     /// Picks an endpoint for `req`. `Ok(None)`: the plugin chose none (answer 503). `Err`: the plugin faulted or
@@ -78,37 +99,55 @@ impl BalancerHandle {
         attempt: u32,
         tried: &[EndpointId],
     ) -> Result<Option<EndpointId>, PluginError> {
-        self.core.call(|live| {
-            // The tried list stays in the store, read by the plugin only on retries
-            // (`request.tried-endpoints`); the first attempt crosses numbers only.
-            let tried_count = u32::try_from(tried.len()).unwrap_or(u32::MAX);
-            live.inst.store.data_mut().set_tried(tried);
-            let context = balance::PickContext {
-                attempt,
-                tried_count,
-            };
-            let picked = with_request(live, req, |live, r| {
-                let Exports::Balance(g) = &live.inst.exports else {
-                    wasmtime::bail!("internal: instance made for another interface");
-                };
-                g.call_pick(&mut live.inst.store, r, context)
-            });
-            live.inst.store.data_mut().set_tried(&[]);
-            let picked = picked?;
-            match picked {
-                Some(id) if !live.in_pool(id) => Err(CallError::Invalid(format!(
-                    "picked endpoint {id}, which is not in its pool of {} endpoints",
-                    live.pool_len()
-                ))),
-                other => Ok(other),
-            }
-        })
+        match &self.choice {
+            Choice::Wasm(core) => wasm_pick(core, req, attempt, tried),
+            #[cfg(feature = "native-choice")]
+            Choice::Native(n) => Ok(n.pick(tried)),
+        }
     }
 
     /// The plugin's name.
     pub fn plugin(&self) -> &str {
-        &self.core.name
+        match &self.choice {
+            Choice::Wasm(core) => &core.name,
+            #[cfg(feature = "native-choice")]
+            Choice::Native(_) => super::native::NAME,
+        }
     }
+}
+
+/// One `pick` call into the balancer's instance on this thread.
+fn wasm_pick(
+    core: &Arc<HandleCore>,
+    req: &Arc<RequestHead>,
+    attempt: u32,
+    tried: &[EndpointId],
+) -> Result<Option<EndpointId>, PluginError> {
+    core.call(|live| {
+        // The tried list stays in the store, read by the plugin only on retries
+        // (`request.tried-endpoints`); the first attempt crosses numbers only.
+        let tried_count = u32::try_from(tried.len()).unwrap_or(u32::MAX);
+        live.inst.store.data_mut().set_tried(tried);
+        let context = balance::PickContext {
+            attempt,
+            tried_count,
+        };
+        let picked = with_request(live, req, |live, r| {
+            let Exports::Balance(g) = &live.inst.exports else {
+                wasmtime::bail!("internal: instance made for another interface");
+            };
+            g.call_pick(&mut live.inst.store, r, context)
+        });
+        live.inst.store.data_mut().set_tried(&[]);
+        let picked = picked?;
+        match picked {
+            Some(id) if !live.in_pool(id) => Err(CallError::Invalid(format!(
+                "picked endpoint {id}, which is not in its pool of {} endpoints",
+                live.pool_len()
+            ))),
+            other => Ok(other),
+        }
+    })
 }
 
 /// A use of a plugin as a router.
@@ -237,7 +276,7 @@ impl HealthHandle {
 impl std::fmt::Debug for BalancerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BalancerHandle")
-            .field("plugin", &&*self.core.name)
+            .field("plugin", &self.plugin())
             .finish()
     }
 }

@@ -5,7 +5,8 @@
 //! epoch ticker and disk cache; `store` the per-instance state and the `host` imports; `registry` names,
 //! generations and loading; `instance` the per-thread instances and the call path; `handles` the typed uses
 //! (balancer, router, filter, health); `watch` the directory watcher; `embedded` the default plugins;
-//! [`build`] the `sluicegate plugin build` command.
+//! `native` a plain-Rust round-robin for bench/ (feature `native-choice`); [`build`] the
+//! `sluicegate plugin build` command.
 
 #[allow(missing_docs)]
 mod bindings;
@@ -16,6 +17,8 @@ mod engine;
 mod error;
 mod handles;
 mod instance;
+#[cfg(feature = "native-choice")]
+mod native;
 mod registry;
 mod store;
 mod watch;
@@ -321,6 +324,11 @@ impl PluginRuntime {
         settings: &str,
         facts: Arc<dyn EndpointFacts>,
     ) -> Result<BalancerHandle, PluginError> {
+        // Feature `native-choice` (bench/ only): the same choice in plain Rust, to measure the plugin boundary.
+        #[cfg(feature = "native-choice")]
+        if plugin == native::NAME {
+            return native::NativeRoundRobin::new(settings).map(BalancerHandle::native);
+        }
         let core = self
             .inner
             .new_use(plugin, Kind::Balancer, settings, facts)?;
