@@ -87,8 +87,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// A single-threaded event loop: the control plane of `run` (the worker threads have their own),
+/// and the whole of `demo`.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
@@ -96,18 +98,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    let workers = config.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     runtime()?.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
         let server = Server::new(config)?;
         for addr in listeners.proxy_addrs() {
-            tracing::info!(%addr, "listening");
+            tracing::info!(%addr, workers, "listening");
         }
         if let Some(addr) = listeners.admin_addr() {
             tracing::info!(%addr, "admin listening");
         }
         let _reloader = sluicegate::reload::watch(server.proxy.clone(), &path)
             .with_context(|| format!("watching {}", path.display()))?;
-        server.run(listeners, sluicegate::shutdown::signal()).await;
+        server
+            .run_workers(listeners, sluicegate::shutdown::signal(), workers)
+            .await?;
         Ok(())
     })
 }
@@ -141,13 +148,9 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
 }
 
 fn demo() -> anyhow::Result<()> {
-    // One worker thread: balancer instances are per worker (as Envoy's), so with one the
-    // newcomer's consecutive curls visibly go 1, 2, 3. `run` uses a worker per core.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
+    // One event loop for everything: balancer instances are per worker (as Envoy's), so with one
+    // the newcomer's consecutive curls visibly go 1, 2, 3. `run` uses a worker per core.
+    runtime()?.block_on(async {
         let backends = sluicegate::demo::start_backends().await?;
         let text = sluicegate::demo::demo_config(&backends);
         let config = Config::parse(&text, "(embedded demo config)", std::path::Path::new("."))?;

@@ -29,6 +29,11 @@ struct FallbackLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HealthLabels {
     cluster: String,
     endpoint: String,
@@ -82,6 +87,7 @@ pub struct Metrics {
     fallbacks: Family<FallbackLabels, Counter>,
     /// Client connections open now.
     pub open_connections: Gauge,
+    worker_connections: Family<WorkerLabels, Counter>,
     unrouted: EndpointMetrics,
     /// L4 (tcp, tls-passthrough) connection and byte counters.
     pub l4: crate::l4::L4Metrics,
@@ -181,6 +187,12 @@ impl Metrics {
             "Client connections open now",
             open_connections.clone(),
         );
+        let worker_connections = Family::<WorkerLabels, Counter>::default();
+        registry.register(
+            "sluicegate_worker_connections",
+            "Client connections accepted, by worker thread (the kernel spreads them)",
+            worker_connections.clone(),
+        );
         let health = HealthMetrics::default();
         registry.register(
             "sluicegate_health_probes",
@@ -223,6 +235,7 @@ impl Metrics {
             retries,
             fallbacks,
             open_connections,
+            worker_connections,
             unrouted,
             health,
             l4,
@@ -274,6 +287,15 @@ impl Metrics {
                 kind,
             })
             .inc();
+    }
+
+    /// The accepted-connections counter of one worker (looked up once per listener and worker).
+    pub fn worker_connections(&self, worker: &str) -> Counter {
+        self.worker_connections
+            .get_or_create(&WorkerLabels {
+                worker: worker.to_string(),
+            })
+            .clone()
     }
 
     /// The Prometheus text exposition.

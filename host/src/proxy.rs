@@ -335,7 +335,7 @@ impl Proxy {
             let sent = Instant::now();
             let result = tokio::time::timeout(
                 cluster.config.response_timeout,
-                cluster.client.request(upstream),
+                cluster.client().request(upstream),
             )
             .await;
             let elapsed = sent.elapsed();

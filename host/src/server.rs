@@ -22,6 +22,7 @@ use crate::tls::{CERT_POLL_INTERVAL, CertWatcher, ListenerCerts};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
@@ -52,6 +53,9 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A worker thread (or its event loop) could not start.
+    #[error("cannot start a worker thread: {0}")]
+    Worker(#[source] std::io::Error),
     /// The access log file could not be opened.
     #[error("cannot open the access log {path}: {source}")]
     AccessLog {
@@ -72,17 +76,18 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds every listener of `config` (port 0 picks a free port).
+    /// Binds every listener of `config` (port 0 picks a free port). Client listeners are bound with
+    /// `SO_REUSEPORT`, so each worker thread can bind its own socket to the same address (see
+    /// [`Server::run_workers`]).
     pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
         let mut proxy = Vec::new();
         for l in &config.listeners {
-            let listener =
-                TcpListener::bind(l.address)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        address: l.address,
-                        source,
-                    })?;
+            let listener = bind_shared(l.address, true)
+                .and_then(TcpListener::from_std)
+                .map_err(|source| StartError::Bind {
+                    address: l.address,
+                    source,
+                })?;
             proxy.push((listener, l.clone()));
         }
         let admin = match config.admin {
@@ -108,6 +113,27 @@ impl Listeners {
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
+}
+
+/// A non-blocking listening socket on `address` with `SO_REUSEPORT`, for one worker's share of a
+/// listener. With `first`, the address must not be in use already: `SO_REUSEPORT` alone would let
+/// a second proxy (or a stale one) silently share the port instead of failing to start.
+fn bind_shared(address: SocketAddr, first: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if first && address.port() != 0 {
+        drop(std::net::TcpListener::bind(address)?);
+    }
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// The runtime options a config asks for.
@@ -178,71 +204,83 @@ impl Server {
         })
     }
 
-    /// Serves until `shutdown` completes, then drains (see the module docs).
-    pub async fn run(mut self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+    /// Serves on the caller's runtime until `shutdown` completes, then drains (see the module docs).
+    pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        if let Err(e) = self.run_workers(listeners, shutdown, 0).await {
+            tracing::error!(error = %e, "the server could not start");
+        }
+    }
+
+    /// Serves with `workers` worker threads, each running its own single-threaded event loop over
+    /// its own `SO_REUSEPORT` socket of every listener (the kernel spreads new connections over
+    /// them), until `shutdown` completes; then drains. A connection, its upstream connections (see
+    /// [`crate::upstream::Cluster::client`]) and its plugin instances stay on one thread, so the
+    /// request path never hands work between threads. The caller's runtime keeps the control
+    /// plane: admin API, health checks, reloads, certificate watching. `workers == 0` serves on
+    /// the caller's runtime instead (tests, the demo).
+    pub async fn run_workers(
+        mut self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+        workers: usize,
+    ) -> Result<(), StartError> {
         let proxy = self.proxy.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
-        // The admin API stays up while draining, so `/ready` can say 503.
-        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-        // Every connection task holds a sender; when all are gone, every connection is done.
-        let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
-        let mut accept_tasks = Vec::new();
         // Kept until the server stops: each polls its listener's certificate files.
         let mut cert_watchers = Vec::new();
+        let mut serving = Vec::new();
         for (listener, config) in listeners.proxy {
-            let (stop, conns) = (stop_rx.clone(), conns_tx.clone());
-            let task =
-                match config.protocol {
-                    Protocol::Http => tokio::spawn(accept_loop(
-                        listener,
-                        config,
-                        proxy.clone(),
-                        stop,
-                        conns,
-                        None,
-                    )),
-                    Protocol::Https => {
-                        let acceptor = match self.tls_acceptor(&config) {
-                            Ok((acceptor, watcher)) => {
-                                cert_watchers.push(watcher);
-                                acceptor
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "https listener not started");
-                                continue;
-                            }
-                        };
-                        tokio::spawn(accept_loop(
-                            listener,
-                            config,
-                            proxy.clone(),
-                            stop,
-                            conns,
-                            Some(acceptor),
-                        ))
+            let tls = match config.protocol {
+                Protocol::Https => match self.tls_acceptor(&config) {
+                    Ok((acceptor, watcher)) => {
+                        cert_watchers.push(watcher);
+                        Some(acceptor)
                     }
-                    Protocol::Tcp | Protocol::TlsPassthrough => tokio::spawn(
-                        crate::l4::accept_loop(listener, config, proxy.clone(), stop, conns),
-                    ),
-                };
-            accept_tasks.push(task);
+                    Err(e) => {
+                        tracing::error!(error = %e, "https listener not started");
+                        continue;
+                    }
+                },
+                _ => None,
+            };
+            serving.push((listener, Arc::new(Serving { config, tls })));
         }
+        // Each worker says it is done (drained, or past the deadline) by dropping its sender.
+        let mut done = Vec::new();
+        if workers == 0 {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let (proxy, stop) = (proxy.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                serve_listeners(serving, proxy, stop, "main").await;
+                drop(tx);
+            });
+            done.push(rx);
+        } else {
+            let started = start_workers(serving, workers, &proxy, &stop_rx);
+            match started {
+                Ok(rxs) => done = rxs,
+                Err((rxs, e)) => {
+                    let _ = stop_tx.send(true);
+                    for rx in rxs {
+                        let _ = rx.await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // The admin API stays up while draining, so `/ready` can say 503.
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = listeners
             .admin
             .map(|admin| tokio::spawn(crate::admin::serve(admin, proxy.clone(), admin_stop_rx)));
-        drop(conns_tx);
 
         shutdown.await;
         let deadline = proxy.gateway().config.drain_timeout;
         tracing::info!(?deadline, "shutting down: draining in-flight requests");
         proxy.set_draining();
         let _ = stop_tx.send(true);
-        for t in accept_tasks {
-            let _ = t.await;
-        }
-        match tokio::time::timeout(deadline, conns_rx.recv()).await {
-            Ok(_) => tracing::info!("drained"),
-            Err(_) => tracing::warn!("drain deadline passed: closing the remaining connections"),
+        for rx in done {
+            let _ = rx.await;
         }
         let _ = admin_stop_tx.send(true);
         if let Some(t) = admin_task {
@@ -250,6 +288,7 @@ impl Server {
         }
         drop(cert_watchers);
         drop(self);
+        Ok(())
     }
 
     /// The TLS acceptor of an `https` listener and the watcher that keeps its certificates
@@ -303,14 +342,153 @@ pub(crate) async fn accept(
     }
 }
 
+/// What serving a listener needs besides its socket; shared by the workers.
+struct Serving {
+    config: ListenerConfig,
+    tls: Option<TlsAcceptor>,
+}
+
+/// Starts `workers` threads, each with its own event loop serving its own socket of every
+/// listener (the sockets bound at start go to the first; the others bind theirs to the same
+/// addresses). Returns each worker's done signal; when one cannot start, the signals of those that
+/// did, with the error (the caller stops them).
+#[allow(clippy::type_complexity)]
+fn start_workers(
+    serving: Vec<(TcpListener, Arc<Serving>)>,
+    workers: usize,
+    proxy: &Arc<Proxy>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<oneshot::Receiver<()>>, (Vec<oneshot::Receiver<()>>, StartError)> {
+    let mut done = Vec::new();
+    let mut first = Vec::new();
+    let mut addrs = Vec::new();
+    for (listener, s) in serving {
+        let bound = listener
+            .local_addr()
+            .and_then(|a| Ok((a, listener.into_std()?)));
+        match bound {
+            Ok((address, l)) => {
+                addrs.push((address, s.clone()));
+                first.push((l, s));
+            }
+            Err(source) => {
+                let address = s.config.address;
+                return Err((done, StartError::Bind { address, source }));
+            }
+        }
+    }
+    for worker in 0..workers {
+        let sockets = if worker == 0 {
+            Ok(std::mem::take(&mut first))
+        } else {
+            addrs
+                .iter()
+                .map(|(address, s)| {
+                    bind_shared(*address, false)
+                        .map(|l| (l, s.clone()))
+                        .map_err(|source| StartError::Bind {
+                            address: *address,
+                            source,
+                        })
+                })
+                .collect()
+        };
+        let runtime = sockets.and_then(|sockets| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| (sockets, rt))
+                .map_err(StartError::Worker)
+        });
+        let (sockets, runtime) = match runtime {
+            Ok(r) => r,
+            Err(e) => return Err((done, e)),
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let (proxy, stop) = (proxy.clone(), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("sluicegate-worker-{worker}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut listeners = Vec::new();
+                    for (l, s) in sockets {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => listeners.push((l, s)),
+                            Err(e) => tracing::error!(
+                                address = %s.config.address, error = %e,
+                                "a worker cannot serve this listener"
+                            ),
+                        }
+                    }
+                    serve_listeners(listeners, proxy, stop, &worker.to_string()).await;
+                });
+                // Connections still open past the drain deadline close with the runtime.
+                drop(runtime);
+                drop(tx);
+            });
+        match spawned {
+            Ok(_) => done.push(rx),
+            Err(e) => return Err((done, StartError::Worker(e))),
+        }
+    }
+    Ok(done)
+}
+
+/// One event loop's share of the listeners: accepts until `stop`, then waits for this loop's
+/// connections to finish, up to the drain deadline.
+async fn serve_listeners(
+    listeners: Vec<(TcpListener, Arc<Serving>)>,
+    proxy: Arc<Proxy>,
+    stop: watch::Receiver<bool>,
+    worker: &str,
+) {
+    let accepted = proxy.metrics.worker_connections(worker);
+    // Every connection task holds a sender; when all are gone, every connection is done.
+    let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
+    let tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, s)| {
+            let (proxy, stop, conns) = (proxy.clone(), stop.clone(), conns_tx.clone());
+            match s.config.protocol {
+                Protocol::Tcp | Protocol::TlsPassthrough => tokio::spawn(crate::l4::accept_loop(
+                    listener,
+                    s.config.clone(),
+                    proxy,
+                    stop,
+                    conns,
+                    accepted.clone(),
+                )),
+                Protocol::Http | Protocol::Https => tokio::spawn(accept_loop(
+                    listener,
+                    s,
+                    proxy,
+                    stop,
+                    conns,
+                    accepted.clone(),
+                )),
+            }
+        })
+        .collect();
+    drop(conns_tx);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let deadline = proxy.gateway().config.drain_timeout;
+    match tokio::time::timeout(deadline, conns_rx.recv()).await {
+        Ok(_) => tracing::info!("drained"),
+        Err(_) => tracing::warn!("drain deadline passed: closing the remaining connections"),
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    config: ListenerConfig,
+    serving: Arc<Serving>,
     proxy: Arc<Proxy>,
     mut stop: watch::Receiver<bool>,
     conns: mpsc::Sender<()>,
-    tls: Option<TlsAcceptor>,
+    accepted: Counter,
 ) {
+    let config = &serving.config;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -320,6 +498,7 @@ async fn accept_loop(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     while let Some((stream, peer)) = accept(&listener, &mut stop).await {
+        accepted.inc();
         let proxy = proxy.clone();
         let builder = builder.clone();
         let mut stop = stop.clone();
@@ -329,7 +508,7 @@ async fn accept_loop(
         let redirect_https = config.redirect_https;
         let proxy_from = config.proxy_protocol_from.clone();
         let listener_addr = config.address;
-        let tls = tls.clone();
+        let tls = serving.tls.clone();
         tokio::spawn(async move {
             let mut stream = stream;
             // Behind a front load balancer: the client is the one its PROXY header names.

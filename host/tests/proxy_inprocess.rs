@@ -589,3 +589,97 @@ async fn an_empty_retry_budget_stops_retries() {
     );
     proxy.stop().await;
 }
+
+/// One request on its own connection; the status line.
+async fn request_on_new_connection(addr: std::net::SocketAddr) -> String {
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nhost: workers\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut out))
+        .await
+        .expect("response timed out")
+        .unwrap();
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+// `run_workers`: each worker thread has its own event loop and its own SO_REUSEPORT socket of the
+// listener; the kernel spreads connections over them, and shutdown drains every worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_each_serve_a_share_of_the_connections() {
+    let backends = three_backends().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("workers = 3\n{}", config_for(&addrs(&backends), "", ""));
+    let config = sluicegate::config::Config::parse(&text, "test.toml", dir.path()).unwrap();
+    assert_eq!(config.workers, Some(3));
+    let listeners = sluicegate::server::Listeners::bind(&config).await.unwrap();
+    let (addr, admin) = (listeners.proxy_addrs()[0], listeners.admin_addr().unwrap());
+    let server = sluicegate::server::Server::new(config).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_workers(
+        listeners,
+        async move {
+            let _ = stopped.await;
+        },
+        3,
+    ));
+
+    const CONNECTIONS: usize = 60;
+    for _ in 0..CONNECTIONS {
+        let status = request_on_new_connection(addr).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+    }
+    let (_, metrics) = get(&http1_client(), &format!("http://{admin}/metrics")).await;
+    let samples = parse_prometheus(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    let per_worker: Vec<f64> = ["0", "1", "2"]
+        .iter()
+        .map(|w| {
+            samples
+                .iter()
+                .find(|s| {
+                    s.name == "sluicegate_worker_connections_total" && s.label("worker") == Some(w)
+                })
+                .map_or(0.0, |s| s.value)
+        })
+        .collect();
+    assert_eq!(per_worker.iter().sum::<f64>(), CONNECTIONS as f64);
+    // All 60 on one worker of three happens with probability 3^-59.
+    assert!(
+        per_worker.iter().filter(|n| **n > 0.0).count() >= 2,
+        "connections by worker: {per_worker:?}"
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the workers did not stop")
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "every worker's socket is closed after shutdown"
+    );
+}
+
+// SO_REUSEPORT would let two proxies share a port silently; a port in use must still refuse to start.
+#[tokio::test(flavor = "current_thread")]
+async fn a_listener_address_in_use_refuses_to_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_for(&[address], "", "").replacen("127.0.0.1:0", &address.to_string(), 1);
+    let config = sluicegate::config::Config::parse(&text, "test.toml", dir.path()).unwrap();
+    let err = sluicegate::server::Listeners::bind(&config)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot listen on {address}")),
+        "{err}"
+    );
+}

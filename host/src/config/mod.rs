@@ -517,10 +517,9 @@ impl Checker<'_> {
 
         let workers = match &raw.workers {
             Some(w) if !(1..=MAX_WORKERS).contains(w.get_ref()) => {
-                return Err(self.err_at(
-                    w,
-                    format!("`workers` must be between 1 and {MAX_WORKERS}"),
-                ));
+                return Err(
+                    self.err_at(w, format!("`workers` must be between 1 and {MAX_WORKERS}"))
+                );
             }
             w => w.as_ref().map(|w| *w.get_ref()),
         };

@@ -162,9 +162,11 @@ pub(crate) async fn accept_loop(
     proxy: Arc<Proxy>,
     mut stop: watch::Receiver<bool>,
     conns: mpsc::Sender<()>,
+    accepted: prometheus_client::metrics::counter::Counter,
 ) {
     let config = Arc::new(config);
     while let Some((stream, peer)) = crate::server::accept(&listener, &mut stop).await {
+        accepted.inc();
         let proxy = proxy.clone();
         let config = config.clone();
         let conns = conns.clone();

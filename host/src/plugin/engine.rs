@@ -12,8 +12,12 @@ use wasmtime::{Config, Engine};
 
 use super::registry::RuntimeInner;
 
-/// Interval of the epoch ticker: the resolution of call deadlines.
-pub(crate) const TICK: Duration = Duration::from_millis(1);
+/// Interval of the epoch ticker, the resolution of call deadlines: a tenth of the call deadline,
+/// between 1 and 10 ms. A deadline is enforced within one tick; ticking faster only costs wake-ups
+/// (a thread woken every millisecond shows up in a proxy's per-request CPU).
+pub(crate) fn tick_for(call_deadline: Duration) -> Duration {
+    (call_deadline / 10).clamp(Duration::from_millis(1), Duration::from_millis(10))
+}
 
 /// The engine every plugin of a runtime is compiled for.
 pub(crate) fn new_engine() -> Result<Engine, String> {
@@ -27,8 +31,8 @@ pub(crate) fn new_engine() -> Result<Engine, String> {
 }
 
 /// Epoch ticks that cover `deadline` whatever the phase of the ticker (one extra tick).
-pub(crate) fn ticks(deadline: Duration) -> u64 {
-    let tick = TICK.as_nanos();
+pub(crate) fn ticks(deadline: Duration, tick: Duration) -> u64 {
+    let tick = tick.as_nanos().max(1);
     let n = deadline.as_nanos().div_ceil(tick).max(1);
     u64::try_from(n).unwrap_or(u64::MAX / 2) + 1
 }
@@ -37,11 +41,12 @@ pub(crate) fn ticks(deadline: Duration) -> u64 {
 pub(crate) fn start_ticker(inner: &Arc<RuntimeInner>) {
     let weak: Weak<RuntimeInner> = Arc::downgrade(inner);
     let engine = inner.engine.clone();
+    let tick = inner.tick;
     let spawned = std::thread::Builder::new()
         .name("sluicegate-epoch".into())
         .spawn(move || {
             loop {
-                std::thread::sleep(TICK);
+                std::thread::sleep(tick);
                 if weak.strong_count() == 0 {
                     break;
                 }
@@ -210,9 +215,14 @@ mod tests {
 
     #[test]
     fn ticks_cover_the_deadline() {
-        assert_eq!(ticks(Duration::from_millis(10)), 11);
-        assert_eq!(ticks(Duration::from_micros(1500)), 3);
-        assert_eq!(ticks(Duration::ZERO), 2);
+        let ms = Duration::from_millis(1);
+        assert_eq!(ticks(Duration::from_millis(10), ms), 11);
+        assert_eq!(ticks(Duration::from_micros(1500), ms), 3);
+        assert_eq!(ticks(Duration::ZERO, ms), 2);
+        assert_eq!(ticks(Duration::from_millis(50), 5 * ms), 11);
+        assert_eq!(tick_for(Duration::from_millis(50)), 5 * ms);
+        assert_eq!(tick_for(Duration::from_millis(2)), ms);
+        assert_eq!(tick_for(Duration::from_secs(5)), 10 * ms);
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) engine: Engine,
     linker: Linker<StoreData>,
     pub(crate) opts: RuntimeOptions,
+    /// The epoch ticker's interval.
+    pub(crate) tick: std::time::Duration,
     pub(crate) call_ticks: u64,
     pub(crate) init_ticks: u64,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
@@ -97,11 +99,13 @@ impl RuntimeInner {
                 source,
             })?;
         }
+        let tick = engine::tick_for(opts.call_deadline);
         Ok(Arc::new(RuntimeInner {
             engine,
             linker,
-            call_ticks: engine::ticks(opts.call_deadline),
-            init_ticks: engine::ticks(opts.init_deadline),
+            tick,
+            call_ticks: engine::ticks(opts.call_deadline, tick),
+            init_ticks: engine::ticks(opts.init_deadline, tick),
             opts,
             slots: RwLock::new(HashMap::new()),
             counters: Arc::new(Counters::default()),

@@ -14,10 +14,14 @@ use crate::config::{ClusterConfig, ConfigError, PluginUse};
 use crate::health::{ClusterHealth, HealthTask};
 use crate::metrics::{EndpointMetrics, Metrics};
 use crate::plugin::{BalancerHandle, EndpointId, PluginError, PluginRuntime};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Builder, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
+use thread_local::ThreadLocal;
+
+/// The pooled HTTP/1.1 client of a cluster.
+pub type UpstreamClient = Client<tls::UpstreamConnector, AttemptBody>;
 
 /// One backend of a cluster.
 #[derive(Debug)]
@@ -50,8 +54,10 @@ pub struct Cluster {
     pub facts: Arc<ClusterFacts>,
     /// The retry budget.
     pub budget: Arc<RetryBudget>,
-    /// The pooled HTTP/1.1 client to this cluster's endpoints (TLS when `[clusters.tls]` is set).
-    pub client: Client<tls::UpstreamConnector, AttemptBody>,
+    /// One pooled HTTP/1.1 client per thread (TLS when `[clusters.tls]` is set), see [`Cluster::client`].
+    clients: ThreadLocal<UpstreamClient>,
+    client_builder: Builder,
+    connector: tls::UpstreamConnector,
     /// The cluster's counters, made once.
     pub metrics: crate::metrics::ClusterMetrics,
     /// The TLS client config of `[clusters.tls]`, for L4 connections (HTTP uses `client`).
@@ -164,11 +170,11 @@ impl Cluster {
             config.tls.as_ref().zip(tls_client.as_deref().cloned()),
         )
         .map_err(tls_error)?;
-        let client = Client::builder(TokioExecutor::new())
+        let mut client_builder = Client::builder(TokioExecutor::new());
+        client_builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_endpoint)
-            .build(connector);
+            .pool_max_idle_per_host(config.max_idle_per_endpoint);
 
         Ok(Cluster {
             budget: RetryBudget::new(config.retry.budget_ratio, config.retry.min_retries),
@@ -178,11 +184,21 @@ impl Cluster {
             balancer,
             fallback,
             facts,
-            client,
+            clients: ThreadLocal::new(),
+            client_builder,
+            connector,
             tls_client,
             health,
             health_task,
         })
+    }
+
+    /// This thread's client. Each worker thread runs its own event loop, so a per-thread pool keeps
+    /// every upstream connection on the loop that uses it: no cross-thread wake-ups and no shared
+    /// pool lock on the request path (as Envoy's and nginx's per-worker pools).
+    pub fn client(&self) -> &UpstreamClient {
+        self.clients
+            .get_or(|| self.client_builder.build(self.connector.clone()))
     }
 
     /// The endpoint with this id.
