@@ -6,8 +6,9 @@
 #
 # Settings (environment): DURATION (s, default 10), RUNS (3), CONNS ("50 200"), BODIES ("small"; also "1k"
 # and "64k"), PINNED (auto|0|1: the pinned placement when 2+ CPUs), PIN_CONNS ("50"), L4 (auto|0|1), L4_CONNS
-# ("50"), PICK_BENCH (1|0: the plugin-boundary micro-benchmark), SLUICEGATE_BIN (skip the build), BUILD (1|0),
-# PROFILE_SECONDS (profile mode, 10), MAX_SECONDS (hard bound on the whole run; default from the plan).
+# ("50"), PICK_BENCH (1|0: the plugin-boundary micro-benchmark), NATIVE (1|0: the sluicegate-native rows),
+# SLUICEGATE_BIN / SLUICEGATE_NATIVE_BIN (skip a build), BUILD (1|0), PROFILE_SECONDS (profile mode, 10),
+# MAX_SECONDS (hard bound on the whole run; default from the plan).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,6 +21,7 @@ PIN_CONNS=${PIN_CONNS:-50}
 L4=${L4:-auto}
 L4_CONNS=${L4_CONNS:-50}
 PICK_BENCH=${PICK_BENCH:-1}
+NATIVE=${NATIVE:-1}
 BUILD=${BUILD:-1}
 PROFILE_SECONDS=${PROFILE_SECONDS:-10}
 MODE=${1:-bench}
@@ -65,20 +67,38 @@ if ((${#need_pkgs[@]})); then
 fi
 [[ -e $STREAM_MODULE ]] || { [[ $L4 == 1 ]] && die "no nginx stream module"; L4=0; }
 
-# ---------------------------------------------------------------- Sluicegate, release build
-if [[ -z ${SLUICEGATE_BIN:-} ]]; then
-    SLUICEGATE_BIN=$ROOT/target/release/sluicegate
-    if [[ $BUILD == 1 ]]; then
-        log "building sluicegate (release)"
-        # Outer cargo/make settings must not leak into this build.
-        if ! (cd "$ROOT" && env $(env | grep -oE '^(CARGO_[A-Z_]*|RUSTFLAGS|MAKEFLAGS)=' | sed 's/=$//; s/^/-u /') \
-            timeout 1800 cargo build --release -q -p sluicegate --bin sluicegate >&2); then
-            [[ -x $SLUICEGATE_BIN ]] || die "build failed and no binary at $SLUICEGATE_BIN"
-            log "warning: build failed; using the existing $SLUICEGATE_BIN"
+# ---------------------------------------------------------------- Sluicegate, release builds
+# build_sluicegate target_dir cargo-args...: a release build of the binary into target_dir.
+build_sluicegate() {
+    local dir=$1
+    shift
+    # Outer cargo/make settings must not leak into this build.
+    (cd "$ROOT" && env $(env | grep -oE '^(CARGO_[A-Z_]*|RUSTFLAGS|MAKEFLAGS)=' | sed 's/=$//; s/^/-u /') \
+        CARGO_TARGET_DIR="$dir" timeout 1800 cargo build --release -q -p sluicegate --bin sluicegate "$@" >&2)
+}
+# with_binary var target_dir what cargo-args...: sets var to the built binary (unless it is set already).
+with_binary() {
+    local var=$1 dir=$2 what=$3 bin
+    shift 3
+    bin=${!var:-}
+    if [[ -z $bin ]]; then
+        bin=$dir/release/sluicegate
+        if [[ $BUILD == 1 ]]; then
+            log "building $what (release)"
+            if ! build_sluicegate "$dir" "$@"; then
+                [[ -x $bin ]] || die "build failed and no binary at $bin"
+                log "warning: build failed; using the existing $bin"
+            fi
         fi
     fi
-fi
-[[ -x $SLUICEGATE_BIN ]] || die "no sluicegate binary at $SLUICEGATE_BIN"
+    [[ -x $bin ]] || die "no $what binary at $bin"
+    printf -v "$var" '%s' "$bin"
+}
+with_binary SLUICEGATE_BIN "$ROOT/target" sluicegate
+# The native-choice variant: the same proxy with the plugin boundary taken out (bench/README.md), in its own
+# target directory so that building it does not rebuild the normal release binary.
+[[ $NATIVE == 0 || $MODE == profile ]] ||
+    with_binary SLUICEGATE_NATIVE_BIN "$ROOT/target/bench-native" "sluicegate with native-choice" --features native-choice
 SG_VERSION="$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- host && echo "" || echo "+dirty")"
 
 # ---------------------------------------------------------------- ports, free at start
@@ -165,19 +185,25 @@ wait_port "$B2" "$BACKEND_PID" backend
 # Targets: name|workers|pid|http port|tcp port ("-" when none)
 TARGETS=()
 
-start_sluicegate() { # threads
-    local t=$1 dir=$WORK/sluicegate-$1 p pt pa
+# start_sluicegate threads [native]: the normal build has the Wasm router and the Wasm balancer on every
+# request; "native" is the native-choice build with the route table and a plain-Rust round-robin, HTTP only.
+start_sluicegate() {
+    local t=$1 variant=${2:-} name=sluicegate bin=$SLUICEGATE_BIN dir p pt pa
+    [[ -z $variant ]] || { name=sluicegate-$variant; bin=$SLUICEGATE_NATIVE_BIN; }
+    dir=$WORK/$name-$t
     mkdir -p "$dir"
     free_port; p=$PORT
     free_port; pt=$PORT
     free_port; pa=$PORT
     {
         cat <<EOF
+workers = $t
+
 [[listeners]]
 address = "127.0.0.1:$p"
 protocol = "http"
 EOF
-        [[ $L4 == 0 ]] || cat <<EOF
+        [[ $L4 == 0 || -n $variant ]] || cat <<EOF
 
 [[listeners]]
 address = "127.0.0.1:$pt"
@@ -195,6 +221,23 @@ enabled = false
 
 [shutdown]
 drain_timeout = "1s"
+EOF
+        if [[ -z $variant ]]; then
+            cat <<EOF
+
+[router]
+plugin = "router"
+
+[[router.settings.rules]]
+path_prefix = "/"
+cluster = "web"
+
+[[clusters]]
+name = "web"
+balancer = "round-robin"
+EOF
+        else
+            cat <<EOF
 
 [[routes]]
 path_prefix = "/"
@@ -202,7 +245,10 @@ cluster = "web"
 
 [[clusters]]
 name = "web"
-balancer = "round-robin"
+balancer = "native-round-robin"
+EOF
+        fi
+        cat <<EOF
 max_idle_per_endpoint = 256
 
 [[clusters.endpoints]]
@@ -212,12 +258,10 @@ address = "127.0.0.1:$B1"
 address = "127.0.0.1:$B2"
 EOF
     } >"$dir/sluicegate.toml"
-    # Tokio's multi-thread runtime reads its worker count from TOKIO_WORKER_THREADS.
-    start "sluicegate-$t" "$dir/out.log" env TOKIO_WORKER_THREADS="$t" RUST_LOG=warn \
-        "$SLUICEGATE_BIN" run --config "$dir/sluicegate.toml"
-    wait_port "$p" "$STARTED" "sluicegate-$t"
-    [[ $L4 == 0 ]] && pt=-
-    TARGETS+=("sluicegate|$t|$STARTED|$p|$pt")
+    start "$name-$t" "$dir/out.log" env RUST_LOG=warn "$bin" run --config "$dir/sluicegate.toml"
+    wait_port "$p" "$STARTED" "$name-$t"
+    [[ $L4 == 0 || -n $variant ]] && pt=-
+    TARGETS+=("$name|$t|$STARTED|$p|$pt")
 }
 
 start_haproxy() { # threads
@@ -456,14 +500,25 @@ fi
 
 start_sluicegate 1
 start_sluicegate 2
+if [[ $NATIVE == 1 ]]; then
+    start_sluicegate 1 native
+    start_sluicegate 2 native
+fi
 start_haproxy 1
 start_haproxy 2
 start_nginx 1
 start_nginx 2
 TARGETS+=("direct|-|$BACKEND_PID|$B1|-")
 
+# How many targets run pinned (one worker, or direct) and how many have a tcp port.
+npinned=0; ntcp=0
+for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name w _ _ pt <<<"$t"
+    [[ $w == 1 || $name == direct ]] && npinned=$((npinned + 1))
+    [[ $pt == - ]] || ntcp=$((ntcp + 1))
+done
 nconns=$(wc -w <<<"$CONNS"); nbodies=$(wc -w <<<"$BODIES"); npin=$(wc -w <<<"$PIN_CONNS"); nl4=$(wc -w <<<"$L4_CONNS")
-planned=$((RUNS * ${#TARGETS[@]} * nconns * nbodies + PINNED * RUNS * 4 * npin * nbodies + L4 * RUNS * 6 * nl4))
+planned=$((RUNS * ${#TARGETS[@]} * nconns * nbodies + PINNED * RUNS * npinned * npin * nbodies + L4 * RUNS * ntcp * nl4))
 MAX_SECONDS=${MAX_SECONDS:-$((planned * (DURATION + 3) + 120 + PICK_BENCH * 900))}
 log "$planned wrk runs of ${DURATION}s planned; the run is bounded to ${MAX_SECONDS}s"
 # The bound: a watchdog that ends this script (whose trap then kills everything).
@@ -553,8 +608,8 @@ TABLE=$RESULTS/table.md
     echo "Sluicegate $SG_VERSION; $(nginx -v 2>&1 | sed 's/.*: //'); haproxy $(haproxy -v | awk 'NR==1 {print $3}'); wrk -t1, ${DURATION}s," \
         "median of $RUNS interleaved runs; bodies: $BODIES"
     echo
-    echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MB | errors | × haproxy | × nginx | × direct |"
-    echo "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MB | errors | × haproxy | × nginx | × direct | × sluicegate-native |"
+    echo "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' -v runs="$RUNS" '
         function median(list,   a, n, i, j, t) {
             n = split(list, a, " ")
@@ -576,17 +631,23 @@ TABLE=$RESULTS/table.md
                 w = f[6] == "-" ? 1 : f[6]
                 base = f[1] SUBSEP f[2] SUBSEP f[3] SUBSEP f[4]
                 h = base SUBSEP "haproxy" SUBSEP w; n = base SUBSEP "nginx" SUBSEP w; d = base SUBSEP "direct" SUBSEP "-"
+                v = base SUBSEP "sluicegate-native" SUBSEP w
                 rh = (h in m) && m[h] > 0 ? sprintf("%.2f", m[k] / m[h]) : "-"
                 rn = (n in m) && m[n] > 0 ? sprintf("%.2f", m[k] / m[n]) : "-"
                 rd = (d in m) && m[d] > 0 ? sprintf("%.2f", m[k] / m[d]) : "-"
-                printf "| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %.1f | %d | %s | %s | %s |\n",
-                    f[1], f[2], f[3], f[4], f[5], f[6], m[k], median(p50[k]), median(p99[k]), median(cpu[k]), rss[k] / 1024, err[k], rh, rn, rd
+                # Only on the Wasm rows: what the plugin boundary costs them in throughput.
+                rv = f[5] == "sluicegate" && (v in m) && m[v] > 0 ? sprintf("%.2f", m[k] / m[v]) : "-"
+                printf "| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %.1f | %d | %s | %s | %s | %s |\n",
+                    f[1], f[2], f[3], f[4], f[5], f[6], m[k], median(p50[k]), median(p99[k]), median(cpu[k]), rss[k] / 1024, err[k], rh, rn, rd, rv
             }
         }' "$RAW"
     echo
     echo "Ratios are req/s against the same placement, layer, body and connections; × haproxy and × nginx against the"
     echo "same worker count; CPU µs/req is the proxy's utime+stime (all its processes) over the run / requests;"
     echo "for \"direct\" it is the backend nginx's. Peak RSS is VmHWM summed over the proxy's processes."
+    echo "sluicegate: the Wasm router and round-robin balancer on every request; sluicegate-native: the same proxy built"
+    echo "with --features native-choice, route table and a plain-Rust round-robin (no Wasm call). × sluicegate-native is"
+    echo "sluicegate's req/s against it, same workers: below 1.00 by what the plugin boundary costs."
 } >"$TABLE"
 
 if [[ $PICK_BENCH == 1 ]]; then
