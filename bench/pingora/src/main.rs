@@ -30,9 +30,10 @@ struct Args {
     /// Upstream address; repeat for more (round-robin over all of them).
     #[arg(long = "upstream", required = true)]
     upstreams: Vec<SocketAddr>,
-    /// Idle upstream connections kept for reuse, across all upstreams (Pingora's
-    /// `upstream_keepalive_pool_size`). Default: 256 per upstream, like the other peers' idle pools,
-    /// so that benchmark concurrency does not churn connections (Pingora's own default is 128).
+    /// Idle upstream connections kept for reuse, across all upstreams, per thread (Pingora's
+    /// `upstream_keepalive_pool_size`; Pingora multiplies it by the threads into one process-wide pool).
+    /// Default: 256 per upstream, like the other peers' idle pools, so that benchmark concurrency does
+    /// not churn connections (Pingora's own default is 128).
     #[arg(long)]
     keepalive_pool: Option<usize>,
     /// One single-threaded runtime per thread instead of Pingora's default work-stealing runtime.
@@ -72,6 +73,10 @@ fn main() {
         threads: args.threads.max(1),
         work_stealing: !args.no_work_stealing,
         upstream_keepalive_pool_size: args.keepalive_pool.unwrap_or(256 * args.upstreams.len()),
+        // SIGTERM exits within a second, as the other peers do (Pingora's default graceful exit
+        // waits 5 minutes, then 5 s more for its runtimes).
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     // No `Opt`: no config file, no daemon, no upgrade socket. No logger is installed, so Pingora's
