@@ -6,13 +6,17 @@ use http::header::{
 };
 use std::net::{IpAddr, SocketAddr};
 
-/// Headers that apply to one connection only, besides those named by `Connection`.
-const HOP_BY_HOP: [&str; 5] = [
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-authenticate-info",
+/// Headers that apply to one connection only, besides those named by `Connection`. Names, not
+/// strings: removing by `&str` parses the name again on every request.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-authenticate-info"),
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
 ];
 
 /// `X-Forwarded-For`.
@@ -58,12 +62,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(TE);
-    headers.remove(TRAILER);
-    headers.remove(TRANSFER_ENCODING);
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     } else {

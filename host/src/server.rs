@@ -541,7 +541,9 @@ async fn accept_loop(
                         req.extensions_mut()
                             .insert(crate::tls::RedirectHttps { port });
                     }
-                    async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                    // Boxed: the request's future is large (its state across the upstream
+                    // call), and hyper moves the service future it holds.
+                    Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) })
                 })
             };
             let io = IdleIo::new(stream, idle);
@@ -613,9 +615,13 @@ where
 }
 
 /// A connection that fails with `TimedOut` after `timeout` without a byte read or written.
+///
+/// Reads and writes only note the time; the timer is moved when it fires early. Resetting a timer
+/// on every read and write re-registered it in the runtime's timer wheel several times a request.
 struct IdleIo {
     inner: TcpStream,
     timeout: Duration,
+    last: Instant,
     sleep: Pin<Box<Sleep>>,
 }
 
@@ -624,17 +630,24 @@ impl IdleIo {
         IdleIo {
             inner,
             timeout,
+            last: Instant::now(),
             sleep: Box::pin(tokio::time::sleep(timeout)),
         }
     }
 
     fn progressed(&mut self) {
-        let deadline = Instant::now() + self.timeout;
-        self.sleep.as_mut().reset(deadline);
+        self.last = Instant::now();
     }
 
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.sleep.as_mut().poll(cx).is_ready()
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            let deadline = self.last + self.timeout;
+            if deadline <= Instant::now() {
+                return true;
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+        false
     }
 }
 
