@@ -809,6 +809,17 @@ address = "localhost:9002"
     }
 
     #[test]
+    fn workers_default_to_none_and_zero_is_refused_at_its_line() {
+        assert_eq!(parse("").unwrap().workers, None);
+        assert_eq!(parse("workers = 4\n").unwrap().workers, Some(4));
+        let err = parse("\nworkers = 0\n").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "test.toml:2:11: workers: `workers` must be between 1 and 1024"
+        );
+    }
+
+    #[test]
     fn error_display_names_file_line_and_key() {
         let err = parse("[[routes]]\ncluster = \"nope\"\n")
             .unwrap_err()
