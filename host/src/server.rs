@@ -7,6 +7,9 @@
 //! are served by [`crate::l4`]. Any listener may first read a PROXY protocol header from a trusted
 //! front load balancer.
 //!
+//! `run` serves with one event loop per worker thread ([`Server::run_workers`]); tests and the demo
+//! serve on the caller's runtime ([`Server::run`]).
+//!
 //! Shutdown: stop accepting, mark the proxy draining (`/ready` answers 503), ask every connection to
 //! finish its in-flight requests (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY),
 //! and wait for them up to the config's drain deadline. L4 connections cannot be asked to finish:
@@ -246,28 +249,26 @@ impl Server {
             serving.push((listener, Arc::new(Serving { config, tls })));
         }
         // Each worker says it is done (drained, or past the deadline) by dropping its sender.
-        let mut done = Vec::new();
-        if workers == 0 {
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = if workers == 0 {
+            let (tx, rx) = oneshot::channel::<()>();
             let (proxy, stop) = (proxy.clone(), stop_rx.clone());
             tokio::spawn(async move {
                 serve_listeners(serving, proxy, stop, "main").await;
                 drop(tx);
             });
-            done.push(rx);
+            vec![rx]
         } else {
-            let started = start_workers(serving, workers, &proxy, &stop_rx);
-            match started {
-                Ok(rxs) => done = rxs,
-                Err((rxs, e)) => {
+            match start_workers(serving, workers, &proxy, &stop_rx) {
+                Ok(done) => done,
+                Err((started, e)) => {
                     let _ = stop_tx.send(true);
-                    for rx in rxs {
+                    for rx in started {
                         let _ = rx.await;
                     }
                     return Err(e);
                 }
             }
-        }
+        };
         // The admin API stays up while draining, so `/ready` can say 503.
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = listeners
