@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sluicegate vs haproxy vs nginx on loopback, same backends, same wrk loads, same run. See bench/README.md.
+# Sluicegate vs haproxy vs nginx vs Pingora on loopback, same backends, same wrk loads, same run. See bench/README.md.
 #
 #   bench/run.sh            the benchmark: prints a table and writes bench/results/<date>/{raw.tsv,table.md}
 #   bench/run.sh profile    perf profile of Sluicegate (one worker thread) under wrk -c50 (README "Profile")
@@ -7,7 +7,8 @@
 # Settings (environment): DURATION (s, default 10), RUNS (3), CONNS ("50 200"), BODIES ("small"; also "1k"
 # and "64k"), PINNED (auto|0|1: the pinned placement when 2+ CPUs), PIN_CONNS ("50"), L4 (auto|0|1), L4_CONNS
 # ("50"), PICK_BENCH (1|0: the plugin-boundary micro-benchmark), NATIVE (1|0: the sluicegate-native rows),
-# SLUICEGATE_BIN / SLUICEGATE_NATIVE_BIN (skip a build), BUILD (1|0), PROFILE_SECONDS (profile mode, 10),
+# PINGORA (auto|0|1: the pingora rows; auto skips them when the peer cannot be built), SLUICEGATE_BIN /
+# SLUICEGATE_NATIVE_BIN / PINGORA_BIN (skip a build), BUILD (1|0), PROFILE_SECONDS (profile mode, 10),
 # MAX_SECONDS (hard bound on the whole run; default from the plan).
 set -euo pipefail
 
@@ -22,6 +23,7 @@ L4=${L4:-auto}
 L4_CONNS=${L4_CONNS:-50}
 PICK_BENCH=${PICK_BENCH:-1}
 NATIVE=${NATIVE:-1}
+PINGORA=${PINGORA:-auto}
 BUILD=${BUILD:-1}
 PROFILE_SECONDS=${PROFILE_SECONDS:-10}
 MODE=${1:-bench}
@@ -68,13 +70,16 @@ fi
 [[ -e $STREAM_MODULE ]] || { [[ $L4 == 1 ]] && die "no nginx stream module"; L4=0; }
 
 # ---------------------------------------------------------------- Sluicegate, release builds
+# clean_env cmd...: runs cmd without the outer cargo/make settings (they must not leak into our builds);
+# CARGO_BUILD_JOBS is kept: it is how a busy machine asks for a gentler build.
+clean_env() {
+    env $(env | grep -oE '^(CARGO_[A-Z_]*|RUSTFLAGS|MAKEFLAGS)=' | grep -v '^CARGO_BUILD_JOBS=' | sed 's/=$//; s/^/-u /') "$@"
+}
 # build_sluicegate target_dir cargo-args...: a release build of the binary into target_dir.
 build_sluicegate() {
     local dir=$1
     shift
-    # Outer cargo/make settings must not leak into this build.
-    (cd "$ROOT" && env $(env | grep -oE '^(CARGO_[A-Z_]*|RUSTFLAGS|MAKEFLAGS)=' | sed 's/=$//; s/^/-u /') \
-        CARGO_TARGET_DIR="$dir" timeout 1800 cargo build --release -q -p sluicegate --bin sluicegate "$@" >&2)
+    (cd "$ROOT" && clean_env CARGO_TARGET_DIR="$dir" timeout 1800 cargo build --release -q -p sluicegate --bin sluicegate "$@" >&2)
 }
 # with_binary var target_dir what cargo-args...: sets var to the built binary (unless it is set already).
 with_binary() {
@@ -99,6 +104,27 @@ with_binary SLUICEGATE_BIN "$ROOT/target" sluicegate
 # target directory so that building it does not rebuild the normal release binary.
 [[ $NATIVE == 0 || $MODE == profile ]] ||
     with_binary SLUICEGATE_NATIVE_BIN "$ROOT/target/bench-native" "sluicegate with native-choice" --features native-choice
+
+# ---------------------------------------------------------------- Pingora (bench/pingora), optional
+# A standalone cargo project (bench/pingora/README.md); its first build takes ~10 min on two busy cores.
+# A peer that cannot be had is skipped with a warning (PINGORA=1: an error), not the end of the run.
+if [[ $PINGORA != 0 && $MODE != profile ]]; then
+    if [[ -z ${PINGORA_BIN:-} ]]; then
+        PINGORA_BIN=$ROOT/bench/pingora/target/release/pingora-bench-proxy
+        if [[ $BUILD == 1 ]]; then
+            log "building the Pingora peer (bench/pingora, release)"
+            if ! (cd "$ROOT" && clean_env timeout 1800 bench/pingora/build.sh >/dev/null); then
+                [[ -x $PINGORA_BIN ]] && log "warning: Pingora build failed; using the existing $PINGORA_BIN" ||
+                    log "warning: Pingora build failed"
+            fi
+        fi
+    fi
+    if [[ ! -x $PINGORA_BIN ]]; then
+        [[ $PINGORA == 1 ]] && die "no Pingora binary at $PINGORA_BIN"
+        log "warning: no Pingora binary at $PINGORA_BIN; no pingora rows"
+        PINGORA=0
+    fi
+fi
 SG_VERSION="$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- host && echo "" || echo "+dirty")"
 
 # ---------------------------------------------------------------- ports, free at start
@@ -360,6 +386,21 @@ EOF
     TARGETS+=("nginx|$w|$STARTED|$p|$pt")
 }
 
+# start_pingora threads: bench/pingora's proxy (Pingora's round-robin, upstream keep-alive), HTTP only.
+# --no-work-stealing: one single-threaded runtime per thread, like the other proxies' per-worker loops
+# (Pingora's one accept loop hands each connection to one of them). --keepalive-pool is Pingora's
+# upstream_keepalive_pool_size: idle connections across all upstreams, per thread (Pingora multiplies it
+# by the threads into one process-wide pool); 2 x 256 = 256 per upstream, as Sluicegate's
+# max_idle_per_endpoint and nginx's keepalive 256. None of these limits binds at wrk's connection counts.
+start_pingora() {
+    local t=$1 p
+    free_port; p=$PORT
+    start "pingora-$t" "$WORK/pingora-$t.log" "$PINGORA_BIN" --listen "127.0.0.1:$p" --threads "$t" \
+        --upstream "127.0.0.1:$B1" --upstream "127.0.0.1:$B2" --no-work-stealing --keepalive-pool $((2 * 256))
+    wait_port "$p" "$STARTED" "pingora-$t"
+    TARGETS+=("pingora|$t|$STARTED|$p|-")
+}
+
 # All pids of a target: the process and its children (nginx workers).
 target_pids() { echo "$1" $(pgrep -P "$1" || true); }
 cpu_ticks() { # pid... -> utime+stime of them all (threads included)
@@ -508,6 +549,10 @@ start_haproxy 1
 start_haproxy 2
 start_nginx 1
 start_nginx 2
+if [[ $PINGORA != 0 ]]; then
+    start_pingora 1
+    start_pingora 2
+fi
 TARGETS+=("direct|-|$BACKEND_PID|$B1|-")
 
 # How many targets run pinned (one worker, or direct) and how many have a tcp port.
@@ -602,14 +647,17 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- the table: medians, ratios in the same run
 TABLE=$RESULTS/table.md
+PG_VERSION=
+[[ $PINGORA == 0 ]] ||
+    PG_VERSION="pingora $(awk '/^name = "pingora"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' "$ROOT/bench/pingora/Cargo.lock") (bench/pingora); "
 {
     echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $NCPU CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo);" \
         "$(uname -r); load average at start $LOAD_START, at end $LOAD_END"
     echo "Sluicegate $SG_VERSION; $(nginx -v 2>&1 | sed 's/.*: //'); haproxy $(haproxy -v | awk 'NR==1 {print $3}'); wrk -t1, ${DURATION}s," \
-        "median of $RUNS interleaved runs; bodies: $BODIES"
+        "${PG_VERSION}median of $RUNS interleaved runs; bodies: $BODIES"
     echo
-    echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MB | errors | × haproxy | × nginx | × direct | × sluicegate-native |"
-    echo "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MB | errors | × haproxy | × nginx | × pingora | × direct | × sluicegate-native |"
+    echo "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' -v runs="$RUNS" '
         function median(list,   a, n, i, j, t) {
             n = split(list, a, " ")
@@ -631,23 +679,27 @@ TABLE=$RESULTS/table.md
                 w = f[6] == "-" ? 1 : f[6]
                 base = f[1] SUBSEP f[2] SUBSEP f[3] SUBSEP f[4]
                 h = base SUBSEP "haproxy" SUBSEP w; n = base SUBSEP "nginx" SUBSEP w; d = base SUBSEP "direct" SUBSEP "-"
+                g = base SUBSEP "pingora" SUBSEP w
                 v = base SUBSEP "sluicegate-native" SUBSEP w
                 rh = (h in m) && m[h] > 0 ? sprintf("%.2f", m[k] / m[h]) : "-"
                 rn = (n in m) && m[n] > 0 ? sprintf("%.2f", m[k] / m[n]) : "-"
+                rg = (g in m) && m[g] > 0 ? sprintf("%.2f", m[k] / m[g]) : "-"
                 rd = (d in m) && m[d] > 0 ? sprintf("%.2f", m[k] / m[d]) : "-"
                 # Only on the Wasm rows: what the plugin boundary costs them in throughput.
                 rv = f[5] == "sluicegate" && (v in m) && m[v] > 0 ? sprintf("%.2f", m[k] / m[v]) : "-"
-                printf "| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %.1f | %d | %s | %s | %s | %s |\n",
-                    f[1], f[2], f[3], f[4], f[5], f[6], m[k], median(p50[k]), median(p99[k]), median(cpu[k]), rss[k] / 1024, err[k], rh, rn, rd, rv
+                printf "| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %.1f | %d | %s | %s | %s | %s | %s |\n",
+                    f[1], f[2], f[3], f[4], f[5], f[6], m[k], median(p50[k]), median(p99[k]), median(cpu[k]), rss[k] / 1024, err[k], rh, rn, rg, rd, rv
             }
         }' "$RAW"
     echo
-    echo "Ratios are req/s against the same placement, layer, body and connections; × haproxy and × nginx against the"
-    echo "same worker count; CPU µs/req is the proxy's utime+stime (all its processes) over the run / requests;"
-    echo "for \"direct\" it is the backend nginx's. Peak RSS is VmHWM summed over the proxy's processes."
+    echo "Ratios are req/s against the same placement, layer, body and connections; × haproxy, × nginx and × pingora"
+    echo "against the same worker count (pingora is HTTP only: no × pingora on tcp rows); CPU µs/req is the proxy's"
+    echo "utime+stime (all its processes) over the run / requests; for \"direct\" it is the backend nginx's. Peak RSS"
+    echo "is VmHWM summed over the proxy's processes."
     echo "sluicegate: the Wasm router and round-robin balancer on every request; sluicegate-native: the same proxy built"
     echo "with --features native-choice, route table and a plain-Rust round-robin (no Wasm call). × sluicegate-native is"
     echo "sluicegate's req/s against it, same workers: below 1.00 by what the plugin boundary costs."
+    [[ $PINGORA == 0 ]] || echo "pingora: bench/pingora, Pingora's round-robin, one single-threaded runtime per thread (--no-work-stealing)."
 } >"$TABLE"
 
 if [[ $PICK_BENCH == 1 ]]; then
@@ -657,8 +709,7 @@ if [[ $PICK_BENCH == 1 ]]; then
         echo "Plugin boundary (cargo bench -p sluicegate --bench pick, ns per pick; the per-request CPU budget is 15 µs = 15000 ns):"
         echo
         echo '```'
-        (cd "$ROOT" && env $(env | grep -oE '^(CARGO_[A-Z_]*|RUSTFLAGS|MAKEFLAGS)=' | sed 's/=$//; s/^/-u /') \
-            timeout 900 cargo bench -q -p sluicegate --bench pick 2>&1 | grep -v -E '^\s*(Compiling|Finished|Running|Blocking)' | tail -20) || echo "(the pick benchmark failed)"
+        (cd "$ROOT" && clean_env timeout 900 cargo bench -q -p sluicegate --bench pick 2>&1 | grep -v -E '^\s*(Compiling|Finished|Running|Blocking)' | tail -20) || echo "(the pick benchmark failed)"
         echo '```'
     } >>"$TABLE"
 fi
