@@ -32,15 +32,28 @@ struct EndpointHealth {
     weight: u32,
     metadata: Vec<(String, String)>,
     /// Shared with the next config's cluster when the endpoint stays.
-    state: Arc<Mutex<EndpointState>>,
+    state: Arc<SharedState>,
     /// Requests and successes since the last success-rate check.
     requests: AtomicU64,
     successes: AtomicU64,
 }
 
+/// An endpoint's state, and whether a success would change it, readable without the lock.
+#[derive(Debug)]
+struct SharedState {
+    state: Mutex<EndpointState>,
+    /// Set while an error streak is counting (or could be): a success must take the lock to end
+    /// it. Clear, a success changes nothing, so the request path skips the lock the worker
+    /// threads would otherwise all take on every response.
+    streak: AtomicBool,
+}
+
 impl EndpointHealth {
     fn state(&self) -> MutexGuard<'_, EndpointState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -119,7 +132,10 @@ impl ClusterHealth {
                 });
                 let state = kept.unwrap_or_else(|| {
                     let ramp = previous.is_some().then_some(now);
-                    Arc::new(Mutex::new(EndpointState::new(ramp)))
+                    Arc::new(SharedState {
+                        state: Mutex::new(EndpointState::new(ramp)),
+                        streak: AtomicBool::new(false),
+                    })
                 });
                 EndpointHealth {
                     address: e.address.clone(),
@@ -403,13 +419,21 @@ impl ClusterHealth {
                 e.successes.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let success = match verdict {
+            Verdict::Pass => true,
+            Verdict::Abstain => failure.is_none() && status.is_some_and(|s| s < 500),
+            Verdict::Fail | Verdict::Eject => false,
+        };
+        if success && !e.state.streak.load(Ordering::Relaxed) {
+            return;
+        }
         let now = Instant::now();
         let wants = {
             let mut s = e.state();
             if s.ejected(now) {
                 return;
             }
-            match verdict {
+            let wants = match verdict {
                 Verdict::Eject => true,
                 Verdict::Pass => s.on_outcome(Some(200), false, &self.outlier),
                 Verdict::Fail => s.on_outcome(None, true, &self.outlier),
@@ -417,7 +441,9 @@ impl ClusterHealth {
                     s.on_outcome(status, failure.is_some(), &self.outlier)
                 }
                 Verdict::Abstain => false,
-            }
+            };
+            e.state.streak.store(s.in_streak(), Ordering::Relaxed);
+            wants
         };
         if !wants {
             return;
@@ -765,5 +791,33 @@ mod tests {
             "shared state, both pools"
         );
         assert!(!new.healthy(1));
+    }
+
+    // Successes skip the lock unless an error streak is counting; one must still end a streak,
+    // whichever config's cluster counted it.
+    #[tokio::test(start_paused = true)]
+    async fn a_success_ends_an_error_streak_even_on_the_lock_free_path() {
+        let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
+        let metrics = Metrics::new(rt.clone());
+        let lb = || rt.balancer("round-robin", "", Arc::new(NoFacts)).unwrap();
+        let config = cluster_with(
+            &["10.0.0.1:80", "10.0.0.2:80"],
+            "[clusters.outlier]\nconsecutive_5xx = 3\nmax_ejection_percent = 100\n",
+        );
+        let old = ClusterHealth::new(&config, vec![lb()], None, None, metrics.health());
+        let new = ClusterHealth::new(&config, vec![lb()], None, Some(&old), metrics.health());
+        let ms = Duration::from_millis(1);
+        for _ in 0..10 {
+            new.observe(0, Some(200), None, ms);
+        }
+        old.observe(0, Some(500), None, ms);
+        new.observe(0, Some(503), None, ms);
+        new.observe(0, Some(200), None, ms);
+        old.observe(0, Some(500), None, ms);
+        new.observe(0, None, Some(Failure::Reset), ms);
+        assert!(new.healthy(0), "two errors since the success: no ejection");
+        new.observe(0, Some(500), None, ms);
+        assert!(!new.healthy(0), "the third in a row ejects");
+        assert!(new.healthy(1));
     }
 }

@@ -139,6 +139,11 @@ impl EndpointState {
                 && self.consecutive_gateway >= cfg.consecutive_gateway_errors)
     }
 
+    /// Whether an error streak is counting (a success would end it).
+    pub fn in_streak(&self) -> bool {
+        self.consecutive_5xx > 0 || self.consecutive_gateway > 0
+    }
+
     /// Ejects it: base time × ejections so far (this one included), at most the max. An endpoint
     /// that stayed in for `max_ejection_time` since its last ejection starts counting afresh.
     pub fn eject(&mut self, cfg: &OutlierConfig, now: Instant) -> Duration {
