@@ -367,10 +367,11 @@ impl std::fmt::Debug for PluginRuntime {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn head() -> Arc<RequestHead> {
+    /// A bare `GET /x` request head.
+    pub(crate) fn head() -> Arc<RequestHead> {
         let (parts, ()) = http::Request::builder()
             .uri("/x")
             .body(())

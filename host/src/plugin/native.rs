@@ -77,7 +77,7 @@ impl NativeRoundRobin {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::{NoFacts, PluginRuntime, RequestHead, RuntimeOptions};
+    use super::super::{NoFacts, PluginRuntime, RuntimeOptions};
     use super::*;
 
     fn pool(healthy: &[bool]) -> Vec<PoolEndpoint> {
@@ -94,25 +94,12 @@ mod tests {
             .collect()
     }
 
-    fn head() -> Arc<RequestHead> {
-        let (parts, ()) = http::Request::builder()
-            .uri("/")
-            .body(())
-            .unwrap()
-            .into_parts();
-        Arc::new(RequestHead {
-            parts,
-            client: "127.0.0.1:9".parse().unwrap(),
-            request_id: "r1".into(),
-        })
-    }
-
     #[test]
     fn rotates_and_skips_endpoints_the_pool_no_longer_has_healthy() {
         let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
         let b = rt.balancer(NAME, "", Arc::new(NoFacts)).unwrap();
         assert_eq!(b.plugin(), NAME);
-        let req = head();
+        let req = crate::plugin::tests::head();
         let picks = |n: usize| -> Vec<_> {
             (0..n)
                 .map(|_| b.pick(&req, 1, &[]).unwrap().unwrap())
@@ -142,7 +129,7 @@ mod tests {
         let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
         let b = rt.balancer(NAME, "", Arc::new(NoFacts)).unwrap();
         b.set_pool(pool(&[true, true]));
-        let req = head();
+        let req = crate::plugin::tests::head();
         for _ in 0..4 {
             assert_eq!(b.pick(&req, 2, &[0]).unwrap(), Some(1));
         }
