@@ -710,7 +710,7 @@ impl Drop for Finish {
             (None, None) => self.proxy.metrics.unrouted().count(self.status),
         }
         if let Some(c) = cluster {
-            c.metrics.duration.observe(total.as_secs_f64());
+            c.metrics.duration.observe(total);
         }
         let log = &self.proxy.access_log;
         if !log.enabled() {

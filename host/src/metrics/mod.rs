@@ -2,12 +2,16 @@
 //! config is built, so serving a request does no label lookup or allocation; plugin figures are read
 //! from the runtime at scrape time.
 
+mod histogram;
+
+pub use histogram::DurationHistogram;
+
 use crate::plugin::PluginRuntime;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,7 +76,7 @@ pub struct ClusterMetrics {
     /// Requests of the cluster answered without an endpoint (503, 502...).
     pub local: EndpointMetrics,
     /// Total request duration.
-    pub duration: Histogram,
+    pub duration: DurationHistogram,
     /// Retries.
     pub retries: Counter,
 }
@@ -82,7 +86,7 @@ pub struct ClusterMetrics {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    duration: Family<ClusterLabels, Histogram, fn() -> Histogram>,
+    duration: Family<ClusterLabels, DurationHistogram, fn() -> DurationHistogram>,
     retries: Family<ClusterLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
     /// Client connections open now.
@@ -147,8 +151,8 @@ impl HealthMetrics {
     }
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+fn duration_histogram() -> DurationHistogram {
+    DurationHistogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
 impl Metrics {
@@ -161,7 +165,7 @@ impl Metrics {
             "Requests answered, by cluster, endpoint (empty for local answers) and status class",
             requests.clone(),
         );
-        let duration = Family::<ClusterLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+        let duration = Family::<ClusterLabels, DurationHistogram, fn() -> DurationHistogram>::new_with_constructor(
             duration_histogram,
         );
         registry.register(
