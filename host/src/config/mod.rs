@@ -214,7 +214,7 @@ pub struct ClusterConfig {
     pub response_timeout: Duration,
     /// Pooled upstream connections idle this long are closed.
     pub idle_timeout: Duration,
-    /// Pooled idle connections kept per endpoint.
+    /// Pooled idle connections kept per endpoint, in each worker (pools are per worker thread).
     pub max_idle_per_endpoint: usize,
     /// Retries.
     pub retry: RetryPolicy,
