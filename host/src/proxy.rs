@@ -139,8 +139,16 @@ impl Proxy {
 
     /// A new request (or L4 connection) id.
     pub(crate) fn new_request_id(&self) -> String {
-        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}{:016x}", self.id_prefix, n)
+        let id = self.request_id_bytes();
+        std::str::from_utf8(&id).expect("hex digits").to_owned()
+    }
+
+    /// A new id as bytes, see [`request_id`].
+    fn request_id_bytes(&self) -> [u8; 24] {
+        request_id(
+            self.id_prefix,
+            self.id_counter.fetch_add(1, Ordering::Relaxed),
+        )
     }
 
     /// Serves one client request.
@@ -177,11 +185,12 @@ impl Proxy {
         {
             Some(id) => id.to_owned(),
             None => {
-                let id = self.new_request_id();
-                if let Ok(v) = HeaderValue::from_str(&id) {
-                    parts.headers.insert(X_REQUEST_ID, v);
-                }
-                id
+                let id = self.request_id_bytes();
+                parts.headers.insert(
+                    X_REQUEST_ID,
+                    HeaderValue::from_bytes(&id).expect("hex digits make a header value"),
+                );
+                std::str::from_utf8(&id).expect("hex digits").to_owned()
             }
         };
         let mut head = Arc::new(RequestHead {
@@ -511,6 +520,25 @@ impl Proxy {
     }
 }
 
+/// The id `format!("{prefix:08x}{n:016x}")` would make (24 lowercase hex digits), built on the
+/// stack: the request path makes both its header value and its `String` from these bytes.
+fn request_id(prefix: u32, n: u64) -> [u8; 24] {
+    let mut id = [0; 24];
+    let (p, c) = id.split_at_mut(8);
+    hex_into(p, u64::from(prefix));
+    hex_into(c, n);
+    id
+}
+
+/// Writes `v` into `out` as lowercase hex, zero-padded to `out.len()` digits (like `{:0Nx}`).
+fn hex_into(out: &mut [u8], mut v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for d in out.iter_mut().rev() {
+        *d = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
 /// Methods that can be sent twice without a different effect (RFC 9110 §9.2.2).
 fn is_idempotent(m: &Method) -> bool {
     matches!(
@@ -806,5 +834,28 @@ impl Body for ProxyBody {
             Inner::Upstream(b) => b.size_hint(),
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_24_lowercase_hex_digits_and_differ() {
+        for (prefix, n) in [
+            (0, 0),
+            (0x1a2b_3c4d, 1),
+            (u32::MAX, u64::MAX),
+            (7, 0xdead_beef),
+        ] {
+            let id = request_id(prefix, n);
+            assert!(
+                id.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{id:?}"
+            );
+            assert_eq!(id.as_slice(), format!("{prefix:08x}{n:016x}").as_bytes());
+        }
+        assert_ne!(request_id(0x1a2b_3c4d, 41), request_id(0x1a2b_3c4d, 42));
     }
 }
