@@ -1,6 +1,7 @@
 //! Header rules of a proxy: hop-by-hop headers stop here (RFC 9110 §7.6.1), forwarding headers record
 //! the client (X-Forwarded-For, X-Forwarded-Proto, Forwarded), and upgrades keep what they need.
 
+use bytes::Bytes;
 use http::header::{
     CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
@@ -84,33 +85,62 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade:
     }
 }
 
-/// Adds the forwarding headers for a request from `client` that came in over `proto` (`http` or
-/// `https`): appends the client to `X-Forwarded-For` and `Forwarded` (with the `Host` asked for),
-/// and sets `X-Forwarded-Proto`.
-pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, proto: &'static str) {
-    let ip = client.ip();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if headers.get_all(X_FORWARDED_FOR).iter().count() == 1 => {
-            format!("{prev}, {ip}")
+/// What the forwarding headers say about one client connection, made once per connection: a
+/// request without forwarding headers of its own then costs reference counts, not formatting.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// The client's address (the one its PROXY header names, behind a front load balancer).
+    pub addr: SocketAddr,
+    /// The scheme the client came in over: `http` or `https`.
+    pub proto: &'static str,
+    /// The client's IP as `X-Forwarded-For` lists it.
+    xff: HeaderValue,
+    /// `for=<node>;proto=<proto>`: the client's `Forwarded` element before any `host`.
+    forwarded: HeaderValue,
+}
+
+impl ClientInfo {
+    /// The forwarding values for a client at `addr` that connected over `proto`.
+    pub fn new(addr: SocketAddr, proto: &'static str) -> Self {
+        let ip = addr.ip();
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let value = |s: String| HeaderValue::try_from(s).expect("IP addresses are header text");
+        ClientInfo {
+            addr,
+            proto,
+            xff: value(ip.to_string()),
+            forwarded: value(format!("for={node};proto={proto}")),
         }
+    }
+}
+
+/// Adds the forwarding headers for a request from `client`: appends the client to
+/// `X-Forwarded-For` and `Forwarded` (with the `Host` asked for), and sets `X-Forwarded-Proto`.
+pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientInfo) {
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        None => Some(client.xff.clone()),
+        // Behind another proxy: the list so far (its text lines, joined), then this client.
         Some(_) => {
-            let prev: Vec<&str> = headers
+            let mut list = Vec::new();
+            for prev in headers
                 .get_all(X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .collect();
-            format!("{}, {ip}", prev.join(", "))
+            {
+                list.extend_from_slice(prev.as_bytes());
+                list.extend_from_slice(b", ");
+            }
+            list.extend_from_slice(client.xff.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(list)).ok()
         }
-        None => ip.to_string(),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
     let host = headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
@@ -120,11 +150,17 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, proto: &'stat
             if h.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',') =>
         {
-            format!("for={node};proto={proto};host={h}")
+            const HOST_PARAM: &[u8] = b";host=";
+            let prefix = client.forwarded.as_bytes();
+            let mut element = Vec::with_capacity(prefix.len() + HOST_PARAM.len() + h.len());
+            element.extend_from_slice(prefix);
+            element.extend_from_slice(HOST_PARAM);
+            element.extend_from_slice(h.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(element)).ok()
         }
-        _ => format!("for={node};proto={proto}"),
+        _ => Some(client.forwarded.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(element) {
+    if let Some(v) = element {
         headers.append(FORWARDED, v);
     }
 }
@@ -207,7 +243,8 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         h.insert(HOST, HeaderValue::from_static("example.com:8080"));
-        add_forwarding(&mut h, "192.0.2.7:5555".parse().unwrap(), "http");
+        let client = ClientInfo::new("192.0.2.7:5555".parse().unwrap(), "http");
+        add_forwarding(&mut h, &client);
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 192.0.2.7");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
         assert_eq!(
@@ -216,13 +253,109 @@ mod tests {
         );
 
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, "[2001:db8::1]:80".parse().unwrap(), "https");
+        add_forwarding(
+            &mut h,
+            &ClientInfo::new("[2001:db8::1]:80".parse().unwrap(), "https"),
+        );
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "2001:db8::1");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "https");
         assert_eq!(
             h.get(FORWARDED).unwrap(),
             "for=\"[2001:db8::1]\";proto=https"
         );
+    }
+
+    /// The per-request formatting `add_forwarding` did before [`ClientInfo`]: its output must not
+    /// change.
+    fn add_forwarding_reference(headers: &mut HeaderMap, client: SocketAddr, proto: &'static str) {
+        let ip = client.ip();
+        let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) if headers.get_all(X_FORWARDED_FOR).iter().count() == 1 => {
+                format!("{prev}, {ip}")
+            }
+            Some(_) => {
+                let prev: Vec<&str> = headers
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                format!("{}, {ip}", prev.join(", "))
+            }
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::try_from(xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let host = headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(strip_port);
+        let element = match host {
+            Some(h)
+                if h.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',') =>
+            {
+                format!("for={node};proto={proto};host={h}")
+            }
+            _ => format!("for={node};proto={proto}"),
+        };
+        if let Ok(v) = HeaderValue::try_from(element) {
+            headers.append(FORWARDED, v);
+        }
+    }
+
+    #[test]
+    fn forwarding_headers_match_the_per_request_formatting() {
+        let non_text = HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
+        let requests: Vec<HeaderMap> = vec![
+            HeaderMap::new(),
+            map(&[("host", "example.com")]),
+            map(&[("host", "Example.COM:8443")]),
+            map(&[("host", "[::1]:8080")]),
+            map(&[("host", "bad;host")]),
+            map(&[("host", "a\"b")]),
+            map(&[("host", "")]),
+            map(&[("x-forwarded-for", "10.0.0.1"), ("host", "h")]),
+            map(&[
+                ("x-forwarded-for", "10.0.0.1, 10.0.0.2"),
+                ("x-forwarded-for", "10.0.0.3"),
+                ("forwarded", "for=10.0.0.1"),
+                ("forwarded", "for=10.0.0.3;proto=https"),
+            ]),
+            {
+                let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+                h.append(X_FORWARDED_FOR, non_text.clone());
+                h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.9"));
+                h
+            },
+            {
+                // A first line that is not text is replaced, as before.
+                let mut h = HeaderMap::new();
+                h.append(X_FORWARDED_FOR, non_text.clone());
+                h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.9"));
+                h.insert(HOST, non_text.clone());
+                h
+            },
+        ];
+        let clients = ["192.0.2.7:5555", "[2001:db8::1]:80", "[::ffff:10.1.2.3]:1"];
+        for client in clients {
+            let addr: SocketAddr = client.parse().unwrap();
+            for proto in ["http", "https"] {
+                // One `ClientInfo` for every request, as on one connection.
+                let info = ClientInfo::new(addr, proto);
+                for req in &requests {
+                    let (mut got, mut want) = (req.clone(), req.clone());
+                    add_forwarding(&mut got, &info);
+                    add_forwarding_reference(&mut want, addr, proto);
+                    assert_eq!(got, want, "{client} {proto} {req:?}");
+                }
+            }
+        }
     }
 
     #[test]

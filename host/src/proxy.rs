@@ -4,7 +4,7 @@
 
 use crate::access_log::{AccessLog, Entry, rfc3339_now};
 use crate::gateway::{Gateway, Router};
-use crate::headers::{self, X_REQUEST_ID};
+use crate::headers::{self, ClientInfo, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::plugin::{
     EndpointId, Failure, HeaderOp, LocalResponse, PluginRuntime, RequestAction, RequestHead,
@@ -19,7 +19,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -155,7 +154,7 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-        client: SocketAddr,
+        client: Arc<ClientInfo>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let gateway = self.gateway();
@@ -163,11 +162,6 @@ impl Proxy {
             req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let proto = if parts.extensions.get::<crate::tls::Https>().is_some() {
-            "https"
-        } else {
-            "http"
-        };
         let body = RequestBody::new(body);
 
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -177,7 +171,7 @@ impl Proxy {
         {
             parts.headers.insert(HOST, v);
         }
-        headers::add_forwarding(&mut parts.headers, client, proto);
+        headers::add_forwarding(&mut parts.headers, &client);
         let request_id = match parts
             .headers
             .get(X_REQUEST_ID)
@@ -195,7 +189,7 @@ impl Proxy {
         };
         let mut head = Arc::new(RequestHead {
             parts,
-            client,
+            client: client.addr,
             request_id,
         });
         let mut done = Finish::new(self.clone(), head.clone(), start);

@@ -18,6 +18,7 @@
 use crate::access_log::AccessLog;
 use crate::config::{Config, ConfigError, ListenerConfig, Protocol};
 use crate::gateway::Gateway;
+use crate::headers::ClientInfo;
 use crate::metrics::Metrics;
 use crate::plugin::{PluginError, PluginRuntime, PluginWatcher, RuntimeOptions};
 use crate::proxy::Proxy;
@@ -529,22 +530,23 @@ async fn accept_loop(
                 }
             };
             proxy.metrics.open_connections.inc();
-            let https = tls.is_some();
+            // The forwarding header values for this client, made once for all its requests.
+            let client = Arc::new(ClientInfo::new(
+                peer,
+                if tls.is_some() { "https" } else { "http" },
+            ));
             let redirect = redirect_https;
             let service = {
                 let proxy = proxy.clone();
                 service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    let proxy = proxy.clone();
-                    if https {
-                        req.extensions_mut().insert(crate::tls::Https);
-                    }
+                    let (proxy, client) = (proxy.clone(), client.clone());
                     if let Some(port) = redirect {
                         req.extensions_mut()
                             .insert(crate::tls::RedirectHttps { port });
                     }
                     // Boxed: the request's future is large (its state across the upstream
                     // call), and hyper moves the service future it holds.
-                    Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) })
+                    Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, client).await) })
                 })
             };
             let io = IdleIo::new(stream, idle);
