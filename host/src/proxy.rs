@@ -10,7 +10,7 @@ use crate::plugin::{
     EndpointId, Failure, HeaderOp, LocalResponse, PluginRuntime, RequestAction, RequestHead,
     ResponseHead, RouteDecision,
 };
-use crate::upstream::{ActiveRequest, BoxError, Cluster, InFlight, RequestBody};
+use crate::upstream::{ActiveRequest, BoxError, Cluster, InFlight, RequestBody, UpstreamBody};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
@@ -329,16 +329,11 @@ impl Proxy {
             done.attempts = attempt;
             done.push_tried(id);
             let in_flight = cluster.facts.start(id);
-            let upstream = upstream_request(
-                &head.parts,
-                cluster.config.tls.is_some(),
-                &endpoint.authority,
-                &body,
-            );
+            let upstream = upstream_request(&head.parts, &endpoint.authority, &body);
             let sent = Instant::now();
             let result = tokio::time::timeout(
                 cluster.config.response_timeout,
-                cluster.client().request(upstream),
+                cluster.pool.request(id, upstream),
             )
             .await;
             let elapsed = sent.elapsed();
@@ -456,7 +451,7 @@ impl Proxy {
         gateway: &Gateway,
         cluster: &Arc<Cluster>,
         head: Arc<RequestHead>,
-        mut resp: Response<Incoming>,
+        mut resp: Response<UpstreamBody>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<ProxyBody> {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -541,32 +536,35 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// The request for one attempt to `authority`: same method, path, query and headers, HTTP/1.1.
+/// The request for one attempt to `authority`: same method, path, query and headers, HTTP/1.1, in
+/// origin form (authority form for CONNECT); without a `Host`, the endpoint's.
 fn upstream_request(
     parts: &http::request::Parts,
-    tls: bool,
     authority: &http::uri::Authority,
     body: &RequestBody,
 ) -> Request<crate::upstream::AttemptBody> {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(if tls {
-        http::uri::Scheme::HTTPS
+    let uri = if parts.method == Method::CONNECT {
+        Uri::from(authority.clone())
     } else {
-        http::uri::Scheme::HTTP
-    });
-    uri.authority = Some(authority.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
+        Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        )
+    };
     let mut req = Request::new(body.attempt());
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = parts.headers.clone();
+    let headers = req.headers_mut();
+    *headers = parts.headers.clone();
+    if !headers.contains_key(HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(HOST, host);
+    }
     req
 }
 
@@ -775,12 +773,12 @@ pub struct ProxyBody {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
-    fn upstream(body: Incoming, finish: Finish) -> Self {
+    fn upstream(body: UpstreamBody, finish: Finish) -> Self {
         ProxyBody {
             inner: Inner::Upstream(body),
             finish: Some(finish),

@@ -3,11 +3,13 @@
 
 mod body;
 mod facts;
+mod pool;
 mod retry;
 pub mod tls;
 
 pub use body::{AttemptBody, BoxError, RequestBody};
 pub use facts::{ClusterFacts, EndpointStats, InFlight};
+pub use pool::{Pool, UpstreamBody, UpstreamError};
 pub use retry::{ActiveRequest, RetryBudget, RetryPermit};
 
 use crate::config::{ClusterConfig, ConfigError, PluginUse};
@@ -15,13 +17,7 @@ use crate::health::{ClusterHealth, HealthTask};
 use crate::metrics::{EndpointMetrics, Metrics};
 use crate::plugin::{BalancerHandle, EndpointId, PluginError, PluginRuntime};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Builder, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
-use thread_local::ThreadLocal;
-
-/// The pooled HTTP/1.1 client of a cluster.
-pub type UpstreamClient = Client<tls::UpstreamConnector, AttemptBody>;
 
 /// One backend of a cluster.
 #[derive(Debug)]
@@ -54,13 +50,14 @@ pub struct Cluster {
     pub facts: Arc<ClusterFacts>,
     /// The retry budget.
     pub budget: Arc<RetryBudget>,
-    /// One pooled HTTP/1.1 client per thread (TLS when `[clusters.tls]` is set), see [`Cluster::client`].
-    clients: ThreadLocal<UpstreamClient>,
-    client_builder: Builder,
-    connector: tls::UpstreamConnector,
+    /// Keep-alive connections to the endpoints (TLS when `[clusters.tls]` is set). Each worker thread
+    /// runs its own event loop and has its own idle lists, so an upstream connection stays on the loop
+    /// that uses it: no cross-thread wake-ups, no shared lock on the request path (as Envoy's and
+    /// nginx's per-worker pools).
+    pub pool: Arc<Pool>,
     /// The cluster's counters, made once.
     pub metrics: crate::metrics::ClusterMetrics,
-    /// The TLS client config of `[clusters.tls]`, for L4 connections (HTTP uses `client`).
+    /// The TLS client config of `[clusters.tls]`, for L4 connections (HTTP uses `pool`).
     pub tls_client: Option<Arc<rustls::ClientConfig>>,
     /// Endpoint health (active and passive checks); it keeps the balancers' pool up to date.
     pub health: Arc<ClusterHealth>,
@@ -170,11 +167,14 @@ impl Cluster {
             config.tls.as_ref().zip(tls_client.as_deref().cloned()),
         )
         .map_err(tls_error)?;
-        let mut client_builder = Client::builder(TokioExecutor::new());
-        client_builder
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_endpoint);
+        let authorities: Vec<_> = endpoints.iter().map(|e| e.authority.clone()).collect();
+        let pool = Pool::new(
+            &authorities,
+            config.tls.is_some(),
+            connector,
+            config.idle_timeout,
+            config.max_idle_per_endpoint,
+        );
 
         Ok(Cluster {
             budget: RetryBudget::new(config.retry.budget_ratio, config.retry.min_retries),
@@ -184,21 +184,11 @@ impl Cluster {
             balancer,
             fallback,
             facts,
-            clients: ThreadLocal::new(),
-            client_builder,
-            connector,
+            pool,
             tls_client,
             health,
             health_task,
         })
-    }
-
-    /// This thread's client. Each worker thread runs its own event loop, so a per-thread pool keeps
-    /// every upstream connection on the loop that uses it: no cross-thread wake-ups and no shared
-    /// pool lock on the request path (as Envoy's and nginx's per-worker pools).
-    pub fn client(&self) -> &UpstreamClient {
-        self.clients
-            .get_or(|| self.client_builder.build(self.connector.clone()))
     }
 
     /// The endpoint with this id.
