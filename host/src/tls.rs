@@ -20,11 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Marks a request that came in over TLS (a request extension set by the server), so the proxy
-/// sends `X-Forwarded-Proto: https`.
-#[derive(Clone, Copy, Debug)]
-pub struct Https;
-
 /// Marks a request on an `http` listener that redirects everything to https on `port`.
 #[derive(Clone, Copy, Debug)]
 pub struct RedirectHttps {
