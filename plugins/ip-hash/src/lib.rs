@@ -11,7 +11,8 @@
 //!   returns; a retry goes to the client's next-highest endpoint, which is just as stable.
 //!
 //! Panic mode (no endpoint healthy) ranks all of them; an empty pool gives `None` (503).
-//! Endpoint hashes are computed in `pool_changed`; a pick costs one hash mix per endpoint.
+//! Endpoint hashes are computed in `pool_changed`; a pick costs one hash mix and one logarithm per
+//! endpoint and allocates nothing: only a retry whose first choice was tried ranks them all.
 
 use sluicegate_plugin_hashing::{Cidr, ClientAddress, HashKey, Pool, choose, mix64, xxh64};
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};
@@ -46,6 +47,23 @@ fn unit(h: u64) -> f64 {
     ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
+impl IpHash {
+    /// Member `i`'s score for the client hashed as `key`.
+    fn score(&self, key: u64, i: usize) -> f64 {
+        let weight = self.pool.members()[i].weight;
+        f64::from(weight) / -unit(mix64(key ^ self.member_hashes[i])).ln()
+    }
+
+    /// Every member's index, highest score first (ties: the lowest index).
+    fn ranking(&self, key: u64) -> Vec<usize> {
+        let mut ranked: Vec<(f64, usize)> = (0..self.member_hashes.len())
+            .map(|i| (self.score(key, i), i))
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        ranked.into_iter().map(|(_, i)| i).collect()
+    }
+}
+
 impl Balancer for IpHash {
     fn init(config: &str) -> Result<Self, String> {
         let s: Settings = sluicegate_sdk::settings(config)?;
@@ -68,15 +86,21 @@ impl Balancer for IpHash {
     fn pick(&mut self, req: &Request, ctx: &PickContext) -> Option<EndpointId> {
         let key = HashKey::ClientIp.hash(req, &self.client);
         let members = self.pool.members();
-        let mut ranked: Vec<(f64, usize)> = self
-            .member_hashes
-            .iter()
-            .zip(members)
-            .enumerate()
-            .map(|(i, (h, m))| (f64::from(m.weight) / -unit(mix64(key ^ h)).ln(), i))
-            .collect();
-        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        choose(&self.pool, ranked.into_iter().map(|(_, i)| i), ctx, None)
+        // The highest-scoring usable member (ties: the lowest index) is what the ranking below
+        // would choose unless it was already tried: find it in one pass.
+        let mut best: Option<(f64, usize)> = None;
+        for i in (0..members.len()).filter(|&i| self.pool.usable(i)) {
+            let score = self.score(key, i);
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, i));
+            }
+        }
+        match best {
+            None => return None,
+            Some((_, i)) if !ctx.was_tried(members[i].id) => return Some(members[i].id),
+            Some(_) => {}
+        }
+        choose(&self.pool, self.ranking(key).into_iter(), ctx, None)
     }
 }
 
@@ -222,6 +246,35 @@ mod tests {
                 let mapped = IpAddr::V6(v4.to_ipv6_mapped());
                 assert_eq!(picks(&mut lb, &[ip]), picks(&mut lb, &[mapped]));
             }
+        }
+    }
+
+    #[test]
+    fn the_one_pass_first_choice_is_the_ranking_s_first_usable_member() {
+        let mut pool = TestPool::new();
+        for i in 0..12u32 {
+            pool = pool.endpoint(&format!("10.2.0.{i}:80"), 1 + i % 4);
+        }
+        pool.set_healthy(2, false);
+        pool.set_healthy(7, false);
+        let mut lb = BalancerHarness::<IpHash>::start("", &pool).unwrap();
+        for ip in clients(5_000) {
+            let req = TestRequest::get("/").client_ip(ip);
+            let key = HashKey::ClientIp.hash(&req.as_request(), &lb.plugin().client);
+            let plugin = lb.plugin();
+            let ranked = plugin.ranking(key);
+            let first = ranked.iter().copied().find(|&i| plugin.pool.usable(i));
+            let want = first.map(|i| plugin.pool.members()[i].id);
+            assert_eq!(lb.pick(&req), want);
+            assert!(!matches!(want, Some(2 | 7)));
+            // A retry after it takes the ranking's next usable member.
+            let next = ranked
+                .iter()
+                .copied()
+                .filter(|&i| lb.plugin().pool.usable(i))
+                .nth(1)
+                .map(|i| lb.plugin().pool.members()[i].id);
+            assert_eq!(lb.pick_retry(&req, 2, &[want.unwrap()]), next);
         }
     }
 
