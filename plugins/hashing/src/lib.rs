@@ -23,6 +23,6 @@ mod settings;
 pub use address::{Cidr, ClientAddress};
 pub use hash::{mix64, xxh64};
 pub use key::HashKey;
-pub use pool::{Member, Pool, candidates, consider, random_below, random_sample};
+pub use pool::{Member, Pool, candidates, consider, draw, random_below, random_sample};
 pub use select::{check_balance_factor, choose};
 pub use settings::no_settings;

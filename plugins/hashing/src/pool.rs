@@ -108,6 +108,26 @@ pub fn random_sample<T>(mut items: Vec<T>, k: usize) -> Vec<T> {
     items
 }
 
+/// `k` distinct indices into `list` drawn uniformly at random among the members this pick may
+/// consider ([`consider`]), in random order. On a first attempt every member may be considered,
+/// so with `k` small against the list the indices are drawn directly: O(k), where filtering and
+/// shuffling the whole list would be O(n) per pick.
+pub fn draw(list: &[Member], k: usize, ctx: &PickContext) -> Vec<usize> {
+    let n = list.len();
+    if ctx.tried.is_empty() && 2 * k <= n {
+        let mut drawn = Vec::with_capacity(k);
+        while drawn.len() < k {
+            let i = random_below(n as u64) as usize;
+            if !drawn.contains(&i) {
+                drawn.push(i);
+            }
+        }
+        return drawn;
+    }
+    let keep = consider(list, ctx);
+    random_sample((0..n).filter(|i| keep(&list[*i])).collect(), k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +168,42 @@ mod tests {
         }
         assert!(hits.iter().all(|h| (2800..3200).contains(h)), "{hits:?}");
         assert_eq!(random_sample(vec![7], 2), [7]);
+    }
+
+    #[test]
+    fn draw_is_distinct_uniform_and_skips_tried() {
+        sluicegate_sdk::testing::seed_random(5);
+        let pool = (0..10).fold(TestPool::new(), |p, i| {
+            p.endpoint(&format!("10.0.0.{i}:80"), 1)
+        });
+        let (list, _) = candidates(pool.endpoints());
+        let first = PickContext {
+            attempt: 1,
+            tried: vec![],
+        };
+        let mut hits = [0u32; 10];
+        for _ in 0..10_000 {
+            let mut d = draw(&list, 2, &first);
+            for i in &d {
+                hits[*i] += 1;
+            }
+            d.sort();
+            d.dedup();
+            assert_eq!(d.len(), 2);
+        }
+        assert!(hits.iter().all(|h| (1800..2200).contains(h)), "{hits:?}");
+        let retry = PickContext {
+            attempt: 2,
+            tried: vec![list[0].id, list[1].id],
+        };
+        for _ in 0..200 {
+            let d = draw(&list, 2, &retry);
+            assert_eq!(d.len(), 2);
+            assert!(d.iter().all(|i| *i >= 2), "{d:?}");
+        }
+        // More choices than half the list: all drawn from the shuffle.
+        assert_eq!(draw(&list[..3], 5, &first).len(), 3);
+        assert!(draw(&[], 2, &first).is_empty());
     }
 
     #[test]

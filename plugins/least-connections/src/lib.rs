@@ -12,7 +12,7 @@
 //!   picks among all; an empty pool gives `None` (503). The candidate list is rebuilt only in
 //!   `pool_changed`.
 
-use sluicegate_plugin_hashing::{Member, candidates, consider, random_sample};
+use sluicegate_plugin_hashing::{Member, candidates, consider, draw};
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request, host};
 
 /// How candidates are compared.
@@ -86,18 +86,13 @@ impl Balancer for LeastConnections {
     fn pick(&mut self, _req: &Request, ctx: &PickContext) -> Option<EndpointId> {
         let keep = consider(&self.list, ctx);
         let n = self.list.len();
-        let order: Vec<usize> = match self.mode {
-            Mode::Least => {
-                let start = self.next % n.max(1);
-                (0..n).map(|k| (start + k) % n).collect()
-            }
-            Mode::P2c => {
-                let all = (0..n).filter(|i| keep(&self.list[*i])).collect();
-                random_sample(all, self.choices)
-            }
+        let start = self.next % n.max(1);
+        let order: Box<dyn Iterator<Item = usize>> = match self.mode {
+            Mode::Least => Box::new((0..n).map(|k| (start + k) % n)),
+            Mode::P2c => Box::new(draw(&self.list, self.choices, ctx).into_iter()),
         };
         let mut best: Option<(usize, (u32, u32))> = None;
-        for i in order.into_iter().filter(|i| keep(&self.list[*i])) {
+        for i in order.filter(|i| keep(&self.list[*i])) {
             let m = &self.list[i];
             let load = (host::in_flight(m.id), m.weight);
             if best.is_none_or(|(_, b)| lighter(load, b)) {

@@ -16,7 +16,7 @@
 //! draws among all; an empty pool gives `None` (503). The candidate list is rebuilt only in
 //! `pool_changed`; a pick makes 2 host calls per drawn candidate.
 
-use sluicegate_plugin_hashing::{Member, candidates, consider, random_sample};
+use sluicegate_plugin_hashing::{Member, candidates, draw};
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request, host};
 
 /// The plugin's settings.
@@ -77,11 +77,10 @@ impl Balancer for PeakEwma {
     }
 
     fn pick(&mut self, _req: &Request, ctx: &PickContext) -> Option<EndpointId> {
-        let keep = consider(&self.list, ctx);
-        let eligible = self.list.iter().filter(|m| keep(m)).collect();
-        let drawn: Vec<(&Member, u64, u64)> = random_sample(eligible, self.choices)
+        let drawn: Vec<(&Member, u64, u64)> = draw(&self.list, self.choices, ctx)
             .into_iter()
-            .map(|m| {
+            .map(|i| {
+                let m = &self.list[i];
                 let latency = u64::from(host::latency_ewma_micros(m.id));
                 (m, latency, u64::from(host::in_flight(m.id)))
             })
