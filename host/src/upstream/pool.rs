@@ -166,7 +166,9 @@ impl Pool {
                 },
             }
         }
-        let mut send = self.connect(target).await?;
+        // Boxed: the connect path is rare once connections are pooled, and inline it would
+        // more than double the size of every request's future (which is moved, not just polled).
+        let mut send = Box::pin(self.connect(target)).await?;
         match send.try_send_request(req).await {
             Ok(resp) => Ok(self.lend(i, send, resp)),
             Err(e) => Err(UpstreamError::Exchange {
