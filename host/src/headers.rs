@@ -6,6 +6,7 @@ use http::header::{
     CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 
 /// Headers that apply to one connection only, besides those named by `Connection`. Names, not
 /// strings: removing by `&str` parses the name again on every request.
@@ -48,6 +49,34 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 /// `TE`, `Trailer`, `Transfer-Encoding` and `Upgrade`. With `keep_upgrade`, `Upgrade` stays and
 /// `Connection: upgrade` is set again, as a WebSocket handshake needs.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names first: most messages carry none of these (or only `Connection`),
+    // and a removal by name hashes and probes even when the name is absent.
+    let (mut connection, mut others) = (false, false);
+    for name in headers.keys() {
+        if name == CONNECTION {
+            connection = true;
+        } else if name == UPGRADE || HOP_BY_HOP.contains(name) {
+            others = true;
+        }
+    }
+    if connection {
+        remove_connection(headers, keep_upgrade);
+    }
+    if others {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
+        if !keep_upgrade {
+            headers.remove(UPGRADE);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes `Connection` and the headers its values name.
+fn remove_connection(headers: &mut HeaderMap, keep_upgrade: bool) {
     match headers.get_all(CONNECTION).iter().count() {
         0 => {}
         1 => {
@@ -62,14 +91,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 remove_named(headers, v, keep_upgrade);
             }
         }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if keep_upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
 }
 
@@ -97,6 +118,9 @@ pub struct ClientInfo {
     xff: HeaderValue,
     /// `for=<node>;proto=<proto>`: the client's `Forwarded` element before any `host`.
     forwarded: HeaderValue,
+    /// The first `Host` this client asked for, and its whole `Forwarded` element: the requests of
+    /// one connection nearly always name the same host, so they share one value.
+    forwarded_host: OnceLock<(HeaderValue, HeaderValue)>,
 }
 
 impl ClientInfo {
@@ -113,6 +137,7 @@ impl ClientInfo {
             proto,
             xff: value(ip.to_string()),
             forwarded: value(format!("for={node};proto={proto}")),
+            forwarded_host: OnceLock::new(),
         }
     }
 }
@@ -141,11 +166,17 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientInfo) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
-    let host = headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(strip_port);
-    let element = match host {
+    let host = headers.get(HOST);
+    if let (Some(host), Some((cached, element))) = (host, client.forwarded_host.get())
+        && host == cached
+    {
+        headers.append(FORWARDED, element.clone());
+        return;
+    }
+    let first_host = host
+        .filter(|_| client.forwarded_host.get().is_none())
+        .cloned();
+    let element = match host.and_then(|h| h.to_str().ok()).map(strip_port) {
         Some(h)
             if h.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',') =>
@@ -161,6 +192,9 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientInfo) {
         _ => Some(client.forwarded.clone()),
     };
     if let Some(v) = element {
+        if let Some(host) = first_host {
+            let _ = client.forwarded_host.set((host, v.clone()));
+        }
         headers.append(FORWARDED, v);
     }
 }
@@ -216,6 +250,21 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
         left.sort();
         assert_eq!(left, vec!["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for name in HOP_BY_HOP.iter().chain([&UPGRADE, &CONNECTION]) {
+            let mut h = map(&[("x-kept", "yes")]);
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h, false);
+            assert!(!h.contains_key(name), "{name} left");
+            assert!(h.contains_key("x-kept"));
+        }
+        let mut h = map(&[("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
+        assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
     }
 
     #[test]
@@ -347,8 +396,10 @@ mod tests {
             let addr: SocketAddr = client.parse().unwrap();
             for proto in ["http", "https"] {
                 // One `ClientInfo` for every request, as on one connection.
+                // Each request twice, in both orders: every host is once the first seen (and
+                // remembered) and once a repeat or a different one.
                 let info = ClientInfo::new(addr, proto);
-                for req in &requests {
+                for req in requests.iter().chain(requests.iter().rev()) {
                     let (mut got, mut want) = (req.clone(), req.clone());
                     add_forwarding(&mut got, &info);
                     add_forwarding_reference(&mut want, addr, proto);
