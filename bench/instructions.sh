@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind: a figure that does not move with the
+# machine's load, for A/B comparisons of Sluicegate builds (wrk's req/s on this shared 2-CPU machine moves
+# by ±15% between runs). See bench/README.md, "Instructions per request".
+#
+#   bench/instructions.sh                     Sluicegate (target/release, built if missing) and haproxy
+#   BASE_BIN=/path/to/old bench/instructions.sh   also an older Sluicegate binary, for an A/B
+#
+# Each proxy runs under valgrind --tool=callgrind behind the same nginx backend (two ports, round-robin,
+# one worker thread, access logs off; Sluicegate with the Wasm router and round-robin plugins). After a
+# warm-up the counters are zeroed, wrk -t1 -c10 runs for DURATION seconds, and the counters are dumped:
+# instructions / requests. Counts include every user-space instruction of the proxy (JIT'd Wasm too),
+# none of the kernel's. valgrind counts a `rep movsb` copy byte by byte, so large memcpys weigh more
+# here than in time.
+# Settings (environment): BIN, BASE_BIN, DURATION (s, default 6), HAPROXY (1|0), PORT (first of 6, 18300).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${BIN:-$ROOT/target/release/sluicegate}
+BASE_BIN=${BASE_BIN:-}
+DURATION=${DURATION:-6}
+HAPROXY=${HAPROXY:-1}
+PORT=${PORT:-18300}
+export RUST_LOG=warn
+log() { echo "[instructions $(date -u +%H:%M:%S)] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+need=()
+for tool in valgrind:valgrind nginx:nginx-light wrk:wrk curl:curl; do
+    command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+[[ $HAPROXY == 0 ]] || command -v haproxy >/dev/null || need+=(haproxy)
+if ((${#need[@]})); then
+    log "installing ${need[*]} from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 600 apt-get install -y -q --no-install-recommends "${need[@]}" >&2 ||
+        { timeout 300 apt-get update -q >&2 && timeout 600 apt-get install -y -q --no-install-recommends "${need[@]}" >&2; } ||
+        die "apt-get install ${need[*]} failed"
+fi
+if [[ ! -x $BIN ]]; then
+    log "building sluicegate (release)"
+    (cd "$ROOT" && timeout 1800 cargo build --release -q -p sluicegate --bin sluicegate) || die "build failed"
+fi
+[[ -z $BASE_BIN || -x $BASE_BIN ]] || die "no binary at BASE_BIN=$BASE_BIN"
+
+WORK=$(mktemp -d /tmp/sluicegate-instructions.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [[ -n ${KEEP_WORK:-} ]] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+B1=$PORT B2=$((PORT + 1))
+
+mkdir -p "$WORK/backend"
+cat >"$WORK/backend/nginx.conf" <<EOF
+worker_processes 1; pid $WORK/backend/nginx.pid; error_log $WORK/backend/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$B1; listen 127.0.0.1:$B2; location / { return 200 "hello from the benchmark\n"; } } }
+EOF
+nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -e "$WORK/backend/error.log" -g 'daemon off;' &
+PIDS+=($!)
+
+sluicegate_config() { # port
+    cat <<EOF
+workers = 1
+[[listeners]]
+address = "127.0.0.1:$1"
+[admin]
+enabled = false
+[access_log]
+enabled = false
+[router]
+plugin = "router"
+[[router.settings.rules]]
+path_prefix = "/"
+cluster = "web"
+[[clusters]]
+name = "web"
+balancer = "round-robin"
+max_idle_per_endpoint = 256
+[[clusters.endpoints]]
+address = "127.0.0.1:$B1"
+[[clusters.endpoints]]
+address = "127.0.0.1:$B2"
+EOF
+}
+haproxy_config() { # port
+    cat <<EOF
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$1
+    default_backend be
+backend be
+    balance roundrobin
+    server b1 127.0.0.1:$B1
+    server b2 127.0.0.1:$B2
+EOF
+}
+
+# measure name port command...: prints "name instructions requests".
+measure() {
+    local name=$1 port=$2
+    shift 2
+    local out=$WORK/$name.callgrind pid n total dump=
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 240); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/small" && break
+        kill -0 "$pid" 2>/dev/null || die "$name exited: $(tail -3 "$WORK/$name.log")"
+        sleep 0.5
+    done
+    timeout 60 wrk -t1 -c10 -d3s "http://127.0.0.1:$port/small" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    n=$(timeout 120 wrk -t1 -c10 -d"${DURATION}s" "http://127.0.0.1:$port/small" | awk '/requests in/ {print $1}')
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    # The dump is written by the process itself, a moment after the request.
+    for _ in $(seq 60); do
+        dump=$(grep -l '^desc: Trigger: dump' "$out"* 2>/dev/null) && break
+        sleep 0.5
+    done
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    [[ -n $dump ]] || die "$name: no callgrind dump"
+    total=$(awk '/^summary:/ {print $2; exit}' "$dump")
+    [[ -n $n && $n -gt 0 && -n $total ]] || die "$name: no requests counted"
+    echo "$name $total $n"
+}
+
+results=()
+sluicegate_config $((PORT + 2)) >"$WORK/new.toml"
+results+=("$(measure sluicegate $((PORT + 2)) "$BIN" run --config "$WORK/new.toml")")
+if [[ -n $BASE_BIN ]]; then
+    sluicegate_config $((PORT + 3)) >"$WORK/base.toml"
+    results+=("$(measure sluicegate-base $((PORT + 3)) "$BASE_BIN" run --config "$WORK/base.toml")")
+fi
+if [[ $HAPROXY == 1 ]]; then
+    haproxy_config $((PORT + 4)) >"$WORK/haproxy.cfg"
+    results+=("$(measure haproxy $((PORT + 4)) haproxy -f "$WORK/haproxy.cfg")")
+fi
+
+first=${results[0]}
+ref=$(awk '{printf "%.0f", $2 / $3}' <<<"$first")
+printf '%-16s %14s %10s %12s %14s\n' target instructions requests instr/req "× sluicegate"
+for r in "${results[@]}"; do
+    awk -v ref="$ref" '{printf "%-16s %14d %10d %12.0f %14.2f\n", $1, $2, $3, $2 / $3, ($2 / $3) / ref}' <<<"$r"
+done
