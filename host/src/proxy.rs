@@ -8,7 +8,7 @@ use crate::headers::{self, ClientInfo, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::plugin::{
     EndpointId, Failure, HeaderOp, LocalResponse, PluginRuntime, RequestAction, RequestHead,
-    ResponseHead, RouteDecision,
+    RequestId, ResponseHead, RouteDecision,
 };
 use crate::upstream::{ActiveRequest, BoxError, Cluster, InFlight, RequestBody, UpstreamBody};
 use arc_swap::ArcSwap;
@@ -175,16 +175,16 @@ impl Proxy {
         let request_id = match parts
             .headers
             .get(X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| RequestId::new(v.clone()))
         {
-            Some(id) => id.to_owned(),
+            Some(id) => id,
             None => {
-                let id = self.request_id_bytes();
-                parts.headers.insert(
-                    X_REQUEST_ID,
-                    HeaderValue::from_bytes(&id).expect("hex digits make a header value"),
-                );
-                std::str::from_utf8(&id).expect("hex digits").to_owned()
+                // One shared buffer for the head, the upstream copies of the headers and the log.
+                let value =
+                    HeaderValue::from_maybe_shared(Bytes::from_owner(self.request_id_bytes()))
+                        .expect("hex digits make a header value");
+                parts.headers.insert(X_REQUEST_ID, value.clone());
+                RequestId::new(value).expect("hex digits are text")
             }
         };
         let mut head = Arc::new(RequestHead {
@@ -748,7 +748,7 @@ impl Drop for Finish {
         let n_tried = if self.n_tried > 1 { self.n_tried } else { 0 };
         log.write(&Entry {
             time: rfc3339_now(),
-            request_id: &head.request_id,
+            request_id: head.request_id.as_str(),
             client: head.client.to_string(),
             method: head.parts.method.as_str(),
             host: headers::request_authority(&head.parts.uri, &head.parts.headers).unwrap_or(""),

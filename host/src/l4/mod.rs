@@ -425,7 +425,7 @@ fn l4_request(client: SocketAddr, authority: &str, id: &str) -> RequestHead {
     RequestHead {
         parts: request.into_parts().0,
         client,
-        request_id: id.to_string(),
+        request_id: id.into(),
     }
 }
 

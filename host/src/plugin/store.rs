@@ -290,7 +290,7 @@ impl types::HostRequest for StoreData {
 
     fn request_id(&mut self, r: Resource<RequestRef>) -> String {
         self.request(&r)
-            .map(|h| h.request_id.clone())
+            .map(|h| h.request_id.as_str().to_owned())
             .unwrap_or_default()
     }
 
