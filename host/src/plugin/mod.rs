@@ -82,8 +82,10 @@ impl RequestId {
 impl From<&str> for RequestId {
     /// For ids made as text (the L4 proxy's, tests'): text that is not a header value becomes `-`.
     fn from(s: &str) -> Self {
-        let value = http::HeaderValue::from_str(s).unwrap_or(http::HeaderValue::from_static("-"));
-        RequestId::new(value).unwrap_or_else(|| RequestId(http::HeaderValue::from_static("-")))
+        http::HeaderValue::from_str(s)
+            .ok()
+            .and_then(RequestId::new)
+            .unwrap_or_else(|| RequestId(http::HeaderValue::from_static("-")))
     }
 }
 
@@ -417,6 +419,11 @@ pub(crate) mod tests {
         assert_eq!(RequestId::new(not_text), None);
         assert_eq!(RequestId::from("r1").as_str(), "r1");
         assert_eq!(RequestId::from("bad\nid").as_str(), "-");
+        assert_eq!(
+            RequestId::from("café").as_str(),
+            "-",
+            "a header value but not text"
+        );
     }
 
     fn pool(n: u32) -> Vec<PoolEndpoint> {
