@@ -32,7 +32,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -620,13 +620,22 @@ where
 
 /// A connection that fails with `TimedOut` after `timeout` without a byte read or written.
 ///
-/// Reads and writes only note the time; the timer is moved when it fires early. Resetting a timer
-/// on every read and write re-registered it in the runtime's timer wheel several times a request.
+/// The clock is read and the timer looked at only when an operation would block, which is when the
+/// connection may start to idle: a read or write that makes progress just marks the connection busy.
+/// The timer is moved when it fires early, never reset per operation (that re-registered it in the
+/// runtime's timer wheel several times a request), and not polled again while it already holds the
+/// waker of the task that polls the connection and has not fired.
 struct IdleIo {
     inner: TcpStream,
     timeout: Duration,
+    /// When the connection was last seen making progress (precisely: the first operation that
+    /// blocked after one that made progress).
     last: Instant,
+    /// Whether an operation made progress since `last` was taken.
+    busy: bool,
     sleep: Pin<Box<Sleep>>,
+    /// The waker `sleep` was last polled with.
+    armed: Option<Waker>,
 }
 
 impl IdleIo {
@@ -635,15 +644,24 @@ impl IdleIo {
             inner,
             timeout,
             last: Instant::now(),
+            busy: false,
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            armed: None,
         }
     }
 
-    fn progressed(&mut self) {
-        self.last = Instant::now();
-    }
-
+    /// After an operation returned `Pending`: whether the connection has been idle too long.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.busy {
+            self.busy = false;
+            self.last = Instant::now();
+        }
+        if let Some(w) = &self.armed
+            && w.will_wake(cx.waker())
+            && !self.sleep.is_elapsed()
+        {
+            return false;
+        }
         while self.sleep.as_mut().poll(cx).is_ready() {
             let deadline = self.last + self.timeout;
             if deadline <= Instant::now() {
@@ -651,6 +669,7 @@ impl IdleIo {
             }
             self.sleep.as_mut().reset(deadline);
         }
+        self.armed = Some(cx.waker().clone());
         false
     }
 }
@@ -671,7 +690,7 @@ impl AsyncRead for IdleIo {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                this.progressed();
+                this.busy = true;
                 Poll::Ready(r)
             }
             Poll::Pending if this.idle_expired(cx) => Poll::Ready(Err(idle_error())),
@@ -689,7 +708,7 @@ impl AsyncWrite for IdleIo {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(r) => {
-                this.progressed();
+                this.busy = true;
                 Poll::Ready(r)
             }
             Poll::Pending if this.idle_expired(cx) => Poll::Ready(Err(idle_error())),
@@ -705,7 +724,7 @@ impl AsyncWrite for IdleIo {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
             Poll::Ready(r) => {
-                this.progressed();
+                this.busy = true;
                 Poll::Ready(r)
             }
             Poll::Pending if this.idle_expired(cx) => Poll::Ready(Err(idle_error())),
@@ -747,5 +766,29 @@ mod tests {
         }
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_counts_from_the_last_progress() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut io = IdleIo::new(server, Duration::from_secs(10));
+        let mut buf = [0u8; 4];
+        tokio::time::advance(Duration::from_secs(6)).await;
+        client.write_all(b"ping").await.unwrap();
+        io.read_exact(&mut buf).await.unwrap();
+        // The first timer (due at 10 s) fires while the connection waits; it moves to 6 s + 10 s.
+        let waited = tokio::time::timeout(Duration::from_secs(9), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "still open 9 s after the last read");
+        let started = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() <= Duration::from_secs(1),
+            "closed 10 s after the last read"
+        );
     }
 }
