@@ -71,11 +71,15 @@ impl Gateway {
             Routing::Table(routes) => {
                 Router::Table(RouteTable::new(routes, |n| by_name.get(n).copied()))
             }
-            Routing::Plugin(use_) => Router::Plugin(
-                runtime
-                    .router(&use_.plugin, &use_.settings)
-                    .map_err(|e| plugin_error(file, use_, e))?,
-            ),
+            Routing::Plugin(use_) => {
+                // The router answers an index into this list, which is `clusters`' order.
+                let names: Vec<String> = clusters.iter().map(|c| c.config.name.clone()).collect();
+                Router::Plugin(
+                    runtime
+                        .router(&use_.plugin, &use_.settings, &names)
+                        .map_err(|e| plugin_error(file, use_, e))?,
+                )
+            }
         };
         let filters = config
             .filters

@@ -248,13 +248,14 @@ impl Proxy {
                 }
             }
             Router::Plugin(router) => match router.route(&head) {
-                Ok(RouteDecision::Cluster(name)) => match gateway.cluster(&name) {
+                // The handle checked the index against the names it was made with, which are
+                // `gateway.clusters`; `get` only keeps a broken invariant from panicking here.
+                Ok(RouteDecision::Cluster(i)) => match gateway.clusters.get(i) {
                     Some(c) => c.clone(),
                     None => {
-                        tracing::warn!(plugin = router.plugin(), cluster = %name, "router chose an unknown cluster");
                         return done.local(
                             StatusCode::BAD_GATEWAY,
-                            format!("router chose unknown cluster {name}").into(),
+                            format!("router chose cluster {i}, which does not exist").into(),
                         );
                     }
                 },

@@ -148,11 +148,32 @@ fn a_router_used_as_a_balancer_is_the_wrong_world() {
     assert!(e.to_string().contains("only-router"), "{e}");
     assert_healthy(&ok);
     // It still serves as what it is.
-    assert!(rt.router("only-router", "").is_ok());
+    assert!(rt.router("only-router", "", &["default".into()]).is_ok());
     log.wait_for_line(
         &["only-router", "does not export `sluicegate:plugin/balance`"],
         Duration::from_secs(5),
     );
+}
+
+#[test]
+fn a_plugin_built_against_another_wit_version_is_refused_naming_both() {
+    let rt = runtime();
+    // The round-robin default as it was built against sluicegate:plugin@0.1.0.
+    let old = include_bytes!("fixtures/round-robin-wit-0.1.0.wasm");
+    let e = rt
+        .load_bytes("old-rr", old, "test")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("old-rr")
+            && e.contains("built against sluicegate:plugin@0.1.0")
+            && e.contains(sluicegate::plugin::WIT_PACKAGE)
+            && e.contains("rebuild"),
+        "{e}"
+    );
+    assert!(rt.balancer("old-rr", "", Arc::new(NoFacts)).is_err());
+    // Everything else keeps serving.
+    assert_healthy(&healthy(&rt));
 }
 
 #[test]

@@ -47,6 +47,10 @@ fn echo_filter_rewrites_headers_and_answers_locally() {
     assert_eq!(Arc::strong_count(&req), 1);
 }
 
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|n| n.to_string()).collect()
+}
+
 #[test]
 fn only_router_routes_and_is_refused_as_a_filter() {
     let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
@@ -54,11 +58,24 @@ fn only_router_routes_and_is_refused_as_a_filter() {
         .load_bytes("only-router", &built("tests/plugins/only-router"), "test")
         .unwrap();
     assert_eq!(status.kinds, vec![Kind::Router]);
-    let r = rt.router("only-router", "").unwrap();
+    // The answer is the index of the cluster in the list the router was made with.
+    let r = rt
+        .router("only-router", "", &names(&["api", "default"]))
+        .unwrap();
     assert_eq!(
         r.route(&request("/anything", &[])).unwrap(),
-        RouteDecision::Cluster("default".into())
+        RouteDecision::Cluster(1)
     );
+    // A name that is not in the list: the SDK answers 502 itself, saying which.
+    let r = rt.router("only-router", "", &names(&["api"])).unwrap();
+    match r.route(&request("/anything", &[])).unwrap() {
+        RouteDecision::Respond(local) => {
+            assert_eq!(local.status, 502);
+            let body = String::from_utf8(local.body).unwrap();
+            assert!(body.contains("unknown cluster default"), "{body}");
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(rt.filter("only-router", "").is_err());
 }
 
@@ -77,7 +94,7 @@ fn one_component_serves_every_kind() {
     b.set_pool(pool(&[9, 4, 6]));
     assert_eq!(b.pick(&request("/", &[]), 1, &[]).unwrap(), Some(4));
 
-    let r = rt.router("all-kinds", "").unwrap();
+    let r = rt.router("all-kinds", "", &names(&["default"])).unwrap();
     let redirect = r
         .route(&request(
             "http://shop.example:8080/cart",
@@ -105,7 +122,7 @@ fn one_component_serves_every_kind() {
     );
     assert_eq!(
         r.route(&request("/", &[])).unwrap(),
-        RouteDecision::Cluster("default".into())
+        RouteDecision::Cluster(0)
     );
 
     let f = rt.filter("all-kinds", "").unwrap();

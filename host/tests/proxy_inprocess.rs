@@ -114,6 +114,13 @@ async fn a_killed_backend_fails_no_idempotent_request_and_the_log_shows_retries(
         eventually(Duration::from_secs(5), retried).await,
         "the access log shows retries"
     );
+    // The log writer runs beside the requests: the last lines may land a moment after the last answer.
+    assert!(
+        eventually(Duration::from_secs(10), async || read_log(dir.path()).len()
+            >= 320)
+        .await,
+        "one access log line per request"
+    );
     let log = read_log(dir.path());
     assert_eq!(log.len(), 320);
     let dead = backends[1].addr.to_string();

@@ -44,7 +44,7 @@ macro_rules! export_balancer {
 /// struct ByHost;
 ///
 /// impl Router for ByHost {
-///     fn init(_config: &str) -> Result<Self, String> { Ok(ByHost) }
+///     fn init(_config: &str, _clusters: &[String]) -> Result<Self, String> { Ok(ByHost) }
 ///     fn route(&mut self, req: &Request) -> RouteDecision {
 ///         match req.host().as_deref() {
 ///             Some("api.example.com") => RouteDecision::cluster("api"),

@@ -27,7 +27,7 @@
 //! crate-type = ["cdylib", "rlib"]
 //!
 //! [dependencies]
-//! sluicegate-sdk = "0.1"
+//! sluicegate-sdk = "0.2"
 //! serde = { version = "1", features = ["derive"] }
 //! ```
 //!
@@ -97,6 +97,7 @@ mod export;
 pub mod host;
 mod plugin;
 mod request;
+mod route;
 mod types;
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -31,8 +31,11 @@ pub trait Balancer {
 
 /// Chooses the cluster for a request, or answers it directly.
 pub trait Router {
-    /// Builds the instance from the plugin's settings (TOML text, empty when there are none).
-    fn init(config: &str) -> Result<Self, String>
+    /// Builds the instance from the plugin's settings (TOML text, empty when there are none) and
+    /// the names of the proxy's clusters, in the order [`RouteDecision::ClusterIndex`] answers
+    /// index them. Refuse settings that name a cluster not in the list: the proxy then refuses
+    /// the config with your message, instead of answering 502 at request time.
+    fn init(config: &str, clusters: &[String]) -> Result<Self, String>
     where
         Self: Sized;
 

@@ -21,17 +21,30 @@ type ResponseBacking<'a> = &'a crate::testing::TestResponse;
 #[derive(Clone, Copy)]
 pub struct Request<'a> {
     inner: RequestBacking<'a>,
+    /// The path, when the host passed it with the call (routers get it so).
+    path: Option<&'a str>,
 }
 
 impl<'a> Request<'a> {
     #[cfg(target_arch = "wasm32")]
     pub(crate) fn from_host(inner: &'a crate::wit::types::Request) -> Self {
-        Request { inner }
+        Request { inner, path: None }
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn from_host_with_path(
+        inner: &'a crate::wit::types::Request,
+        path: &'a str,
+    ) -> Self {
+        Request {
+            inner,
+            path: Some(path),
+        }
     }
 
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn from_test(inner: &'a crate::testing::TestRequest) -> Self {
-        Request { inner }
+        Request { inner, path: None }
     }
 
     /// The method, upper case (`GET`).
@@ -41,7 +54,10 @@ impl<'a> Request<'a> {
 
     /// The path, without the query string.
     pub fn path(&self) -> String {
-        RequestSource::path(self.inner)
+        match self.path {
+            Some(p) => p.to_owned(),
+            None => RequestSource::path(self.inner),
+        }
     }
 
     /// The query string without the `?`, if any.

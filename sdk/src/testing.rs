@@ -37,6 +37,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::host::Level;
 use crate::request::{RequestSource, ResponseSource};
+use crate::route::{ClusterNames, Resolved};
 use crate::{
     Balancer, Endpoint, EndpointId, Filter, HeaderOp, HealthPolicy, Outcome, PickContext,
     ProbeResult, Request, RequestAction, Response, RouteDecision, Router, Verdict,
@@ -545,19 +546,29 @@ impl<T: Balancer> BalancerHarness<T> {
 /// Drives a [`Router`] the way the proxy does.
 pub struct RouterHarness<T> {
     plugin: T,
+    clusters: ClusterNames,
 }
 
 impl<T: Router> RouterHarness<T> {
-    /// Calls `init` with `settings` (TOML text; "" for none).
-    pub fn init(settings: &str) -> Result<Self, String> {
+    /// Calls `init` with `settings` (TOML text; "" for none) and the proxy's cluster names.
+    pub fn init(settings: &str, clusters: &[&str]) -> Result<Self, String> {
+        let clusters: Vec<String> = clusters.iter().map(|c| c.to_string()).collect();
         Ok(RouterHarness {
-            plugin: T::init(settings)?,
+            plugin: T::init(settings, &clusters)?,
+            clusters: ClusterNames::new(clusters),
         })
     }
 
-    /// Routes one request.
+    /// Routes one request, and returns the decision as the proxy acts on it: a cluster always
+    /// by name ([`RouteDecision::ClusterIndex`] answers are shown as the cluster's name), and an
+    /// unknown name or an index outside the list as the 502 answer the proxy gives.
     pub fn route(&mut self, req: &TestRequest) -> RouteDecision {
-        self.plugin.route(&req.as_request())
+        match self.clusters.resolve(self.plugin.route(&req.as_request())) {
+            Resolved::Cluster(i) => {
+                RouteDecision::Cluster(self.clusters.names()[i as usize].clone())
+            }
+            Resolved::Respond(answer) => RouteDecision::Respond(answer),
+        }
     }
 
     /// The plugin instance.

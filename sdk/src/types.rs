@@ -128,8 +128,14 @@ impl HeaderOp {
 /// A router's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RouteDecision {
-    /// Forward to the named cluster (an unknown name is answered 502 by the proxy).
+    /// Forward to the named cluster. The SDK looks the name up in the cluster list
+    /// [`Router::init`](crate::Router::init) was given; a name that is not there is logged and
+    /// answered 502 with the reason.
     Cluster(String),
+    /// Forward to the cluster at this index of the list [`Router::init`](crate::Router::init) was
+    /// given: what a router that resolved its cluster names in `init` answers, with no lookup or
+    /// string per request. An index outside the list is logged and answered 502.
+    ClusterIndex(u32),
     /// Answer the client directly.
     Respond(LocalResponse),
 }

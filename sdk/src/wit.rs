@@ -15,6 +15,7 @@ use std::thread::LocalKey;
 
 pub use wit_bindgen;
 
+use crate::route::{ClusterNames, Resolved};
 use crate::{Balancer, Filter, HealthPolicy, Router};
 
 /// The `balancer` world; it also generates the shared `types` and `host` imports.
@@ -35,8 +36,8 @@ pub mod router {
         pub_export_macro: true,
         default_bindings_module: "$crate::wit::router",
         with: {
-            "sluicegate:plugin/types@0.1.0": crate::wit::types,
-            "sluicegate:plugin/host@0.1.0": crate::wit::host,
+            "sluicegate:plugin/types@0.2.0": crate::wit::types,
+            "sluicegate:plugin/host@0.2.0": crate::wit::host,
         },
     });
 }
@@ -49,8 +50,8 @@ pub mod filter {
         pub_export_macro: true,
         default_bindings_module: "$crate::wit::filter",
         with: {
-            "sluicegate:plugin/types@0.1.0": crate::wit::types,
-            "sluicegate:plugin/host@0.1.0": crate::wit::host,
+            "sluicegate:plugin/types@0.2.0": crate::wit::types,
+            "sluicegate:plugin/host@0.2.0": crate::wit::host,
         },
     });
 }
@@ -63,8 +64,8 @@ pub mod health {
         pub_export_macro: true,
         default_bindings_module: "$crate::wit::health",
         with: {
-            "sluicegate:plugin/types@0.1.0": crate::wit::types,
-            "sluicegate:plugin/host@0.1.0": crate::wit::host,
+            "sluicegate:plugin/types@0.2.0": crate::wit::types,
+            "sluicegate:plugin/host@0.2.0": crate::wit::host,
         },
     });
 }
@@ -153,13 +154,21 @@ impl<T: Balancer + 'static> wit_balance::Guest for BalancerExport<T> {
 /// Implements the generated `route` guest trait for a [`Router`].
 pub struct RouterExport<T>(PhantomData<T>);
 
+thread_local! {
+    static CLUSTERS: RefCell<ClusterNames> = RefCell::new(ClusterNames::new(Vec::new()));
+    /// The answer of a `route` that said `respond`, which the host takes with `local-answer`.
+    static LOCAL_ANSWER: RefCell<Option<crate::LocalResponse>> = const { RefCell::new(None) };
+}
+
 impl<T: Router + 'static> wit_route::Guest for RouterExport<T> {
-    fn init(config: String) -> Result<(), String> {
-        init_into(&ROUTER, T::init(&config))
+    fn init(config: String, clusters: Vec<String>) -> Result<(), String> {
+        let made = T::init(&config, &clusters);
+        CLUSTERS.with(|c| *c.borrow_mut() = ClusterNames::new(clusters));
+        init_into(&ROUTER, made)
     }
 
-    fn route(request: &types::Request) -> wit_route::RouteDecision {
-        let req = crate::Request::from_host(request);
+    fn route(request: &types::Request, path: String) -> wit_route::RouteDecision {
+        let req = crate::Request::from_host_with_path(request, &path);
         let decision = with_instance(&ROUTER, |r: &mut T| r.route(&req)).unwrap_or_else(|| {
             not_initialised("route");
             crate::RouteDecision::Respond(crate::LocalResponse::text(
@@ -167,10 +176,21 @@ impl<T: Router + 'static> wit_route::Guest for RouterExport<T> {
                 "router plugin not initialised",
             ))
         });
-        match decision {
-            crate::RouteDecision::Cluster(name) => wit_route::RouteDecision::Cluster(name),
-            crate::RouteDecision::Respond(resp) => wit_route::RouteDecision::Respond(resp.into()),
-        }
+        let answer = match CLUSTERS.with(|c| c.borrow().resolve(decision)) {
+            Resolved::Cluster(i) => return wit_route::RouteDecision::Cluster(i),
+            Resolved::Respond(answer) => answer,
+        };
+        LOCAL_ANSWER.with(|a| *a.borrow_mut() = Some(answer));
+        wit_route::RouteDecision::Respond
+    }
+
+    fn local_answer(_request: &types::Request) -> types::LocalResponse {
+        LOCAL_ANSWER
+            .with(|a| a.borrow_mut().take())
+            .unwrap_or_else(|| {
+                crate::LocalResponse::text(500, "router plugin gave no local answer\n")
+            })
+            .into()
     }
 }
 

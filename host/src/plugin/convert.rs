@@ -1,9 +1,8 @@
 //! Conversions between the host's plugin types and the generated WIT types, kept out of the call path's logic.
 
-use super::bindings::{filter, health, route, types};
+use super::bindings::{filter, health, types};
 use super::{
-    Failure, HeaderOp, LocalResponse, Outcome, PoolEndpoint, ProbeResult, RequestAction,
-    RouteDecision, Verdict,
+    Failure, HeaderOp, LocalResponse, Outcome, PoolEndpoint, ProbeResult, RequestAction, Verdict,
 };
 
 pub(crate) fn endpoint(e: PoolEndpoint) -> types::Endpoint {
@@ -16,7 +15,7 @@ pub(crate) fn endpoint(e: PoolEndpoint) -> types::Endpoint {
     }
 }
 
-fn local_response(r: types::LocalResponse) -> LocalResponse {
+pub(crate) fn local_response(r: types::LocalResponse) -> LocalResponse {
     LocalResponse {
         status: r.status,
         headers: r.headers,
@@ -32,13 +31,6 @@ pub(crate) fn header_ops(ops: Vec<types::HeaderOp>) -> Vec<HeaderOp> {
             types::HeaderOp::Remove(n) => HeaderOp::Remove(n),
         })
         .collect()
-}
-
-pub(crate) fn route_decision(d: route::RouteDecision) -> RouteDecision {
-    match d {
-        route::RouteDecision::Cluster(c) => RouteDecision::Cluster(c),
-        route::RouteDecision::Respond(r) => RouteDecision::Respond(local_response(r)),
-    }
 }
 
 pub(crate) fn request_action(a: filter::RequestAction) -> RequestAction {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use wasmtime::component::Resource;
 
-use super::bindings::{RequestRef, balance};
+use super::bindings::{RequestRef, balance, route};
 use super::instance::{CallError, Exports, HandleCore, Live};
 use super::{
     EndpointId, HeaderOp, Outcome, PluginError, PoolEndpoint, ProbeResult, RequestAction,
@@ -154,23 +154,42 @@ fn wasm_pick(
 #[derive(Clone)]
 pub struct RouterHandle {
     core: Arc<HandleCore>,
+    /// How many clusters the router was given (its answers index them).
+    clusters: usize,
 }
 
 impl RouterHandle {
-    pub(crate) fn new(core: Arc<HandleCore>) -> Self {
-        RouterHandle { core }
+    pub(crate) fn new(core: Arc<HandleCore>, clusters: usize) -> Self {
+        RouterHandle { core, clusters }
     }
 
-    /// Chooses the cluster for `req`, or a local answer.
+    /// Chooses the cluster for `req` (an index into the cluster names the router was made with), or a
+    /// local answer. An index outside that list is a fault of the plugin.
     pub fn route(&self, req: &Arc<RequestHead>) -> Result<RouteDecision, PluginError> {
         self.core.call(|live| {
             let d = with_request(live, req, |live, r| {
                 let Exports::Route(g) = &live.inst.exports else {
                     wasmtime::bail!("internal: instance made for another interface");
                 };
-                g.call_route(&mut live.inst.store, r)
+                let store = &mut live.inst.store;
+                let again = Resource::new_borrow(r.rep());
+                match g.call_route(&mut *store, r, req.parts.uri.path())? {
+                    route::RouteDecision::Cluster(i) => Ok(RouteDecision::Cluster(i as usize)),
+                    route::RouteDecision::Respond => {
+                        let answer = g.call_local_answer(&mut *store, again)?;
+                        Ok(RouteDecision::Respond(convert::local_response(answer)))
+                    }
+                }
             })?;
-            Ok(convert::route_decision(d))
+            match d {
+                RouteDecision::Cluster(i) if i >= self.clusters => {
+                    Err(CallError::Invalid(format!(
+                        "answered cluster {i}, but there are {} clusters (indexes from 0)",
+                        self.clusters
+                    )))
+                }
+                d => Ok(d),
+            }
         })
     }
 

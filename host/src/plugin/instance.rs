@@ -52,6 +52,8 @@ pub(crate) struct HandleCore {
     rt: Arc<RuntimeInner>,
     slot: Arc<Slot>,
     settings: String,
+    /// For routers: the proxy's cluster names, given to `init` (their order is what answers index).
+    clusters: Vec<String>,
     facts: Arc<dyn EndpointFacts>,
     pool: ArcSwap<Pool>,
     /// Serializes `set_pool`, so `pool` and `pool_version` always move together.
@@ -148,12 +150,14 @@ thread_local! {
     static LIVE: RefCell<LiveMap> = RefCell::new(LiveMap::default());
 }
 
-/// Makes an instance of `generation` for `kind` and runs `init(settings)` on it.
+/// Makes an instance of `generation` for `kind` and runs `init(settings)` on it (routers also get the
+/// cluster names).
 fn instantiate(
     rt: &RuntimeInner,
     generation: &Generation,
     kind: Kind,
     settings: &str,
+    clusters: &[String],
     facts: Arc<dyn EndpointFacts>,
 ) -> Result<Instance, PluginError> {
     let mut inst = bare_instance(rt, generation, kind, facts)?;
@@ -161,7 +165,7 @@ fn instantiate(
     store.set_epoch_deadline(rt.init_ticks);
     let init = match &inst.exports {
         Exports::Balance(g) => g.call_init(&mut *store, settings),
-        Exports::Route(g) => g.call_init(&mut *store, settings),
+        Exports::Route(g) => g.call_init(&mut *store, settings, clusters),
         Exports::Filter(g) => g.call_init(&mut *store, settings),
         Exports::Health(g) => g.call_init(&mut *store, settings),
     };
@@ -219,8 +223,9 @@ fn bare_instance(
         name: generation.name.to_string(),
         version: generation.version.to_string(),
         reason: format!(
-            "export `{}` does not match sluicegate:plugin@0.1.0: {e:#}",
-            kind.interface()
+            "export `{}` does not match {}: {e:#}",
+            kind.interface(),
+            super::WIT_PACKAGE
         ),
     };
     let exports = match kind {
@@ -336,6 +341,7 @@ impl HandleCore {
         slot: Arc<Slot>,
         kind: Kind,
         settings: &str,
+        clusters: Vec<String>,
         facts: Arc<dyn EndpointFacts>,
     ) -> Self {
         let name = slot.current.load().name.clone();
@@ -346,6 +352,7 @@ impl HandleCore {
             rt,
             slot,
             settings: settings.to_owned(),
+            clusters,
             facts,
             pool: ArcSwap::from_pointee(Pool::empty()),
             pool_seq: Mutex::new(0),
@@ -365,6 +372,7 @@ impl HandleCore {
             generation,
             self.kind,
             &self.settings,
+            &self.clusters,
             self.facts.clone(),
         )?;
         if let Exports::Balance(g) = &inst.exports {
@@ -406,6 +414,7 @@ impl HandleCore {
             &generation,
             self.kind,
             &self.settings,
+            &self.clusters,
             self.facts.clone(),
         )?;
         let mut live = Live {

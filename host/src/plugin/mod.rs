@@ -28,6 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use build::build_plugin;
+
+/// The version of the WIT package (`wit/sluicegate.wit`) this host serves.
+pub const WIT_VERSION: &str = "0.2.0";
+/// The WIT package this host serves, as named in messages.
+pub const WIT_PACKAGE: &str = "sluicegate:plugin@0.2.0";
 pub use error::PluginError;
 pub use handles::{BalancerHandle, FilterHandle, HealthHandle, RouterHandle};
 pub use watch::PluginWatcher;
@@ -137,8 +142,8 @@ pub struct LocalResponse {
 /// A router's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RouteDecision {
-    /// Forward to the named cluster.
-    Cluster(String),
+    /// Forward to the cluster at this index of the list the router was made with.
+    Cluster(usize),
     /// Answer the client directly.
     Respond(LocalResponse),
 }
@@ -358,31 +363,48 @@ impl PluginRuntime {
         }
         let core = self
             .inner
-            .new_use(plugin, Kind::Balancer, settings, facts)?;
+            .new_use(plugin, Kind::Balancer, settings, Vec::new(), facts)?;
         Ok(BalancerHandle::new(core))
     }
 
     /// A use of `plugin` as a router.
-    pub fn router(&self, plugin: &str, settings: &str) -> Result<RouterHandle, PluginError> {
-        let core = self
-            .inner
-            .new_use(plugin, Kind::Router, settings, Arc::new(NoFacts))?;
-        Ok(RouterHandle::new(core))
+    pub fn router(
+        &self,
+        plugin: &str,
+        settings: &str,
+        clusters: &[String],
+    ) -> Result<RouterHandle, PluginError> {
+        let core = self.inner.new_use(
+            plugin,
+            Kind::Router,
+            settings,
+            clusters.to_vec(),
+            Arc::new(NoFacts),
+        )?;
+        Ok(RouterHandle::new(core, clusters.len()))
     }
 
     /// A use of `plugin` as a request/response filter.
     pub fn filter(&self, plugin: &str, settings: &str) -> Result<FilterHandle, PluginError> {
-        let core = self
-            .inner
-            .new_use(plugin, Kind::Filter, settings, Arc::new(NoFacts))?;
+        let core = self.inner.new_use(
+            plugin,
+            Kind::Filter,
+            settings,
+            Vec::new(),
+            Arc::new(NoFacts),
+        )?;
         Ok(FilterHandle::new(core))
     }
 
     /// A use of `plugin` as a health policy.
     pub fn health(&self, plugin: &str, settings: &str) -> Result<HealthHandle, PluginError> {
-        let core = self
-            .inner
-            .new_use(plugin, Kind::Health, settings, Arc::new(NoFacts))?;
+        let core = self.inner.new_use(
+            plugin,
+            Kind::Health,
+            settings,
+            Vec::new(),
+            Arc::new(NoFacts),
+        )?;
         Ok(HealthHandle::new(core))
     }
 }
@@ -396,6 +418,13 @@ impl std::fmt::Debug for PluginRuntime {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn the_served_wit_version_is_the_package_in_wit() {
+        let wit = include_str!("../../../wit/sluicegate.wit");
+        assert!(wit.contains(&format!("package {WIT_PACKAGE};")));
+        assert_eq!(WIT_PACKAGE, format!("sluicegate:plugin@{WIT_VERSION}"));
+    }
 
     /// A bare `GET /x` request head.
     pub(crate) fn head() -> Arc<RequestHead> {
@@ -507,10 +536,10 @@ pub(crate) mod tests {
     fn unknown_plugins_and_wrong_kinds_are_refused() {
         let rt = PluginRuntime::new(RuntimeOptions::default()).unwrap();
         assert!(matches!(
-            rt.router("nope", ""),
+            rt.router("nope", "", &[]),
             Err(PluginError::NotFound { .. })
         ));
-        let e = rt.router("round-robin", "").unwrap_err();
+        let e = rt.router("round-robin", "", &[]).unwrap_err();
         assert!(
             matches!(
                 e,

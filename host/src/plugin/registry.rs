@@ -17,7 +17,9 @@ use super::embedded;
 use super::engine;
 use super::instance::{self, HandleCore};
 use super::store::{Counters, StoreData};
-use super::{EndpointFacts, Kind, PluginError, PluginStatus, RuntimeOptions};
+use super::{
+    EndpointFacts, Kind, PluginError, PluginStatus, RuntimeOptions, WIT_PACKAGE, WIT_VERSION,
+};
 
 /// One compiled version of a plugin, ready to instantiate.
 pub(crate) struct Generation {
@@ -246,6 +248,12 @@ impl RuntimeInner {
             self.opts.cache_dir.as_deref(),
         )
         .map_err(compile_err)?;
+        if let Some(theirs) = foreign_version(&self.engine, &compiled.component) {
+            return Err(compile_err(format!(
+                "built against sluicegate:plugin@{theirs}, but this Sluicegate serves {WIT_PACKAGE}: \
+                 rebuild the plugin with sluicegate-sdk {WIT_VERSION} (`sluicegate plugin build`)"
+            )));
+        }
         let pre = self
             .linker
             .instantiate_pre(&compiled.component)
@@ -264,9 +272,9 @@ impl RuntimeInner {
         .filter_map(|(k, has)| has.then_some(k))
         .collect();
         if kinds.is_empty() {
-            return Err(compile_err(
-                "exports none of sluicegate:plugin@0.1.0's balance, route, filter or health".into(),
-            ));
+            return Err(compile_err(format!(
+                "exports none of {WIT_PACKAGE}'s balance, route, filter or health"
+            )));
         }
         let generation = Generation {
             name: Arc::from(name),
@@ -301,6 +309,7 @@ impl RuntimeInner {
         plugin: &str,
         kind: Kind,
         settings: &str,
+        clusters: Vec<String>,
         facts: Arc<dyn EndpointFacts>,
     ) -> Result<Arc<HandleCore>, PluginError> {
         // An embedded default is compiled the first time a use names it (unless a file of the
@@ -321,6 +330,7 @@ impl RuntimeInner {
             slot.clone(),
             kind,
             settings,
+            clusters,
             facts,
         ));
         if let Err(e) = core.validate(self, &generation) {
@@ -337,4 +347,18 @@ impl RuntimeInner {
             .push(Arc::downgrade(&core));
         Ok(core)
     }
+}
+
+/// The version of the `sluicegate:plugin` package a component was built against, when it is not
+/// the one this host serves (read from the names of its imports and exports).
+fn foreign_version(engine: &Engine, component: &wasmtime::component::Component) -> Option<String> {
+    let ty = component.component_type();
+    let imports = ty.imports(engine).map(|(name, _)| name);
+    let exports = ty.exports(engine).map(|(name, _)| name);
+    imports
+        .chain(exports)
+        .filter_map(|name| name.strip_prefix("sluicegate:plugin/")?.split_once('@'))
+        .map(|(_, version)| version)
+        .find(|&version| version != WIT_VERSION)
+        .map(str::to_owned)
 }

@@ -17,14 +17,16 @@ use settings::RawSettings;
 #[derive(Debug)]
 pub struct RuleRouter {
     rules: Vec<Rule>,
-    default_cluster: Option<String>,
+    /// Its index in the proxy's cluster list.
+    default_cluster: Option<u32>,
 }
 
 impl RuleRouter {
-    /// Parses and checks the settings (the TOML described in the crate docs).
-    pub fn from_settings(config: &str) -> Result<Self, String> {
+    /// Parses and checks the settings (the TOML described in the crate docs) against the proxy's
+    /// cluster names, which the rules' clusters must be.
+    pub fn from_settings(config: &str, clusters: &[String]) -> Result<Self, String> {
         let raw: RawSettings = sluicegate_sdk::settings(config)?;
-        let compiled = raw.compile().map_err(|e| e.to_string())?;
+        let compiled = raw.compile(clusters).map_err(|e| e.to_string())?;
         Ok(RuleRouter {
             rules: compiled.rules,
             default_cluster: compiled.default_cluster,
@@ -38,16 +40,16 @@ impl RuleRouter {
 }
 
 impl Router for RuleRouter {
-    fn init(config: &str) -> Result<Self, String> {
-        RuleRouter::from_settings(config)
+    fn init(config: &str, clusters: &[String]) -> Result<Self, String> {
+        RuleRouter::from_settings(config, clusters)
     }
 
     fn route(&mut self, req: &Request<'_>) -> RouteDecision {
         let mut view = View::new(*req);
         match self.rules.iter().find(|r| r.matches(&mut view)) {
             Some(rule) => rule.action.decide(&mut view),
-            None => match &self.default_cluster {
-                Some(c) => RouteDecision::cluster(c.as_str()),
+            None => match self.default_cluster {
+                Some(i) => RouteDecision::ClusterIndex(i),
                 None => RouteDecision::Respond(LocalResponse::text(404, "no route\n")),
             },
         }

@@ -52,7 +52,8 @@ pub(crate) struct Pair {
 /// What a matching rule does.
 #[derive(Debug)]
 pub(crate) enum Action {
-    Cluster(String),
+    /// Index into the proxy's cluster list.
+    Cluster(u32),
     Split(Split),
     Redirect(Redirect),
     Respond(LocalResponse),
@@ -63,7 +64,7 @@ pub(crate) enum Action {
 pub(crate) struct Split {
     /// Clusters with the running total of weights up to and including each (weight-0 entries
     /// are dropped at init).
-    pub(crate) targets: Vec<(String, u64)>,
+    pub(crate) targets: Vec<(u32, u64)>,
     /// The sum of the weights, at least 1.
     pub(crate) total: u64,
     pub(crate) on: SplitKey,
@@ -188,8 +189,8 @@ impl Action {
     /// The decision for a request this rule matched.
     pub(crate) fn decide(&self, view: &mut View<'_>) -> RouteDecision {
         match self {
-            Action::Cluster(name) => RouteDecision::cluster(name.as_str()),
-            Action::Split(split) => RouteDecision::cluster(split.choose(view.req)),
+            Action::Cluster(i) => RouteDecision::ClusterIndex(*i),
+            Action::Split(split) => RouteDecision::ClusterIndex(split.choose(view.req)),
             Action::Redirect(r) => RouteDecision::Respond(r.answer(view)),
             Action::Respond(resp) => RouteDecision::Respond(resp.clone()),
         }
@@ -198,7 +199,7 @@ impl Action {
 
 impl Split {
     /// Picks a cluster with probability weight / total.
-    pub(crate) fn choose(&self, req: Request<'_>) -> &str {
+    pub(crate) fn choose(&self, req: Request<'_>) -> u32 {
         let keyed = match &self.on {
             SplitKey::Random => None,
             SplitKey::RequestId => Some(req.request_id()),
@@ -210,11 +211,10 @@ impl Split {
     }
 
     /// The cluster whose weight range holds `draw` (in `0..total`).
-    pub(crate) fn pick(&self, draw: u64) -> &str {
+    pub(crate) fn pick(&self, draw: u64) -> u32 {
         let i = self.targets.partition_point(|(_, upto)| *upto <= draw);
         // `draw < total` = the last running total, so `i` is in range; the fallback is defensive.
-        let (name, _) = self.targets.get(i).unwrap_or(&self.targets[0]);
-        name
+        self.targets.get(i).unwrap_or(&self.targets[0]).0
     }
 }
 

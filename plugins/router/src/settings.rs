@@ -110,30 +110,32 @@ fn refuse(field: impl Into<String>, message: impl Into<String>) -> SettingsError
 #[derive(Debug)]
 pub(crate) struct Compiled {
     pub(crate) rules: Vec<Rule>,
-    pub(crate) default_cluster: Option<String>,
+    /// Its index in the proxy's cluster list.
+    pub(crate) default_cluster: Option<u32>,
 }
 
 impl RawSettings {
-    /// Checks every rule and builds the matchers.
-    pub(crate) fn compile(self) -> Result<Compiled, SettingsError> {
-        if let Some(c) = &self.default_cluster {
-            check_cluster_name("default_cluster", c)?;
-        }
+    /// Checks every rule against the proxy's `clusters` and builds the matchers.
+    pub(crate) fn compile(self, clusters: &[String]) -> Result<Compiled, SettingsError> {
+        let default_cluster = self
+            .default_cluster
+            .map(|c| cluster_index("default_cluster", &c, clusters))
+            .transpose()?;
         let rules = self
             .rules
             .into_iter()
             .enumerate()
-            .map(|(i, r)| r.compile(&format!("rules[{i}]")))
+            .map(|(i, r)| r.compile(&format!("rules[{i}]"), clusters))
             .collect::<Result<_, _>>()?;
         Ok(Compiled {
             rules,
-            default_cluster: self.default_cluster,
+            default_cluster,
         })
     }
 }
 
 impl RawRule {
-    fn compile(self, at: &str) -> Result<Rule, SettingsError> {
+    fn compile(self, at: &str, clusters: &[String]) -> Result<Rule, SettingsError> {
         let host = self
             .host
             .map(|h| compile_host(&format!("{at}.host"), &h))
@@ -176,6 +178,7 @@ impl RawRule {
         let cookies = compile_pairs(&format!("{at}.cookies"), self.cookies)?;
         let action = compile_action(
             at,
+            clusters,
             self.cluster,
             self.split,
             self.split_on,
@@ -250,6 +253,7 @@ fn compile_pairs(at: &str, pairs: Vec<RawPair>) -> Result<Vec<Pair>, SettingsErr
 
 fn compile_action(
     at: &str,
+    clusters: &[String],
     cluster: Option<String>,
     split: Option<Vec<RawSplit>>,
     split_on: Option<String>,
@@ -285,11 +289,10 @@ fn compile_action(
         ));
     }
     if let Some(c) = cluster {
-        check_cluster_name(&format!("{at}.cluster"), &c)?;
-        return Ok(Action::Cluster(c));
+        return cluster_index(&format!("{at}.cluster"), &c, clusters).map(Action::Cluster);
     }
     if let Some(s) = split {
-        return compile_split(at, s, split_on.as_deref()).map(Action::Split);
+        return compile_split(at, clusters, s, split_on.as_deref()).map(Action::Split);
     }
     if let Some(r) = redirect {
         return compile_redirect(&format!("{at}.redirect"), r).map(Action::Redirect);
@@ -298,7 +301,12 @@ fn compile_action(
     compile_respond(&format!("{at}.respond"), r).map(Action::Respond)
 }
 
-fn compile_split(at: &str, split: Vec<RawSplit>, on: Option<&str>) -> Result<Split, SettingsError> {
+fn compile_split(
+    at: &str,
+    clusters: &[String],
+    split: Vec<RawSplit>,
+    on: Option<&str>,
+) -> Result<Split, SettingsError> {
     let on = match on {
         None | Some("random") => SplitKey::Random,
         Some("request-id") => SplitKey::RequestId,
@@ -321,10 +329,10 @@ fn compile_split(at: &str, split: Vec<RawSplit>, on: Option<&str>) -> Result<Spl
     let mut total = 0u64;
     let mut targets = Vec::with_capacity(split.len());
     for (i, s) in split.into_iter().enumerate() {
-        check_cluster_name(&format!("{at}.split[{i}].cluster"), &s.cluster)?;
+        let cluster = cluster_index(&format!("{at}.split[{i}].cluster"), &s.cluster, clusters)?;
         if s.weight > 0 {
             total += u64::from(s.weight);
-            targets.push((s.cluster, total));
+            targets.push((cluster, total));
         }
     }
     if total == 0 {
@@ -389,11 +397,25 @@ fn compile_respond(at: &str, r: RawRespond) -> Result<LocalResponse, SettingsErr
     Ok(resp.body(r.body.into_bytes()))
 }
 
-fn check_cluster_name(at: &str, name: &str) -> Result<(), SettingsError> {
+/// The index of cluster `name` in the proxy's list, which is what the router answers.
+fn cluster_index(at: &str, name: &str, clusters: &[String]) -> Result<u32, SettingsError> {
     if name.trim().is_empty() {
         return Err(refuse(at, "empty cluster name"));
     }
-    Ok(())
+    match clusters.iter().position(|c| c == name) {
+        Some(i) => Ok(i as u32),
+        None => Err(refuse(
+            at,
+            format!(
+                "no cluster named `{name}` in the proxy's config (its clusters: {})",
+                if clusters.is_empty() {
+                    "none".to_owned()
+                } else {
+                    clusters.join(", ")
+                }
+            ),
+        )),
+    }
 }
 
 /// An HTTP token (RFC 9110): method and header names.

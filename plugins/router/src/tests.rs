@@ -7,12 +7,39 @@ use sluicegate_sdk::{LocalResponse, RouteDecision};
 
 use crate::RuleRouter;
 
+/// The proxy's clusters in these tests: every name the settings below use.
+const CLUSTERS: &[&str] = &[
+    "a",
+    "b",
+    "c",
+    "api",
+    "web",
+    "users",
+    "one",
+    "two",
+    "three",
+    "sub",
+    "read",
+    "php",
+    "off",
+    "fallback",
+    "canary",
+    "beta",
+    "authed",
+    "auth",
+    // The README's example.
+    "static",
+    "app",
+    "app-next",
+    "users-beta",
+];
+
 fn router(settings: &str) -> RouterHarness<RuleRouter> {
-    RouterHarness::<RuleRouter>::init(settings).unwrap_or_else(|e| panic!("refused: {e}"))
+    RouterHarness::<RuleRouter>::init(settings, CLUSTERS).unwrap_or_else(|e| panic!("refused: {e}"))
 }
 
 fn refused(settings: &str) -> String {
-    match RouterHarness::<RuleRouter>::init(settings) {
+    match RouterHarness::<RuleRouter>::init(settings, CLUSTERS) {
         Ok(_) => panic!("accepted: {settings}"),
         Err(e) => e,
     }
@@ -22,6 +49,7 @@ fn cluster(d: RouteDecision) -> String {
     match d {
         RouteDecision::Cluster(c) => c,
         RouteDecision::Respond(r) => panic!("expected a cluster, got a local {} answer", r.status),
+        RouteDecision::ClusterIndex(i) => panic!("the harness shows clusters by name, got {i}"),
     }
 }
 
@@ -29,6 +57,7 @@ fn answer(d: RouteDecision) -> LocalResponse {
     match d {
         RouteDecision::Respond(r) => r,
         RouteDecision::Cluster(c) => panic!("expected a local answer, got cluster {c}"),
+        RouteDecision::ClusterIndex(i) => panic!("expected a local answer, got cluster {i}"),
     }
 }
 
@@ -44,6 +73,7 @@ fn goes(r: &mut RouterHarness<RuleRouter>, req: &TestRequest) -> String {
     match r.route(req) {
         RouteDecision::Cluster(c) => c,
         RouteDecision::Respond(resp) => format!("local {}", resp.status),
+        RouteDecision::ClusterIndex(i) => panic!("the harness shows clusters by name, got {i}"),
     }
 }
 
@@ -520,12 +550,44 @@ fn unknown_keys_and_wrong_types_are_refused_with_a_location() {
 fn split_draw_boundaries_follow_the_running_totals() {
     use crate::rules::{Split, SplitKey};
     let split = Split {
-        targets: vec![("a".into(), 90), ("b".into(), 100)],
+        targets: vec![(0, 90), (1, 100)],
         total: 100,
         on: SplitKey::Random,
     };
-    assert_eq!(split.pick(0), "a");
-    assert_eq!(split.pick(89), "a");
-    assert_eq!(split.pick(90), "b");
-    assert_eq!(split.pick(99), "b");
+    assert_eq!(split.pick(0), 0);
+    assert_eq!(split.pick(89), 0);
+    assert_eq!(split.pick(90), 1);
+    assert_eq!(split.pick(99), 1);
+}
+
+#[test]
+fn a_cluster_the_proxy_does_not_have_is_refused_at_init_naming_the_field() {
+    for (settings, field) in [
+        (
+            "[[rules]]\npath = \"/a\"\ncluster = \"nope\"\n",
+            "rules[0].cluster",
+        ),
+        ("default_cluster = \"nope\"\n", "default_cluster"),
+        (
+            "[[rules]]\nsplit = [{ cluster = \"a\", weight = 1 }, { cluster = \"nope\", weight = 1 }]\n",
+            "rules[0].split[1].cluster",
+        ),
+    ] {
+        let err = refused(settings);
+        assert!(
+            err.contains(field) && err.contains("no cluster named `nope`") && err.contains("api"),
+            "{err}"
+        );
+    }
+    // With the proxy's real list: the answer is the cluster's index, shown by name.
+    let mut r = RouterHarness::<RuleRouter>::init(
+        "[[rules]]\npath_prefix = \"/\"\ncluster = \"web\"\n",
+        &["api", "web"],
+    )
+    .unwrap();
+    assert_eq!(
+        r.route(&TestRequest::get("/x")),
+        RouteDecision::cluster("web")
+    );
+    assert_eq!(r.plugin().rule_count(), 1);
 }

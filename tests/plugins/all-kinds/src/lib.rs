@@ -36,7 +36,7 @@ impl Balancer for Lowest {
 pub struct DefaultRouter;
 
 impl Router for DefaultRouter {
-    fn init(_config: &str) -> Result<Self, String> {
+    fn init(_config: &str, _clusters: &[String]) -> Result<Self, String> {
         Ok(DefaultRouter)
     }
 
@@ -113,7 +113,7 @@ mod tests {
         let mut lb = BalancerHarness::<Lowest>::start("", &pool).unwrap();
         assert_eq!(lb.pick(&TestRequest::get("/")), Some(2));
 
-        let mut router = RouterHarness::<DefaultRouter>::init("").unwrap();
+        let mut router = RouterHarness::<DefaultRouter>::init("", &["default"]).unwrap();
         assert_eq!(
             router.route(&TestRequest::get("/")),
             RouteDecision::cluster("default")

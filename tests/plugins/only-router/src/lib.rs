@@ -7,7 +7,7 @@ use sluicegate_sdk::{Request, RouteDecision, Router};
 pub struct OnlyRouter;
 
 impl Router for OnlyRouter {
-    fn init(_config: &str) -> Result<Self, String> {
+    fn init(_config: &str, _clusters: &[String]) -> Result<Self, String> {
         Ok(OnlyRouter)
     }
 
@@ -25,7 +25,7 @@ mod tests {
 
     #[test]
     fn routes_everything_to_default() {
-        let mut router = RouterHarness::<OnlyRouter>::init("").unwrap();
+        let mut router = RouterHarness::<OnlyRouter>::init("", &["default"]).unwrap();
         assert_eq!(
             router.route(&TestRequest::get("/anything")),
             RouteDecision::cluster("default")

@@ -61,7 +61,7 @@ pub struct OneCluster {
 }
 
 impl Router for OneCluster {
-    fn init(config: &str) -> Result<Self, String> {
+    fn init(config: &str, _clusters: &[String]) -> Result<Self, String> {
         let s: RouterSettings = sluicegate_sdk::settings(config)?;
         Ok(OneCluster { cluster: s.cluster })
     }
