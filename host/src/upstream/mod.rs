@@ -3,6 +3,7 @@
 
 mod body;
 mod facts;
+mod link;
 mod pool;
 mod retry;
 pub mod tls;
