@@ -3,7 +3,6 @@
 
 mod body;
 mod facts;
-mod link;
 mod pool;
 mod retry;
 pub mod tls;
