@@ -8,16 +8,18 @@
 #
 # Each proxy runs under valgrind --tool=callgrind behind the same nginx backend (two ports, round-robin,
 # one worker thread, access logs off; Sluicegate with the Wasm router and round-robin plugins). After a
-# warm-up the counters are zeroed, wrk -t1 -c10 runs for DURATION seconds, and the counters are dumped:
+# warm-up the counters are zeroed, wrk -t1 -c$CONNS (default 10) runs for DURATION seconds, and the counters are dumped:
 # instructions / requests. Counts include every user-space instruction of the proxy (JIT'd Wasm too),
 # none of the kernel's. valgrind counts a `rep movsb` copy byte by byte, so large memcpys weigh more
 # here than in time.
-# Settings (environment): BIN, BASE_BIN, DURATION (s, default 6), HAPROXY (1|0), PORT (first of 6, 18300).
+# Settings (environment): BIN, BASE_BIN, DURATION (s, default 6), CONNS (default 10), HAPROXY (1|0),
+# PORT (first of 6, 18300).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/sluicegate}
 BASE_BIN=${BASE_BIN:-}
 DURATION=${DURATION:-6}
+CONNS=${CONNS:-10}
 HAPROXY=${HAPROXY:-1}
 PORT=${PORT:-18300}
 export RUST_LOG=warn
@@ -121,9 +123,9 @@ measure() {
         kill -0 "$pid" 2>/dev/null || die "$name exited: $(tail -3 "$WORK/$name.log")"
         sleep 0.5
     done
-    timeout 60 wrk -t1 -c10 -d3s "http://127.0.0.1:$port/small" >/dev/null
+    timeout 60 wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$port/small" >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
-    n=$(timeout 120 wrk -t1 -c10 -d"${DURATION}s" "http://127.0.0.1:$port/small" | awk '/requests in/ {print $1}')
+    n=$(timeout 120 wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/small" | awk '/requests in/ {print $1}')
     callgrind_control -d "$pid" >/dev/null 2>&1
     # The dump is written by the process itself, a moment after the request.
     for _ in $(seq 60); do
