@@ -750,14 +750,19 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test(start_paused = true)]
-    async fn idle_connections_time_out_and_busy_ones_do_not() {
+    /// A loopback client and the server side of its connection, with an idle `timeout`.
+    async fn connected(timeout: Duration) -> (TcpStream, IdleIo) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let mut io = IdleIo::new(server, Duration::from_secs(10));
+        (client, IdleIo::new(server, timeout))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_time_out_and_busy_ones_do_not() {
+        let (mut client, mut io) = connected(Duration::from_secs(10)).await;
         let mut buf = [0u8; 4];
         for _ in 0..3 {
             tokio::time::advance(Duration::from_secs(8)).await;
@@ -770,12 +775,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_idle_timeout_counts_from_the_last_progress() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let mut io = IdleIo::new(server, Duration::from_secs(10));
+        let (mut client, mut io) = connected(Duration::from_secs(10)).await;
         let mut buf = [0u8; 4];
         tokio::time::advance(Duration::from_secs(6)).await;
         client.write_all(b"ping").await.unwrap();
