@@ -154,13 +154,11 @@ fn wasm_pick(
 #[derive(Clone)]
 pub struct RouterHandle {
     core: Arc<HandleCore>,
-    /// How many clusters the router was given (its answers index them).
-    clusters: usize,
 }
 
 impl RouterHandle {
-    pub(crate) fn new(core: Arc<HandleCore>, clusters: usize) -> Self {
-        RouterHandle { core, clusters }
+    pub(crate) fn new(core: Arc<HandleCore>) -> Self {
+        RouterHandle { core }
     }
 
     /// Chooses the cluster for `req` (an index into the cluster names the router was made with), or a
@@ -182,10 +180,10 @@ impl RouterHandle {
                 }
             })?;
             match d {
-                RouteDecision::Cluster(i) if i >= self.clusters => {
+                RouteDecision::Cluster(i) if i >= self.core.clusters().len() => {
                     Err(CallError::Invalid(format!(
                         "answered cluster {i}, but there are {} clusters (indexes from 0)",
-                        self.clusters
+                        self.core.clusters().len()
                     )))
                 }
                 d => Ok(d),

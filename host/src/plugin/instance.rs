@@ -360,6 +360,11 @@ impl HandleCore {
         }
     }
 
+    /// For routers: the cluster names `init` was given, which answers index (empty for other kinds).
+    pub(crate) fn clusters(&self) -> &[String] {
+        &self.clusters
+    }
+
     /// Checks `generation` can serve this use: it exports the interface, `init` accepts the settings and, for
     /// balancers, it takes the current pool.
     pub(crate) fn validate(

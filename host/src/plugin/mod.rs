@@ -28,14 +28,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use build::build_plugin;
-
-/// The version of the WIT package (`wit/sluicegate.wit`) this host serves.
-pub const WIT_VERSION: &str = "0.2.0";
-/// The WIT package this host serves, as named in messages.
-pub const WIT_PACKAGE: &str = "sluicegate:plugin@0.2.0";
 pub use error::PluginError;
 pub use handles::{BalancerHandle, FilterHandle, HealthHandle, RouterHandle};
 pub use watch::PluginWatcher;
+
+/// The version of the WIT package (`wit/sluicegate.wit`) this host serves, written once.
+macro_rules! wit_version {
+    () => {
+        "0.2.0"
+    };
+}
+/// The version of the WIT package (`wit/sluicegate.wit`) this host serves.
+pub const WIT_VERSION: &str = wit_version!();
+/// The WIT package this host serves, as named in messages.
+pub const WIT_PACKAGE: &str = concat!("sluicegate:plugin@", wit_version!());
 
 /// Stable numeric id of an endpoint within one cluster.
 pub type EndpointId = u32;
@@ -381,7 +387,7 @@ impl PluginRuntime {
             clusters.to_vec(),
             Arc::new(NoFacts),
         )?;
-        Ok(RouterHandle::new(core, clusters.len()))
+        Ok(RouterHandle::new(core))
     }
 
     /// A use of `plugin` as a request/response filter.
