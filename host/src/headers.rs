@@ -9,8 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
 /// Headers that apply to one connection only, besides those named by `Connection`. Names, not
-/// strings: removing by `&str` parses the name again on every request.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// strings: removing by `&str` parses the name again on every request. A `static`, not a `const`:
+/// every use of a `const` array builds and drops a fresh copy (`HeaderName` has a destructor).
+static HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     http::header::PROXY_AUTHENTICATE,
@@ -53,10 +54,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // and a removal by name hashes and probes even when the name is absent.
     let (mut connection, mut others) = (false, false);
     for name in headers.keys() {
-        if name == CONNECTION {
-            connection = true;
-        } else if name == UPGRADE || HOP_BY_HOP.contains(name) {
-            others = true;
+        match name.as_str() {
+            "connection" => connection = true,
+            // `HOP_BY_HOP` and `Upgrade`, spelled out: a string match is a length switch and one
+            // comparison, where `HOP_BY_HOP.contains` compared every name with all eight.
+            "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-authenticate-info"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade" => others = true,
+            _ => {}
         }
     }
     if connection {
@@ -99,7 +110,11 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade:
         return;
     };
     for token in text.split(',').map(str::trim) {
-        if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
+        // `keep-alive`, the usual token, names a header the `HOP_BY_HOP` pass removes anyway.
+        if token.is_empty()
+            || token.eq_ignore_ascii_case("keep-alive")
+            || (keep_upgrade && token.eq_ignore_ascii_case("upgrade"))
+        {
             continue;
         }
         headers.remove(token);

@@ -3,6 +3,7 @@
 //! natively they are backed by the test harness's [`TestRequest`](crate::testing::TestRequest)
 //! and [`TestResponse`](crate::testing::TestResponse).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::EndpointId;
@@ -57,6 +58,15 @@ impl<'a> Request<'a> {
         match self.path {
             Some(p) => p.to_owned(),
             None => RequestSource::path(self.inner),
+        }
+    }
+
+    /// The path like [`path`](Self::path), without a copy when the host passed it with the call
+    /// (a router's `route` gets it so): a router that only compares the path allocates nothing.
+    pub fn path_cow(&self) -> Cow<'a, str> {
+        match self.path {
+            Some(p) => Cow::Borrowed(p),
+            None => Cow::Owned(RequestSource::path(self.inner)),
         }
     }
 

@@ -682,6 +682,7 @@ mod tests {
         let r = req.as_request();
         assert_eq!(r.method(), "POST");
         assert_eq!(r.path(), "/a/b");
+        assert_eq!(r.path_cow(), "/a/b");
         assert_eq!(r.query().as_deref(), Some("x=1&y=2"));
         assert_eq!(r.host().as_deref(), Some("example.com"));
         assert_eq!(r.header("X-MULTI").as_deref(), Some("first"));

@@ -1,6 +1,8 @@
 //! The compiled routing rules: what a rule matches and what it does, checked once in `init`
 //! so that routing a request only compares strings.
 
+use std::borrow::Cow;
+
 use regex_lite::Regex;
 use sluicegate_sdk::{LocalResponse, Request, RouteDecision, host};
 
@@ -98,7 +100,7 @@ pub(crate) struct Redirect {
 pub(crate) struct View<'a> {
     req: Request<'a>,
     method: Option<String>,
-    path: Option<String>,
+    path: Option<Cow<'a, str>>,
     host: Option<Option<String>>,
 }
 
@@ -117,7 +119,7 @@ impl<'a> View<'a> {
     }
 
     fn path(&mut self) -> &str {
-        self.path.get_or_insert_with(|| self.req.path())
+        self.path.get_or_insert_with(|| self.req.path_cow())
     }
 
     fn host(&mut self) -> Option<&str> {
