@@ -256,9 +256,10 @@ async fn metrics_parse_and_match_the_requests_sent() {
         })
         .map(|s| s.value)
         .sum();
+    // Round-robin picks ahead, 64 per call: the 30 first attempts took one call per worker.
     assert!(
-        calls >= 30.0,
-        "round-robin was called for every request: {calls}"
+        (1.0..30.0).contains(&calls),
+        "round-robin was called, fewer times than there were requests: {calls}"
     );
     assert!(
         samples
@@ -530,8 +531,8 @@ async fn configured_statuses_are_retried_within_the_budget() {
     );
     let proxy = Proxy::start(&config, dir.path()).await;
     let client = http1_client();
-    // Round-robin: each GET meets backend 1's 503 first and is retried on 2 (two picks per
-    // request, so the next one starts at backend 1 again).
+    // Round-robin's first attempts alternate (they are picked ahead, so a retry's pick does not
+    // shift them): every other GET meets backend 1's 503 and is retried on 2.
     for _ in 0..4 {
         assert_eq!(
             get(&client, &proxy.url("/fail-on?name=1")).await,
@@ -557,7 +558,11 @@ async fn configured_statuses_are_retried_within_the_budget() {
         .iter()
         .map(|e| e["attempts"].as_u64().unwrap())
         .collect();
-    assert_eq!(attempts[..4], [2, 2, 2, 2], "each GET met backend 1 first");
+    assert_eq!(
+        attempts[..4],
+        [2, 1, 2, 1],
+        "every other GET met backend 1 first"
+    );
     assert_eq!(&attempts[4..], [1, 1]);
     proxy.stop().await;
 }

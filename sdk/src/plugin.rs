@@ -27,6 +27,18 @@ pub trait Balancer {
     /// Picks an endpoint for a request, or `None` when none can be chosen (the proxy answers 503).
     /// An id that is not in the pool is a plugin fault. Prefer endpoints not in `ctx.tried`.
     fn pick(&mut self, req: &Request<'_>, ctx: &PickContext) -> Option<EndpointId>;
+
+    /// Picks for the next `count` first attempts at once (at most `count` ids, used in order, one
+    /// per request), for a balancer whose choice reads neither the request nor anything that
+    /// changes between requests. The proxy then enters the plugin once per `count` requests instead
+    /// of once per request; it drops unused ids when the pool changes or the plugin is reloaded,
+    /// and calls [`pick`](Balancer::pick) for retries. The default, an empty list, means "call
+    /// `pick` for every request": keep it if the choice reads the request, the in-flight counts, the
+    /// latency or the clock.
+    fn pick_ahead(&mut self, count: u32) -> Vec<EndpointId> {
+        let _ = count;
+        Vec::new()
+    }
 }
 
 /// Chooses the cluster for a request, or answers it directly.

@@ -461,10 +461,18 @@ impl ResponseSource for TestResponse {
     }
 }
 
+/// How many picks the proxy asks a balancer for at once with `pick-ahead`; the harness asks for
+/// as many.
+pub const PICK_AHEAD: u32 = 64;
+
 /// Drives a [`Balancer`] the way the proxy does.
 pub struct BalancerHarness<T> {
     plugin: T,
     pool: Vec<Endpoint>,
+    /// Ids from `pick_ahead` not handed out yet, in reverse order (the next one last).
+    ahead: Vec<EndpointId>,
+    /// Whether `pick_ahead` answered an empty list for the current pool (picks go to `pick`).
+    ahead_off: bool,
 }
 
 impl<T: Balancer> BalancerHarness<T> {
@@ -475,6 +483,8 @@ impl<T: Balancer> BalancerHarness<T> {
         Ok(BalancerHarness {
             plugin: T::init(settings)?,
             pool: Vec::new(),
+            ahead: Vec::new(),
+            ahead_off: false,
         })
     }
 
@@ -489,11 +499,34 @@ impl<T: Balancer> BalancerHarness<T> {
     pub fn set_pool(&mut self, pool: &TestPool) {
         self.pool = pool.endpoints().to_vec();
         self.plugin.pool_changed(&self.pool);
+        self.ahead.clear();
+        self.ahead_off = false;
     }
 
-    /// A first try (attempt 1, nothing tried).
+    /// A first try (attempt 1, nothing tried), as the proxy makes it: from the ids the plugin
+    /// gave with [`pick_ahead`](Balancer::pick_ahead) ([`PICK_AHEAD`] at a time) while it gives
+    /// some, else with `pick`.
+    ///
+    /// # Panics
+    /// When the plugin picks an id that is not in the pool (the proxy counts that as a fault).
     pub fn pick(&mut self, req: &TestRequest) -> Option<EndpointId> {
-        self.pick_retry(req, 1, &[])
+        if self.ahead.is_empty() && !self.ahead_off {
+            let ids = self.plugin.pick_ahead(PICK_AHEAD);
+            assert!(
+                ids.len() <= PICK_AHEAD as usize,
+                "pick_ahead gave {} ids for {PICK_AHEAD} asked: the proxy counts this as a plugin fault",
+                ids.len()
+            );
+            for id in &ids {
+                self.check_in_pool(*id);
+            }
+            self.ahead_off = ids.is_empty();
+            self.ahead = ids.into_iter().rev().collect();
+        }
+        match self.ahead.pop() {
+            Some(id) => Some(id),
+            None => self.pick_retry(req, 1, &[]),
+        }
     }
 
     /// A pick with the given attempt number and endpoints already tried.
@@ -512,12 +545,16 @@ impl<T: Balancer> BalancerHarness<T> {
         };
         let picked = self.plugin.pick(&req.as_request(), &ctx);
         if let Some(id) = picked {
-            assert!(
-                self.pool.iter().any(|e| e.id == id),
-                "the balancer picked endpoint {id}, which is not in the pool: the proxy counts this as a plugin fault"
-            );
+            self.check_in_pool(id);
         }
         picked
+    }
+
+    fn check_in_pool(&self, id: EndpointId) {
+        assert!(
+            self.pool.iter().any(|e| e.id == id),
+            "the balancer picked endpoint {id}, which is not in the pool: the proxy counts this as a plugin fault"
+        );
     }
 
     /// Makes `n` first-try picks of `req` and counts how often each endpoint was chosen

@@ -36,8 +36,8 @@ pub mod router {
         pub_export_macro: true,
         default_bindings_module: "$crate::wit::router",
         with: {
-            "sluicegate:plugin/types@0.2.0": crate::wit::types,
-            "sluicegate:plugin/host@0.2.0": crate::wit::host,
+            "sluicegate:plugin/types@0.3.0": crate::wit::types,
+            "sluicegate:plugin/host@0.3.0": crate::wit::host,
         },
     });
 }
@@ -50,8 +50,8 @@ pub mod filter {
         pub_export_macro: true,
         default_bindings_module: "$crate::wit::filter",
         with: {
-            "sluicegate:plugin/types@0.2.0": crate::wit::types,
-            "sluicegate:plugin/host@0.2.0": crate::wit::host,
+            "sluicegate:plugin/types@0.3.0": crate::wit::types,
+            "sluicegate:plugin/host@0.3.0": crate::wit::host,
         },
     });
 }
@@ -64,8 +64,8 @@ pub mod health {
         pub_export_macro: true,
         default_bindings_module: "$crate::wit::health",
         with: {
-            "sluicegate:plugin/types@0.2.0": crate::wit::types,
-            "sluicegate:plugin/host@0.2.0": crate::wit::host,
+            "sluicegate:plugin/types@0.3.0": crate::wit::types,
+            "sluicegate:plugin/host@0.3.0": crate::wit::host,
         },
     });
 }
@@ -148,6 +148,10 @@ impl<T: Balancer + 'static> wit_balance::Guest for BalancerExport<T> {
         };
         let req = crate::Request::from_host(request);
         with_instance(&BALANCER, |b: &mut T| b.pick(&req, &ctx)).flatten()
+    }
+
+    fn pick_ahead(count: u32) -> Vec<u32> {
+        with_instance(&BALANCER, |b: &mut T| b.pick_ahead(count)).unwrap_or_default()
     }
 }
 

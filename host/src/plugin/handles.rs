@@ -6,7 +6,7 @@ use std::sync::Arc;
 use wasmtime::component::Resource;
 
 use super::bindings::{RequestRef, balance, route};
-use super::instance::{CallError, Exports, HandleCore, Live};
+use super::instance::{Ahead, CallError, Exports, HandleCore, Live};
 use super::{
     EndpointId, HeaderOp, Outcome, PluginError, PoolEndpoint, ProbeResult, RequestAction,
     RequestHead, ResponseHead, RouteDecision, Verdict, convert,
@@ -116,38 +116,82 @@ impl BalancerHandle {
     }
 }
 
-/// One `pick` call into the balancer's instance on this thread.
+/// How many picks a balancer is asked for at once with `pick-ahead` (the SDK's test harness asks
+/// for as many: `sluicegate_sdk::testing::PICK_AHEAD`).
+const PICK_AHEAD: u32 = 64;
+
+/// A pick by the balancer's instance on this thread: for a first attempt, the next of the ids it
+/// made ahead when it makes them; otherwise one `pick` call.
 fn wasm_pick(
     core: &Arc<HandleCore>,
     req: &Arc<RequestHead>,
     attempt: u32,
     tried: &[EndpointId],
 ) -> Result<Option<EndpointId>, PluginError> {
-    core.call(|live| {
-        // The tried list stays in the store, read by the plugin only on retries
-        // (`request.tried-endpoints`); the first attempt crosses numbers only.
-        let tried_count = u32::try_from(tried.len()).unwrap_or(u32::MAX);
-        live.inst.store.data_mut().set_tried(tried);
-        let context = balance::PickContext {
-            attempt,
-            tried_count,
-        };
-        let picked = with_request(live, req, |live, r| {
-            let Exports::Balance(g) = &live.inst.exports else {
-                wasmtime::bail!("internal: instance made for another interface");
+    let first = attempt == 1 && tried.is_empty();
+    core.call_unless(
+        |live| first.then(|| live.ahead.take().map(Some)).flatten(),
+        |live| {
+            if first
+                && !matches!(live.ahead, Ahead::Declined)
+                && let Some(id) = pick_ahead(live)?
+            {
+                return Ok(Some(id));
+            }
+            // The tried list stays in the store, read by the plugin only on retries
+            // (`request.tried-endpoints`); the first attempt crosses numbers only.
+            let tried_count = u32::try_from(tried.len()).unwrap_or(u32::MAX);
+            live.inst.store.data_mut().set_tried(tried);
+            let context = balance::PickContext {
+                attempt,
+                tried_count,
             };
-            g.call_pick(&mut live.inst.store, r, context)
-        });
-        live.inst.store.data_mut().set_tried(&[]);
-        let picked = picked?;
-        match picked {
-            Some(id) if !live.in_pool(id) => Err(CallError::Invalid(format!(
-                "picked endpoint {id}, which is not in its pool of {} endpoints",
-                live.pool_len()
-            ))),
-            other => Ok(other),
-        }
-    })
+            let picked = with_request(live, req, |live, r| {
+                let Exports::Balance(g) = &live.inst.exports else {
+                    wasmtime::bail!("internal: instance made for another interface");
+                };
+                g.call_pick(&mut live.inst.store, r, context)
+            });
+            live.inst.store.data_mut().set_tried(&[]);
+            let picked = picked?;
+            match picked {
+                Some(id) if !live.in_pool(id) => Err(CallError::Invalid(format!(
+                    "picked endpoint {id}, which is not in its pool of {} endpoints",
+                    live.pool_len()
+                ))),
+                other => Ok(other),
+            }
+        },
+    )
+}
+
+/// Asks the instance for its next picks (`pick-ahead`) and takes the first; `None` when it
+/// declines, after which its picks go to `pick` until the pool changes. A list that is too long
+/// or names an id outside the pool is a fault, and declines too.
+fn pick_ahead(live: &mut Live) -> Result<Option<EndpointId>, CallError> {
+    let Exports::Balance(g) = &live.inst.exports else {
+        return Err(wrong_exports());
+    };
+    let mut ids = g.call_pick_ahead(&mut live.inst.store, PICK_AHEAD)?;
+    live.ahead = Ahead::Declined;
+    if ids.len() > PICK_AHEAD as usize {
+        return Err(CallError::Invalid(format!(
+            "picked {} endpoints ahead when asked for {PICK_AHEAD}",
+            ids.len()
+        )));
+    }
+    if let Some(id) = ids.iter().find(|id| !live.in_pool(**id)) {
+        return Err(CallError::Invalid(format!(
+            "picked endpoint {id} ahead, which is not in its pool of {} endpoints",
+            live.pool_len()
+        )));
+    }
+    ids.reverse();
+    let first = ids.pop();
+    if first.is_some() {
+        live.ahead = Ahead::Ids(ids);
+    }
+    Ok(first)
 }
 
 /// A use of a plugin as a router.

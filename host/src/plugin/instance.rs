@@ -108,6 +108,31 @@ pub(crate) struct Live {
     pool: Arc<Pool>,
     /// Calls made on this instance, to pick the ones that are timed.
     calls_here: u32,
+    /// A balancer's picks made ahead for the pool above (`pick-ahead`).
+    pub(crate) ahead: Ahead,
+}
+
+/// First-attempt picks a balancer made ahead with `pick-ahead`, handed out in order. They belong to
+/// one pool and one instance: a pool change or a new instance starts again from `Unasked`.
+#[derive(Debug, Default)]
+pub(crate) enum Ahead {
+    /// `pick-ahead` not asked yet for this pool.
+    #[default]
+    Unasked,
+    /// The ids it gave, next one last; empty when used up (then it is asked again).
+    Ids(Vec<u32>),
+    /// It gave none (or a faulty list): `pick` for every request until the pool changes.
+    Declined,
+}
+
+impl Ahead {
+    /// The next id made ahead, if one is left.
+    pub(crate) fn take(&mut self) -> Option<u32> {
+        match self {
+            Ahead::Ids(ids) => ids.pop(),
+            _ => None,
+        }
+    }
 }
 
 impl Live {
@@ -428,6 +453,7 @@ impl HandleCore {
             inst,
             pool: Arc::new(Pool::empty()),
             calls_here: 0,
+            ahead: Ahead::Unasked,
         };
         if self.kind == Kind::Balancer {
             self.sync_pool(&mut live, true)?;
@@ -455,6 +481,7 @@ impl HandleCore {
             }
         }
         live.pool = arc_swap::Guard::into_inner(current);
+        live.ahead = Ahead::Unasked;
         Ok(())
     }
 
@@ -462,6 +489,16 @@ impl HandleCore {
     /// instance, are counted and logged, and come back as typed errors.
     pub(crate) fn call<R>(
         self: &Arc<Self>,
+        f: impl FnOnce(&mut Live) -> Result<R, CallError>,
+    ) -> Result<R, PluginError> {
+        self.call_unless(|_| None, f)
+    }
+
+    /// [`call`](Self::call), unless `answered` finds the answer in the instance's state (picks made
+    /// ahead): then nothing enters Wasm and nothing is counted or timed as a call.
+    pub(crate) fn call_unless<R>(
+        self: &Arc<Self>,
+        answered: impl FnOnce(&mut Live) -> Option<R>,
         f: impl FnOnce(&mut Live) -> Result<R, CallError>,
     ) -> Result<R, PluginError> {
         let outcome = LIVE.try_with(|cell| {
@@ -500,6 +537,9 @@ impl HandleCore {
                 let generation = live.generation.clone();
                 map.live.remove(&self.id);
                 return Err(self.fault(&generation, e, true));
+            }
+            if let Some(r) = answered(live) {
+                return Ok(r);
             }
             live.inst.store.set_epoch_deadline(self.rt.call_ticks);
             // Reading the clock twice costs about a tenth of a call, so only every TIME_SAMPLE-th call per thread

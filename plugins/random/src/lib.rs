@@ -45,11 +45,8 @@ impl Balancer for Random {
     }
 
     fn pick(&mut self, _req: &Request, ctx: &PickContext) -> Option<EndpointId> {
-        let total = *self.cumulative.last()?;
         if ctx.tried.is_empty() {
-            let r = random_below(total);
-            let i = self.cumulative.partition_point(|c| *c <= r);
-            return Some(self.list[i].id);
+            return self.draw();
         }
         let keep = consider(&self.list, ctx);
         let kept = || self.list.iter().filter(|m| keep(m));
@@ -61,6 +58,21 @@ impl Balancer for Random {
                 inside
             })
             .map(|m| m.id)
+    }
+
+    /// First tries read nothing of the request: independent draws, made ahead.
+    fn pick_ahead(&mut self, count: u32) -> Vec<EndpointId> {
+        (0..count).map_while(|_| self.draw()).collect()
+    }
+}
+
+impl Random {
+    /// One draw among all candidates, by weight.
+    fn draw(&self) -> Option<EndpointId> {
+        let total = *self.cumulative.last()?;
+        let r = random_below(total);
+        let i = self.cumulative.partition_point(|c| *c <= r);
+        Some(self.list[i].id)
     }
 }
 

@@ -30,6 +30,19 @@ impl RoundRobin {
     }
 }
 
+impl RoundRobin {
+    /// Moves the cursor one step; the index of the candidate whose turn it was (`None`: none).
+    fn advance(&mut self) -> Option<usize> {
+        let n = self.candidates.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next % n;
+        self.next = (start + 1) % n;
+        Some(start)
+    }
+}
+
 impl Balancer for RoundRobin {
     fn init(config: &str) -> Result<Self, String> {
         // No settings, and anything given is refused so a typo doesn't pass silently. Checked
@@ -59,14 +72,17 @@ impl Balancer for RoundRobin {
 
     fn pick(&mut self, _req: &Request, ctx: &PickContext) -> Option<EndpointId> {
         let n = self.candidates.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next % n;
-        self.next = (start + 1) % n;
+        let start = self.advance()?;
         let in_turn = |i: usize| self.candidates[(start + i) % n];
         let untried = (0..n).map(in_turn).find(|id| !ctx.was_tried(*id));
         Some(untried.unwrap_or_else(|| in_turn(0)))
+    }
+
+    /// A first try skips nothing and reads nothing of the request: the next candidates in turn.
+    fn pick_ahead(&mut self, count: u32) -> Vec<EndpointId> {
+        (0..count)
+            .map_while(|_| self.advance().map(|i| self.candidates[i]))
+            .collect()
     }
 }
 

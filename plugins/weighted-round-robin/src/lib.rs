@@ -40,6 +40,22 @@ impl Balancer for WeightedRoundRobin {
     }
 
     fn pick(&mut self, _req: &Request, ctx: &PickContext) -> Option<EndpointId> {
+        self.choose(ctx)
+    }
+
+    /// A first try reads nothing of the request: the next picks of the same sequence.
+    fn pick_ahead(&mut self, count: u32) -> Vec<EndpointId> {
+        let first = PickContext {
+            attempt: 1,
+            tried: Vec::new(),
+        };
+        (0..count).map_while(|_| self.choose(&first)).collect()
+    }
+}
+
+impl WeightedRoundRobin {
+    /// One step of the smooth weighted round-robin among the candidates `ctx` leaves.
+    fn choose(&mut self, ctx: &PickContext) -> Option<EndpointId> {
         let keep = consider(&self.list, ctx);
         let mut total = 0i64;
         let mut best: Option<usize> = None;
