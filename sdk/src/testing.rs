@@ -856,6 +856,9 @@ mod tests {
         pools: Vec<Vec<EndpointId>>,
         contexts: Vec<PickContext>,
         answer: Option<EndpointId>,
+        /// What `pick_ahead` answers, and the counts it was asked for.
+        ahead: Vec<EndpointId>,
+        ahead_asks: Vec<u32>,
     }
 
     impl Balancer for Recorder {
@@ -865,6 +868,8 @@ mod tests {
                 pools: Vec::new(),
                 contexts: Vec::new(),
                 answer: None,
+                ahead: Vec::new(),
+                ahead_asks: Vec::new(),
             })
         }
 
@@ -876,6 +881,44 @@ mod tests {
             self.contexts.push(ctx.clone());
             self.answer
         }
+
+        fn pick_ahead(&mut self, count: u32) -> Vec<EndpointId> {
+            self.ahead_asks.push(count);
+            self.ahead.clone()
+        }
+    }
+
+    #[test]
+    fn balancer_harness_serves_first_tries_from_picks_made_ahead() {
+        let pool = TestPool::new().endpoint("a:1", 1).endpoint("b:1", 1);
+        let mut lb = BalancerHarness::<Recorder>::start("", &pool).unwrap();
+        lb.plugin_mut().answer = Some(0);
+        lb.plugin_mut().ahead = vec![1, 0, 1];
+        let req = TestRequest::get("/");
+        let firsts: Vec<_> = (0..4).map(|_| lb.pick(&req)).collect();
+        assert_eq!(firsts, [Some(1), Some(0), Some(1), Some(1)]);
+        assert_eq!(lb.plugin().ahead_asks, [PICK_AHEAD, PICK_AHEAD]);
+        assert!(lb.plugin().contexts.is_empty(), "no pick for first tries");
+        assert_eq!(lb.pick_retry(&req, 2, &[1]), Some(0));
+        // A pool change drops the two ids left; a plugin that then declines is asked per request.
+        lb.plugin_mut().ahead.clear();
+        lb.set_pool(&pool);
+        assert_eq!(lb.spread(&req, 3).get(&0), Some(&3));
+        assert_eq!(
+            lb.plugin().ahead_asks.len(),
+            3,
+            "asked once after the change"
+        );
+        assert_eq!(lb.plugin().contexts.len(), 4);
+    }
+
+    #[test]
+    #[should_panic(expected = "not in the pool")]
+    fn picking_ahead_outside_the_pool_is_a_fault() {
+        let pool = TestPool::new().endpoint("a:1", 1);
+        let mut lb = BalancerHarness::<Recorder>::start("", &pool).unwrap();
+        lb.plugin_mut().ahead = vec![0, 9];
+        lb.pick(&TestRequest::get("/"));
     }
 
     #[test]

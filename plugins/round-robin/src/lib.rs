@@ -100,6 +100,29 @@ mod tests {
     }
 
     #[test]
+    fn picks_made_ahead_continue_the_rotation_and_retries_share_it() {
+        let mut rr = RoundRobin::init("").unwrap();
+        let pool = pool_of(3);
+        rr.pool_changed(pool.endpoints());
+        assert_eq!(rr.pick_ahead(5), [0, 1, 2, 0, 1]);
+        let retry = PickContext {
+            attempt: 2,
+            tried: vec![2],
+        };
+        // Endpoint 2's turn, but it was tried: the next one in turn.
+        assert_eq!(
+            rr.pick(&TestRequest::get("/").as_request(), &retry),
+            Some(0)
+        );
+        assert_eq!(rr.pick_ahead(2), [0, 1]);
+        rr.pool_changed(&[]);
+        assert!(
+            rr.pick_ahead(4).is_empty(),
+            "an empty pool gives nothing ahead"
+        );
+    }
+
+    #[test]
     fn spreads_picks_evenly() {
         let mut lb = BalancerHarness::<RoundRobin>::start("", &pool_of(3)).unwrap();
         let spread = lb.spread(&TestRequest::get("/"), 300);
