@@ -27,7 +27,7 @@
 //! crate-type = ["cdylib", "rlib"]
 //!
 //! [dependencies]
-//! sluicegate-sdk = "0.2"
+//! sluicegate-sdk = "0.3"
 //! serde = { version = "1", features = ["derive"] }
 //! ```
 //!
@@ -89,7 +89,9 @@
 //!
 //! # Costs
 //! Every [`Request`] accessor crosses into the proxy and copies one field: read what you need,
-//! once. Derive tables in [`Balancer::pool_changed`], which runs only when the pool changes.
+//! once. Derive tables in [`Balancer::pool_changed`], which runs only when the pool changes. A
+//! balancer whose choice reads neither the request nor live load (round-robin, say) implements
+//! [`Balancer::pick_ahead`]: the proxy then enters it once per 64 first attempts, not once each.
 //! Each call runs under a deadline (default 10 ms) and a memory limit; a panic or an overrun
 //! drops the instance and the proxy falls back.
 

@@ -6,6 +6,7 @@
 //! - Retries draw among the endpoints not yet tried (weighted likewise) while any is left.
 //! - Panic mode: when no endpoint is healthy, all of them are drawn from. An empty pool gives
 //!   `None` (503). It takes no settings.
+//! - First tries read nothing of the request: they are drawn ahead (`pick_ahead`), many per call.
 
 use sluicegate_plugin_hashing::{Member, candidates, consider, no_settings, random_below};
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};

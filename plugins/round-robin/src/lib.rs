@@ -7,7 +7,8 @@
 //!   that a possibly stale health view is better than a certain 503.
 //! - An empty pool gives `None` (the proxy answers 503).
 //!
-//! The candidate list is built in `pool_changed`; a pick only advances a cursor.
+//! The candidate list is built in `pool_changed`; a pick only advances a cursor. First attempts
+//! read nothing of the request, so they are picked ahead (`pick_ahead`), many per call.
 //! Weights are ignored. It takes no settings: anything but an empty table is refused.
 
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};

@@ -9,6 +9,8 @@
 //!   `None` (503).
 //! - The candidate list is rebuilt (and the `current` values reset) only in `pool_changed`.
 //!   It takes no settings.
+//! - First attempts read nothing of the request: they are picked ahead (`pick_ahead`), the same
+//!   sequence, many per call.
 
 use sluicegate_plugin_hashing::{Member, candidates, consider, no_settings};
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};
