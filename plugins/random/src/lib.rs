@@ -25,6 +25,14 @@ impl Random {
     pub fn in_panic_mode(&self) -> bool {
         self.panic
     }
+
+    /// One draw among all candidates, by weight.
+    fn draw(&self) -> Option<EndpointId> {
+        let total = *self.cumulative.last()?;
+        let r = random_below(total);
+        let i = self.cumulative.partition_point(|c| *c <= r);
+        Some(self.list[i].id)
+    }
 }
 
 impl Balancer for Random {
@@ -64,16 +72,6 @@ impl Balancer for Random {
     /// First tries read nothing of the request: independent draws, made ahead.
     fn pick_ahead(&mut self, count: u32) -> Vec<EndpointId> {
         (0..count).map_while(|_| self.draw()).collect()
-    }
-}
-
-impl Random {
-    /// One draw among all candidates, by weight.
-    fn draw(&self) -> Option<EndpointId> {
-        let total = *self.cumulative.last()?;
-        let r = random_below(total);
-        let i = self.cumulative.partition_point(|c| *c <= r);
-        Some(self.list[i].id)
     }
 }
 

@@ -29,9 +29,7 @@ impl RoundRobin {
     pub fn in_panic_mode(&self) -> bool {
         self.panic
     }
-}
 
-impl RoundRobin {
     /// Moves the cursor one step; the index of the candidate whose turn it was (`None`: none).
     fn advance(&mut self) -> Option<usize> {
         let n = self.candidates.len();

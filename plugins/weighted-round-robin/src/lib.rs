@@ -28,6 +28,23 @@ impl WeightedRoundRobin {
     pub fn in_panic_mode(&self) -> bool {
         self.panic
     }
+
+    /// One step of the smooth weighted round-robin among the candidates `ctx` leaves.
+    fn choose(&mut self, ctx: &PickContext) -> Option<EndpointId> {
+        let keep = consider(&self.list, ctx);
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, m) in self.list.iter().enumerate().filter(|(_, m)| keep(m)) {
+            self.current[i] += i64::from(m.weight);
+            total += i64::from(m.weight);
+            if best.is_none_or(|b| self.current[i] > self.current[b]) {
+                best = Some(i);
+            }
+        }
+        let best = best?;
+        self.current[best] -= total;
+        Some(self.list[best].id)
+    }
 }
 
 impl Balancer for WeightedRoundRobin {
@@ -52,25 +69,6 @@ impl Balancer for WeightedRoundRobin {
             tried: Vec::new(),
         };
         (0..count).map_while(|_| self.choose(&first)).collect()
-    }
-}
-
-impl WeightedRoundRobin {
-    /// One step of the smooth weighted round-robin among the candidates `ctx` leaves.
-    fn choose(&mut self, ctx: &PickContext) -> Option<EndpointId> {
-        let keep = consider(&self.list, ctx);
-        let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for (i, m) in self.list.iter().enumerate().filter(|(_, m)| keep(m)) {
-            self.current[i] += i64::from(m.weight);
-            total += i64::from(m.weight);
-            if best.is_none_or(|b| self.current[i] > self.current[b]) {
-                best = Some(i);
-            }
-        }
-        let best = best?;
-        self.current[best] -= total;
-        Some(self.list[best].id)
     }
 }
 
@@ -108,6 +106,25 @@ mod tests {
         let mut lb = BalancerHarness::<WeightedRoundRobin>::start("", &pool_with(weights)).unwrap();
         let req = TestRequest::get("/");
         (0..n).map(|_| lb.pick(&req).unwrap()).collect()
+    }
+
+    #[test]
+    fn picks_made_ahead_are_the_sequence_single_picks_make() {
+        let pool = pool_with(&[5, 1, 1]);
+        let mut ahead = WeightedRoundRobin::init("").unwrap();
+        ahead.pool_changed(pool.endpoints());
+        let mut single = WeightedRoundRobin::init("").unwrap();
+        single.pool_changed(pool.endpoints());
+        let first = PickContext {
+            attempt: 1,
+            tried: vec![],
+        };
+        let req = TestRequest::get("/");
+        let one_by_one: Vec<_> = (0..14)
+            .map(|_| single.pick(&req.as_request(), &first).unwrap())
+            .collect();
+        assert_eq!(ahead.pick_ahead(14), one_by_one);
+        assert_eq!(&one_by_one[..7], [0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]
