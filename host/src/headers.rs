@@ -2,25 +2,26 @@
 //! the client (X-Forwarded-For, X-Forwarded-Proto, Forwarded), and upgrades keep what they need.
 
 use bytes::Bytes;
-use http::header::{
-    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
-/// Headers that apply to one connection only, besides those named by `Connection`. Names, not
-/// strings: removing by `&str` parses the name again on every request. A `static`, not a `const`:
-/// every use of a `const` array builds and drops a fresh copy (`HeaderName` has a destructor).
-static HOP_BY_HOP: [HeaderName; 8] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("proxy-authenticate-info"),
-    TE,
-    TRAILER,
-    TRANSFER_ENCODING,
-];
+/// Whether `name` (lower case, as `HeaderName` keeps it) applies to one connection only, besides
+/// `Connection` and the headers it names. A string match is a length switch and one comparison.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-authenticate-info"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -56,17 +57,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in headers.keys() {
         match name.as_str() {
             "connection" => connection = true,
-            // `HOP_BY_HOP` and `Upgrade`, spelled out: a string match is a length switch and one
-            // comparison, where `HOP_BY_HOP.contains` compared every name with all eight.
-            "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "proxy-authenticate-info"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade" => others = true,
+            n if is_hop_by_hop(n) => others = true,
             _ => {}
         }
     }
@@ -74,11 +65,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         remove_connection(headers, keep_upgrade);
     }
     if others {
-        for name in &HOP_BY_HOP {
+        let found: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| is_hop_by_hop(n.as_str()) && !(keep_upgrade && *n == UPGRADE))
+            .cloned()
+            .collect();
+        for name in found {
             headers.remove(name);
-        }
-        if !keep_upgrade {
-            headers.remove(UPGRADE);
         }
     }
     if keep_upgrade {
@@ -110,7 +103,7 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade:
         return;
     };
     for token in text.split(',').map(str::trim) {
-        // `keep-alive`, the usual token, names a header the `HOP_BY_HOP` pass removes anyway.
+        // `keep-alive`, the usual token, names a header the hop-by-hop pass removes anyway.
         if token.is_empty()
             || token.eq_ignore_ascii_case("keep-alive")
             || (keep_upgrade && token.eq_ignore_ascii_case("upgrade"))
@@ -269,9 +262,20 @@ mod tests {
 
     #[test]
     fn each_hop_by_hop_header_alone_is_removed() {
-        for name in HOP_BY_HOP.iter().chain([&UPGRADE, &CONNECTION]) {
+        for name in [
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "proxy-authenticate-info",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "connection",
+        ] {
             let mut h = map(&[("x-kept", "yes")]);
-            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert(name, HeaderValue::from_static("x"));
             strip_hop_by_hop(&mut h, false);
             assert!(!h.contains_key(name), "{name} left");
             assert!(h.contains_key("x-kept"));
