@@ -130,7 +130,13 @@ fn wasm_pick(
 ) -> Result<Option<EndpointId>, PluginError> {
     let first = attempt == 1 && tried.is_empty();
     core.call_unless(
-        |live| first.then(|| live.ahead.take().map(Some)).flatten(),
+        |live| {
+            if first {
+                live.ahead.take().map(Some)
+            } else {
+                None
+            }
+        },
         |live| {
             if first
                 && !matches!(live.ahead, Ahead::Declined)
@@ -155,10 +161,7 @@ fn wasm_pick(
             live.inst.store.data_mut().set_tried(&[]);
             let picked = picked?;
             match picked {
-                Some(id) if !live.in_pool(id) => Err(CallError::Invalid(format!(
-                    "picked endpoint {id}, which is not in its pool of {} endpoints",
-                    live.pool_len()
-                ))),
+                Some(id) if !live.in_pool(id) => Err(outside_pool(live, id, "")),
                 other => Ok(other),
             }
         },
@@ -181,10 +184,7 @@ fn pick_ahead(live: &mut Live) -> Result<Option<EndpointId>, CallError> {
         )));
     }
     if let Some(id) = ids.iter().find(|id| !live.in_pool(**id)) {
-        return Err(CallError::Invalid(format!(
-            "picked endpoint {id} ahead, which is not in its pool of {} endpoints",
-            live.pool_len()
-        )));
+        return Err(outside_pool(live, *id, " ahead"));
     }
     ids.reverse();
     let first = ids.pop();
@@ -192,6 +192,14 @@ fn pick_ahead(live: &mut Live) -> Result<Option<EndpointId>, CallError> {
         live.ahead = Ahead::Ids(ids);
     }
     Ok(first)
+}
+
+/// The fault of a pick (`how`: "" or " ahead") that names an id outside the instance's pool.
+fn outside_pool(live: &Live, id: EndpointId, how: &str) -> CallError {
+    CallError::Invalid(format!(
+        "picked endpoint {id}{how}, which is not in its pool of {} endpoints",
+        live.pool_len()
+    ))
 }
 
 /// A use of a plugin as a router.

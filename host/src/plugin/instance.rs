@@ -113,16 +113,19 @@ pub(crate) struct Live {
 }
 
 /// First-attempt picks a balancer made ahead with `pick-ahead`, handed out in order. They belong to
-/// one pool and one instance: a pool change or a new instance starts again from `Unasked`.
-#[derive(Debug, Default)]
+/// one pool and one instance: a pool change or a new instance starts again from an empty list.
+#[derive(Debug)]
 pub(crate) enum Ahead {
-    /// `pick-ahead` not asked yet for this pool.
-    #[default]
-    Unasked,
-    /// The ids it gave, next one last; empty when used up (then it is asked again).
+    /// The ids it gave, next one last; when empty (none asked yet, or all used), it is asked.
     Ids(Vec<u32>),
     /// It gave none (or a faulty list): `pick` for every request until the pool changes.
     Declined,
+}
+
+impl Default for Ahead {
+    fn default() -> Self {
+        Ahead::Ids(Vec::new())
+    }
 }
 
 impl Ahead {
@@ -453,7 +456,7 @@ impl HandleCore {
             inst,
             pool: Arc::new(Pool::empty()),
             calls_here: 0,
-            ahead: Ahead::Unasked,
+            ahead: Ahead::default(),
         };
         if self.kind == Kind::Balancer {
             self.sync_pool(&mut live, true)?;
@@ -481,7 +484,7 @@ impl HandleCore {
             }
         }
         live.pool = arc_swap::Guard::into_inner(current);
-        live.ahead = Ahead::Unasked;
+        live.ahead = Ahead::default();
         Ok(())
     }
 
