@@ -1,6 +1,7 @@
 //! Header rules of a proxy: hop-by-hop headers stop here (RFC 9110 §7.6.1), forwarding headers record
 //! the client (X-Forwarded-For, X-Forwarded-Proto, Forwarded), and upgrades keep what they need.
 
+use crate::client_io::ConnPhase;
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
 use std::net::{IpAddr, SocketAddr};
@@ -114,8 +115,9 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade:
     }
 }
 
-/// What the forwarding headers say about one client connection, made once per connection: a
-/// request without forwarding headers of its own then costs reference counts, not formatting.
+/// One client connection: what the forwarding headers say about it, made once per connection (a
+/// request without forwarding headers of its own then costs reference counts, not formatting), and
+/// where it is between its requests.
 #[derive(Debug)]
 pub struct ClientInfo {
     /// The client's address (the one its PROXY header names, behind a front load balancer).
@@ -129,6 +131,8 @@ pub struct ClientInfo {
     /// The first `Host` this client asked for, and its whole `Forwarded` element: the requests of
     /// one connection nearly always name the same host, so they share one value.
     forwarded_host: OnceLock<(HeaderValue, HeaderValue)>,
+    /// Where the connection is between its requests, for the header read deadline its I/O keeps.
+    pub phase: ConnPhase,
 }
 
 impl ClientInfo {
@@ -146,6 +150,7 @@ impl ClientInfo {
             xff: value(ip.to_string()),
             forwarded: value(format!("for={node};proto={proto}")),
             forwarded_host: OnceLock::new(),
+            phase: ConnPhase::default(),
         }
     }
 }

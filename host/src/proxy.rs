@@ -157,6 +157,7 @@ impl Proxy {
         client: Arc<ClientInfo>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
+        client.phase.request_started(req.version());
         let gateway = self.gateway();
         let upgrade =
             req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
@@ -192,7 +193,7 @@ impl Proxy {
             client: client.addr,
             request_id,
         });
-        let mut done = Finish::new(self.clone(), head.clone(), start);
+        let mut done = Finish::new(self.clone(), client, head.clone(), start);
 
         // An `http` listener with `redirect_to_https` answers everything with a redirect.
         if let Some(r) = head.parts.extensions.get::<crate::tls::RedirectHttps>() {
@@ -626,6 +627,8 @@ async fn tunnel(
 /// is when its response body has been sent (or the client went away).
 struct Finish {
     proxy: Arc<Proxy>,
+    /// The client's connection, told when the response has ended.
+    client: Arc<ClientInfo>,
     head: Option<Arc<RequestHead>>,
     start: Instant,
     cluster: Option<Arc<Cluster>>,
@@ -641,9 +644,15 @@ struct Finish {
 }
 
 impl Finish {
-    fn new(proxy: Arc<Proxy>, head: Arc<RequestHead>, start: Instant) -> Self {
+    fn new(
+        proxy: Arc<Proxy>,
+        client: Arc<ClientInfo>,
+        head: Arc<RequestHead>,
+        start: Instant,
+    ) -> Self {
         Finish {
             proxy,
+            client,
             head: Some(head),
             start,
             cluster: None,
@@ -721,6 +730,9 @@ impl Drop for Finish {
             self.reason
                 .get_or_insert(Cow::Borrowed("client closed the request"));
         }
+        self.client
+            .phase
+            .request_ended(self.status == StatusCode::SWITCHING_PROTOCOLS.as_u16());
         let cluster = self.cluster.as_deref();
         let endpoint = cluster
             .zip(self.endpoint)

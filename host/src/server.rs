@@ -16,6 +16,7 @@
 //! they are waited for up to the same deadline.
 
 use crate::access_log::AccessLog;
+use crate::client_io::ClientIo;
 use crate::config::{Config, ConfigError, ListenerConfig, Protocol};
 use crate::gateway::Gateway;
 use crate::headers::ClientInfo;
@@ -30,14 +31,10 @@ use prometheus_client::metrics::counter::Counter;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 /// Why the server could not start.
@@ -494,8 +491,8 @@ async fn accept_loop(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        // The header read timeout is kept by `ClientIo`, hyper's per-request timer is off.
+        .header_read_timeout(None)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
@@ -535,6 +532,7 @@ async fn accept_loop(
                 peer,
                 if tls.is_some() { "https" } else { "http" },
             ));
+            let io = ClientIo::new(stream, client.clone(), idle, handshake_timeout);
             let redirect = redirect_https;
             let service = {
                 let proxy = proxy.clone();
@@ -550,7 +548,6 @@ async fn accept_loop(
                     async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
                 })
             };
-            let io = IdleIo::new(stream, idle);
             let result = match tls {
                 None => serve_connection(&builder, TokioIo::new(io), service, &mut stop).await,
                 Some(acceptor) => {
@@ -615,180 +612,5 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
-    }
-}
-
-/// A connection that fails with `TimedOut` after `timeout` without a byte read or written.
-///
-/// The clock is read and the timer looked at only when an operation would block, which is when the
-/// connection may start to idle: a read or write that makes progress just marks the connection busy.
-/// The timer is moved when it fires early, never reset per operation (that re-registered it in the
-/// runtime's timer wheel several times a request), and not polled again while it already holds the
-/// waker of the task that polls the connection and has not fired.
-struct IdleIo {
-    inner: TcpStream,
-    timeout: Duration,
-    /// When the connection was last seen making progress (precisely: the first operation that
-    /// blocked after one that made progress).
-    last: Instant,
-    /// Whether an operation made progress since `last` was taken.
-    busy: bool,
-    sleep: Pin<Box<Sleep>>,
-    /// The waker `sleep` was last polled with.
-    armed: Option<Waker>,
-}
-
-impl IdleIo {
-    fn new(inner: TcpStream, timeout: Duration) -> Self {
-        IdleIo {
-            inner,
-            timeout,
-            last: Instant::now(),
-            busy: false,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
-            armed: None,
-        }
-    }
-
-    /// After an operation returned `Pending`: whether the connection has been idle too long.
-    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.busy {
-            self.busy = false;
-            self.last = Instant::now();
-        }
-        if let Some(w) = &self.armed
-            && w.will_wake(cx.waker())
-            && !self.sleep.is_elapsed()
-        {
-            return false;
-        }
-        while self.sleep.as_mut().poll(cx).is_ready() {
-            let deadline = self.last + self.timeout;
-            if deadline <= Instant::now() {
-                return true;
-            }
-            self.sleep.as_mut().reset(deadline);
-        }
-        self.armed = Some(cx.waker().clone());
-        false
-    }
-}
-
-fn idle_error() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "client connection idle timeout",
-    )
-}
-
-impl AsyncRead for IdleIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.busy = true;
-                Poll::Ready(r)
-            }
-            Poll::Pending if this.idle_expired(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl AsyncWrite for IdleIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                this.busy = true;
-                Poll::Ready(r)
-            }
-            Poll::Pending if this.idle_expired(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                this.busy = true;
-                Poll::Ready(r)
-            }
-            Poll::Pending if this.idle_expired(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A loopback client and the server side of its connection, with an idle `timeout`.
-    async fn connected(timeout: Duration) -> (TcpStream, IdleIo) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, IdleIo::new(server, timeout))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_connections_time_out_and_busy_ones_do_not() {
-        let (mut client, mut io) = connected(Duration::from_secs(10)).await;
-        let mut buf = [0u8; 4];
-        for _ in 0..3 {
-            tokio::time::advance(Duration::from_secs(8)).await;
-            client.write_all(b"ping").await.unwrap();
-            io.read_exact(&mut buf).await.unwrap();
-        }
-        let err = io.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_idle_timeout_counts_from_the_last_progress() {
-        let (mut client, mut io) = connected(Duration::from_secs(10)).await;
-        let mut buf = [0u8; 4];
-        tokio::time::advance(Duration::from_secs(6)).await;
-        client.write_all(b"ping").await.unwrap();
-        io.read_exact(&mut buf).await.unwrap();
-        // The first timer (due at 10 s) fires while the connection waits; it moves to 6 s + 10 s.
-        let waited = tokio::time::timeout(Duration::from_secs(9), io.read(&mut buf)).await;
-        assert!(waited.is_err(), "still open 9 s after the last read");
-        let started = Instant::now();
-        let err = io.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-        assert!(
-            started.elapsed() <= Duration::from_secs(1),
-            "closed 10 s after the last read"
-        );
     }
 }

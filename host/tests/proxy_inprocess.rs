@@ -695,3 +695,53 @@ async fn a_listener_address_in_use_refuses_to_start() {
         "{err}"
     );
 }
+
+// The header read timeout is kept by the client connection's I/O (`client_io`): a head that stalls
+// is cut, the first one from the connection's start and later ones from their first byte; a request
+// slower than the timeout is not, as its head has arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_heads_are_cut_at_the_header_timeout_and_slow_responses_are_not() {
+    let backend = Backend::start("1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(&[backend.addr], "", "").replacen(
+        "address = \"127.0.0.1:0\"\n",
+        "address = \"127.0.0.1:0\"\nheader_read_timeout = \"300ms\"\n",
+        1,
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    /// Reads until the proxy closes the connection (or resets it); what it sent.
+    async fn until_closed(c: &mut tokio::net::TcpStream) -> String {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out))
+            .await
+            .expect("the proxy kept a stalled head's connection open");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\n")
+        .await
+        .unwrap();
+    assert_eq!(until_closed(&mut c).await, "");
+
+    // The response takes longer than the header timeout; after it, the next head stalls.
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(b"GET /slow?ms=800 HTTP/1.1\r\nHost: slow\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !out.ends_with(b"hello from 1") {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("no response")
+            .unwrap();
+        assert!(n > 0, "closed before the response: {out:?}");
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert!(out.starts_with(b"HTTP/1.1 200 OK"), "{out:?}");
+    c.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    assert_eq!(until_closed(&mut c).await, "");
+    assert_eq!(backend.hits("/slow"), 1);
+    proxy.stop().await;
+}
