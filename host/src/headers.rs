@@ -3,7 +3,7 @@
 
 use crate::client_io::ConnPhase;
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
+use http::header::{CONNECTION, Entry, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
@@ -82,29 +82,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Removes `Connection` and the headers its values name.
 fn remove_connection(headers: &mut HeaderMap, keep_upgrade: bool) {
-    match headers.get_all(CONNECTION).iter().count() {
-        0 => {}
-        1 => {
-            let value = headers.remove(CONNECTION).expect("counted one");
-            remove_named(headers, &value, keep_upgrade);
-        }
-        _ => {
-            // Several Connection lines are rare: copying them is fine here.
-            let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
-            headers.remove(CONNECTION);
-            for v in &values {
-                remove_named(headers, v, keep_upgrade);
-            }
-        }
+    let Entry::Occupied(entry) = headers.entry(CONNECTION) else {
+        return;
+    };
+    let (_, mut values) = entry.remove_entry_mult();
+    let first = values.next();
+    // Several Connection lines are rare: the others are copied out (no allocation for none).
+    let others: Vec<HeaderValue> = values.collect();
+    for value in first.iter().chain(&others) {
+        remove_named(headers, value, keep_upgrade);
     }
 }
 
 fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade: bool) {
+    // `keep-alive`, the usual token, names a header the hop-by-hop pass removes anyway.
+    if connection.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+        return;
+    }
     let Ok(text) = connection.to_str() else {
         return;
     };
     for token in text.split(',').map(str::trim) {
-        // `keep-alive`, the usual token, names a header the hop-by-hop pass removes anyway.
         if token.is_empty()
             || token.eq_ignore_ascii_case("keep-alive")
             || (keep_upgrade && token.eq_ignore_ascii_case("upgrade"))
@@ -263,6 +261,19 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
         left.sort();
         assert_eq!(left, vec!["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn every_connection_line_is_read_whatever_comes_first() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive"),
+            ("connection", "x-second"),
+            ("x-second", "1"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-kept"]);
     }
 
     #[test]
