@@ -22,9 +22,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// Where a client connection is between its requests, and how many heads it has had; shared by
-/// the connection's I/O and its requests (one thread uses it: relaxed atomics are plain loads and
-/// stores). The count tells the I/O that a head it saw start has arrived even when its response
-/// has already ended by the time the I/O looks.
+/// the connection's I/O and its requests. The count tells the I/O that a head it saw start has
+/// arrived even when its response has already ended by the time the I/O looks. Plain loads and
+/// stores, no read-modify-write: HTTP/1 requests run one after another in the connection's task,
+/// and HTTP/2 ones, which may run at once, only ever set `NO_HEADS`.
 #[derive(Debug, Default)]
 pub struct ConnPhase(AtomicU32);
 

@@ -2,10 +2,10 @@
 //!
 //! Layout: [`config`] reads and validates the TOML file; [`gateway`] builds it into what serves
 //! requests ([`routes`], [`upstream`] clusters with their balancer plugins); [`proxy`] runs the
-//! phases of one request; [`server`] owns listeners and shutdown (each client connection's deadlines
-//! in [`client_io`]), with [`tls`] termination and the
-//! [`l4`] (TCP, TLS passthrough) proxy; [`reload`] swaps configs;
-//! [`admin`], [`metrics`] and [`access_log`] report; [`plugin`] is the Wasm plugin runtime.
+//! phases of one request; [`server`] owns listeners and shutdown, with [`client_io`] keeping each
+//! client connection's deadlines, [`tls`] termination and the [`l4`] (TCP, TLS passthrough) proxy;
+//! [`reload`] swaps configs; [`admin`], [`metrics`] and [`access_log`] report; [`plugin`] is the Wasm
+//! plugin runtime.
 
 pub mod access_log;
 pub mod admin;

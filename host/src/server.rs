@@ -503,7 +503,7 @@ async fn accept_loop(
         let mut stop = stop.clone();
         let conns = conns.clone();
         let idle = config.idle_timeout;
-        let handshake_timeout = config.header_read_timeout;
+        let header_timeout = config.header_read_timeout;
         let redirect_https = config.redirect_https;
         let proxy_from = config.proxy_protocol_from.clone();
         let listener_addr = config.address;
@@ -513,7 +513,7 @@ async fn accept_loop(
             // Behind a front load balancer: the client is the one its PROXY header names.
             let peer = match crate::l4::proxy_protocol::accept(
                 &proxy_from,
-                handshake_timeout,
+                header_timeout,
                 &mut stream,
                 peer,
             )
@@ -532,7 +532,7 @@ async fn accept_loop(
                 peer,
                 if tls.is_some() { "https" } else { "http" },
             ));
-            let io = ClientIo::new(stream, client.clone(), idle, handshake_timeout);
+            let io = ClientIo::new(stream, client.clone(), idle, header_timeout);
             let redirect = redirect_https;
             let service = {
                 let proxy = proxy.clone();
@@ -553,7 +553,7 @@ async fn accept_loop(
                 Some(acceptor) => {
                     // The handshake gets the header read timeout: a client that stalls in it
                     // holds a connection like one that stalls in its headers.
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
                         Ok(Ok(tls_stream)) => {
                             serve_connection(&builder, TokioIo::new(tls_stream), service, &mut stop)
                                 .await
