@@ -3,6 +3,8 @@
 #
 #   bench/run.sh            the benchmark: prints a table and writes bench/results/<date>/{raw.tsv,table.md}
 #   bench/run.sh profile    perf profile of Sluicegate (one worker thread) under wrk -c50 (README "Profile")
+#   bench/run.sh pgo        a profile-guided release build, trained on this harness's loads (README "PGO");
+#                           prints the binary's path, for SLUICEGATE_BIN
 #
 # Settings (environment): DURATION (s, default 10), RUNS (3), CONNS ("50 200"), BODIES ("small"; also "1k"
 # and "64k"), PINNED (auto|0|1: the pinned placement when 2+ CPUs), PIN_CONNS ("50"), L4 (auto|0|1), L4_CONNS
@@ -99,16 +101,26 @@ with_binary() {
     [[ -x $bin ]] || die "no $what binary at $bin"
     printf -v "$var" '%s' "$bin"
 }
-with_binary SLUICEGATE_BIN "$ROOT/target" sluicegate
+# pgo mode: the instrumented build serves the loads below, and counts where the code goes; see "pgo mode".
+TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+PGO_DIR=$ROOT/target/pgo
+if [[ $MODE == pgo ]]; then
+    log "building sluicegate instrumented for PGO (release)"
+    build_sluicegate "$PGO_DIR/train" --target "$TRIPLE" --config "build.rustflags=[\"-Cprofile-generate=$PGO_DIR/train/profiles\"]" ||
+        die "instrumented build failed"
+    SLUICEGATE_BIN=$PGO_DIR/train/$TRIPLE/release/sluicegate
+else
+    with_binary SLUICEGATE_BIN "$ROOT/target" sluicegate
+fi
 # The native-choice variant: the same proxy with the plugin boundary taken out (bench/README.md), in its own
 # target directory so that building it does not rebuild the normal release binary.
-[[ $NATIVE == 0 || $MODE == profile ]] ||
+[[ $NATIVE == 0 || $MODE != bench ]] ||
     with_binary SLUICEGATE_NATIVE_BIN "$ROOT/target/bench-native" "sluicegate with native-choice" --features native-choice
 
 # ---------------------------------------------------------------- Pingora (bench/pingora), optional
 # A standalone cargo project (bench/pingora/README.md); its first build takes ~10 min on two busy cores.
 # A peer that cannot be had is skipped with a warning (PINGORA=1: an error), not the end of the run.
-if [[ $PINGORA != 0 && $MODE != profile ]]; then
+if [[ $PINGORA != 0 && $MODE == bench ]]; then
     if [[ -z ${PINGORA_BIN:-} ]]; then
         PINGORA_BIN=$ROOT/bench/pingora/target/release/pingora-bench-proxy
         if [[ $BUILD == 1 ]]; then
@@ -456,6 +468,62 @@ one_run() {
 
 path_of() { case $1 in small) echo /small ;; *) echo "/$1" ;; esac; }
 
+# ---------------------------------------------------------------- pgo mode
+# Profile-guided optimisation: the request path is instruction-cache bound (bench/README.md, "Instructions
+# per request"), and LLVM lays out and inlines code better when it knows which branches run. The training
+# is the benchmark's own kinds of load (small, 1 KB and 64 KB bodies at 50 and 200 connections, one and two
+# workers, TCP), each for a few seconds; the profile is written when the proxies exit (SIGTERM drains), merged
+# by the llvm-profdata of rustc's LLVM, and the release build is made again with it into
+# target/pgo/use/<triple>/release/sluicegate. The profile's file is named by its hash, so a new profile
+# rebuilds and an unchanged one does not.
+if [[ $MODE == pgo ]]; then
+    llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+    profdata=$(command -v "llvm-profdata-$llvm_major" || true)
+    if [[ -z $profdata ]]; then
+        log "installing llvm-$llvm_major (llvm-profdata for rustc's LLVM $llvm_major) from Debian"
+        export DEBIAN_FRONTEND=noninteractive
+        timeout 600 apt-get install -y -q --no-install-recommends "llvm-$llvm_major" >&2 ||
+            { timeout 300 apt-get update -q >&2 && timeout 600 apt-get install -y -q --no-install-recommends "llvm-$llvm_major" >&2; } ||
+            die "no llvm-profdata-$llvm_major (apt-get install llvm-$llvm_major failed)"
+        profdata=$(command -v "llvm-profdata-$llvm_major") || die "llvm-$llvm_major has no llvm-profdata-$llvm_major"
+    fi
+    rm -rf "$PGO_DIR/train/profiles"
+    mkdir -p "$PGO_DIR/train/profiles"
+    [[ $L4 == auto ]] && L4=1
+    start_sluicegate 1
+    start_sluicegate 2
+    secs=${PGO_SECONDS:-4}
+    for t in "${TARGETS[@]}"; do
+        IFS='|' read -r name w pid p pt <<<"$t"
+        for body in small 1k 64k; do
+            for c in 50 200; do
+                log "training: $name/$w $body c$c (${secs}s)"
+                timeout $((secs + 30)) wrk -t1 -c"$c" -d"${secs}s" "http://127.0.0.1:$p$(path_of "$body")" >/dev/null ||
+                    die "wrk failed against $name/$w"
+            done
+        done
+        [[ $pt == - ]] && continue
+        log "training: $name/$w tcp c50 (${secs}s)"
+        timeout $((secs + 30)) wrk -t1 -c50 -d"${secs}s" "http://127.0.0.1:$pt/small" >/dev/null ||
+            die "wrk (tcp) failed against $name/$w"
+    done
+    for t in "${TARGETS[@]}"; do
+        IFS='|' read -r _ _ pid _ _ <<<"$t"
+        kill -TERM "$pid"
+        timeout 30 tail --pid="$pid" -f /dev/null || die "sluicegate $pid did not exit after SIGTERM"
+    done
+    compgen -G "$PGO_DIR/train/profiles/*.profraw" >/dev/null || die "the instrumented proxies wrote no profile"
+    "$profdata" merge -o "$PGO_DIR/merged.profdata" "$PGO_DIR/train/profiles/"*.profraw || die "llvm-profdata merge failed"
+    sum=$(sha256sum "$PGO_DIR/merged.profdata" | cut -c1-16)
+    mkdir -p "$PGO_DIR/profiles"
+    mv "$PGO_DIR/merged.profdata" "$PGO_DIR/profiles/$sum.profdata"
+    log "building sluicegate with the profile $PGO_DIR/profiles/$sum.profdata (release)"
+    build_sluicegate "$PGO_DIR/use" --target "$TRIPLE" --config "build.rustflags=[\"-Cprofile-use=$PGO_DIR/profiles/$sum.profdata\"]" ||
+        die "profile-guided build failed"
+    echo "$PGO_DIR/use/$TRIPLE/release/sluicegate"
+    exit 0
+fi
+
 # ---------------------------------------------------------------- profile mode
 if [[ $MODE == profile ]]; then
     L4=0
@@ -653,7 +721,7 @@ PG_VERSION=
 {
     echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $NCPU CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo);" \
         "$(uname -r); load average at start $LOAD_START, at end $LOAD_END"
-    echo "Sluicegate $SG_VERSION; $(nginx -v 2>&1 | sed 's/.*: //'); haproxy $(haproxy -v | awk 'NR==1 {print $3}'); wrk -t1, ${DURATION}s," \
+    echo "Sluicegate $SG_VERSION (${SLUICEGATE_BIN#"$ROOT"/}); $(nginx -v 2>&1 | sed 's/.*: //'); haproxy $(haproxy -v | awk 'NR==1 {print $3}'); wrk -t1, ${DURATION}s," \
         "${PG_VERSION}median of $RUNS interleaved runs; bodies: $BODIES"
     echo
     echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MB | errors | × haproxy | × nginx | × pingora | × direct | × sluicegate-native |"
