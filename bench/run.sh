@@ -517,6 +517,7 @@ if [[ $MODE == pgo ]]; then
     sum=$(sha256sum "$PGO_DIR/merged.profdata" | cut -c1-16)
     mkdir -p "$PGO_DIR/profiles"
     mv "$PGO_DIR/merged.profdata" "$PGO_DIR/profiles/$sum.profdata"
+    find "$PGO_DIR/profiles" -name '*.profdata' ! -name "$sum.profdata" -delete # earlier profiles (16 MB each)
     log "building sluicegate with the profile $PGO_DIR/profiles/$sum.profdata (release)"
     build_sluicegate "$PGO_DIR/use" --target "$TRIPLE" --config "build.rustflags=[\"-Cprofile-use=$PGO_DIR/profiles/$sum.profdata\"]" ||
         die "profile-guided build failed"
