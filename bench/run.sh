@@ -248,6 +248,18 @@ address = "127.0.0.1:$pt"
 protocol = "tcp"
 cluster = "web"
 EOF
+        # pgo mode trains the TLS path too: an https listener with a throwaway self-signed certificate.
+        [[ $MODE != pgo ]] || { free_port; cat <<EOF
+
+[[listeners]]
+address = "127.0.0.1:$PORT"
+protocol = "https"
+
+[[listeners.certificates]]
+cert = "$WORK/tls/cert.pem"
+key = "$WORK/tls/key.pem"
+EOF
+            TLS_PORTS+=("$PORT"); }
         cat <<EOF
 
 [admin]
@@ -472,7 +484,7 @@ path_of() { case $1 in small) echo /small ;; *) echo "/$1" ;; esac; }
 # Profile-guided optimisation: the request path is instruction-cache bound (bench/README.md, "Instructions
 # per request"), and LLVM lays out and inlines code better when it knows which branches run. The training
 # is the benchmark's own kinds of load (small, 1 KB and 64 KB bodies at 50 and 200 connections, one and two
-# workers, TCP), each for a few seconds; the profile is written when the proxies exit (SIGTERM drains), merged
+# workers, TCP) and HTTPS (rustls), each for a few seconds; the profile is written when the proxies exit (SIGTERM drains), merged
 # by the llvm-profdata of rustc's LLVM, and the release build is made again with it into
 # target/pgo/use/<triple>/release/sluicegate. The profile's file is named by its hash, so a new profile
 # rebuilds and an unchanged one does not.
@@ -488,8 +500,11 @@ if [[ $MODE == pgo ]]; then
         profdata=$(command -v "llvm-profdata-$llvm_major") || die "llvm-$llvm_major has no llvm-profdata-$llvm_major"
     fi
     rm -rf "$PGO_DIR/train/profiles"
-    mkdir -p "$PGO_DIR/train/profiles"
+    mkdir -p "$PGO_DIR/train/profiles" "$WORK/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+        -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null || die "openssl could not make a test certificate"
     [[ $L4 == auto ]] && L4=1
+    TLS_PORTS=()
     start_sluicegate 1
     start_sluicegate 2
     secs=${PGO_SECONDS:-4}
@@ -502,10 +517,16 @@ if [[ $MODE == pgo ]]; then
                     die "wrk failed against $name/$w"
             done
         done
-        [[ $pt == - ]] && continue
-        log "training: $name/$w tcp c50 (${secs}s)"
-        timeout $((secs + 30)) wrk -t1 -c50 -d"${secs}s" "http://127.0.0.1:$pt/small" >/dev/null ||
-            die "wrk (tcp) failed against $name/$w"
+        if [[ $pt != - ]]; then
+            log "training: $name/$w tcp c50 (${secs}s)"
+            timeout $((secs + 30)) wrk -t1 -c50 -d"${secs}s" "http://127.0.0.1:$pt/small" >/dev/null ||
+                die "wrk (tcp) failed against $name/$w"
+        fi
+    done
+    for p in "${TLS_PORTS[@]}"; do
+        log "training: https on $p, c50 (${secs}s)"
+        timeout $((secs + 30)) wrk -t1 -c50 -d"${secs}s" "https://127.0.0.1:$p/small" >/dev/null ||
+            die "wrk (https) failed against port $p"
     done
     for t in "${TARGETS[@]}"; do
         IFS='|' read -r _ _ pid _ _ <<<"$t"
