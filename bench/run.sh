@@ -484,10 +484,10 @@ path_of() { case $1 in small) echo /small ;; *) echo "/$1" ;; esac; }
 # Profile-guided optimisation: the request path is instruction-cache bound (bench/README.md, "Instructions
 # per request"), and LLVM lays out and inlines code better when it knows which branches run. The training
 # is the benchmark's own kinds of load (small, 1 KB and 64 KB bodies at 50 and 200 connections, one and two
-# workers, TCP) and HTTPS (rustls), each for a few seconds; the profile is written when the proxies exit (SIGTERM drains), merged
-# by the llvm-profdata of rustc's LLVM, and the release build is made again with it into
-# target/pgo/use/<triple>/release/sluicegate. The profile's file is named by its hash, so a new profile
-# rebuilds and an unchanged one does not.
+# workers, TCP) and HTTPS (rustls), each for a few seconds; the profile is written when the proxies exit
+# (SIGTERM drains), merged by the llvm-profdata of rustc's LLVM, and the release build is made again with
+# it into target/pgo/use/<triple>/release/sluicegate. The profile's file is named by its hash, so a new
+# profile rebuilds and an unchanged one does not.
 if [[ $MODE == pgo ]]; then
     llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
     profdata=$(command -v "llvm-profdata-$llvm_major" || true)
@@ -508,26 +508,22 @@ if [[ $MODE == pgo ]]; then
     start_sluicegate 1
     start_sluicegate 2
     secs=${PGO_SECONDS:-4}
+    # train conns url: one load; a profile of error paths would be worse than none, so any error stops here.
+    train() {
+        local out
+        log "training: $2, $1 connections (${secs}s)"
+        out=$(timeout $((secs + 30)) wrk -t1 -c"$1" -d"${secs}s" "$2" 2>&1) || die "wrk failed against $2: $out"
+        grep -q 'Non-2xx\|Socket errors' <<<"$out" && die "errors in the training load against $2: $out"
+        return 0
+    }
     for t in "${TARGETS[@]}"; do
         IFS='|' read -r name w pid p pt <<<"$t"
         for body in small 1k 64k; do
-            for c in 50 200; do
-                log "training: $name/$w $body c$c (${secs}s)"
-                timeout $((secs + 30)) wrk -t1 -c"$c" -d"${secs}s" "http://127.0.0.1:$p$(path_of "$body")" >/dev/null ||
-                    die "wrk failed against $name/$w"
-            done
+            for c in 50 200; do train "$c" "http://127.0.0.1:$p$(path_of "$body")"; done
         done
-        if [[ $pt != - ]]; then
-            log "training: $name/$w tcp c50 (${secs}s)"
-            timeout $((secs + 30)) wrk -t1 -c50 -d"${secs}s" "http://127.0.0.1:$pt/small" >/dev/null ||
-                die "wrk (tcp) failed against $name/$w"
-        fi
+        [[ $pt == - ]] || train 50 "http://127.0.0.1:$pt/small"
     done
-    for p in "${TLS_PORTS[@]}"; do
-        log "training: https on $p, c50 (${secs}s)"
-        timeout $((secs + 30)) wrk -t1 -c50 -d"${secs}s" "https://127.0.0.1:$p/small" >/dev/null ||
-            die "wrk (https) failed against port $p"
-    done
+    for p in "${TLS_PORTS[@]}"; do train 50 "https://127.0.0.1:$p/small"; done
     for t in "${TARGETS[@]}"; do
         IFS='|' read -r _ _ pid _ _ <<<"$t"
         kill -TERM "$pid"
