@@ -11,6 +11,7 @@
 # ("50"), PICK_BENCH (1|0: the plugin-boundary micro-benchmark), NATIVE (1|0: the sluicegate-native rows),
 # PINGORA (auto|0|1: the pingora rows; auto skips them when the peer cannot be built), SLUICEGATE_BIN /
 # SLUICEGATE_NATIVE_BIN / PINGORA_BIN (skip a build), BUILD (1|0), PROFILE_SECONDS (profile mode, 10),
+# PGO_SECONDS (pgo mode: seconds per training load, 4),
 # MAX_SECONDS (hard bound on the whole run; default from the plan).
 set -euo pipefail
 

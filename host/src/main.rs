@@ -57,7 +57,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // rustls warns on every connection whose client breaks the protocol (an IP address
+                // as SNI, as wrk and some libraries send): a client's fault, which our own handshake
+                // errors log at debug, and one line per connection would let any client flood the log.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
         )
         .init();
     let result = match cli.command.unwrap_or(Command::Demo) {
