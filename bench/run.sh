@@ -64,6 +64,15 @@ command -v wrk >/dev/null || need_pkgs+=(wrk)
 STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 [[ $L4 == 0 || -e $STREAM_MODULE ]] || need_pkgs+=(libnginx-mod-stream)
 [[ $MODE != profile ]] || command -v perf >/dev/null || need_pkgs+=(linux-perf)
+# pgo mode: llvm-profdata must be of rustc's own LLVM major version (LLVM 22 for rustc 1.95).
+if [[ $MODE == pgo ]]; then
+    rustc_vv=$(rustc -vV)
+    TRIPLE=$(sed -n 's/^host: //p' <<<"$rustc_vv")
+    LLVM_MAJOR=$(sed -n 's/^LLVM version: \([0-9]*\).*/\1/p' <<<"$rustc_vv")
+    PROFDATA=llvm-profdata-$LLVM_MAJOR
+    command -v "$PROFDATA" >/dev/null || need_pkgs+=("llvm-$LLVM_MAJOR")
+    command -v openssl >/dev/null || need_pkgs+=(openssl)
+fi
 if ((${#need_pkgs[@]})); then
     log "installing ${need_pkgs[*]} from Debian"
     export DEBIAN_FRONTEND=noninteractive
@@ -71,6 +80,7 @@ if ((${#need_pkgs[@]})); then
     apt_install || { timeout 300 apt-get update -q >&2 && apt_install; } || die "apt-get install ${need_pkgs[*]} failed"
 fi
 [[ -e $STREAM_MODULE ]] || { [[ $L4 == 1 ]] && die "no nginx stream module"; L4=0; }
+[[ $MODE != pgo ]] || command -v "$PROFDATA" >/dev/null || die "no $PROFDATA after installing llvm-$LLVM_MAJOR"
 
 # ---------------------------------------------------------------- Sluicegate, release builds
 # clean_env cmd...: runs cmd without the outer cargo/make settings (they must not leak into our builds);
@@ -103,7 +113,6 @@ with_binary() {
     printf -v "$var" '%s' "$bin"
 }
 # pgo mode: the instrumented build serves the loads below, and counts where the code goes; see "pgo mode".
-TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 PGO_DIR=$ROOT/target/pgo
 if [[ $MODE == pgo ]]; then
     log "building sluicegate instrumented for PGO (release)"
@@ -490,16 +499,6 @@ path_of() { case $1 in small) echo /small ;; *) echo "/$1" ;; esac; }
 # it into target/pgo/use/<triple>/release/sluicegate. The profile's file is named by its hash, so a new
 # profile rebuilds and an unchanged one does not.
 if [[ $MODE == pgo ]]; then
-    llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-    profdata=$(command -v "llvm-profdata-$llvm_major" || true)
-    if [[ -z $profdata ]]; then
-        log "installing llvm-$llvm_major (llvm-profdata for rustc's LLVM $llvm_major) from Debian"
-        export DEBIAN_FRONTEND=noninteractive
-        timeout 600 apt-get install -y -q --no-install-recommends "llvm-$llvm_major" >&2 ||
-            { timeout 300 apt-get update -q >&2 && timeout 600 apt-get install -y -q --no-install-recommends "llvm-$llvm_major" >&2; } ||
-            die "no llvm-profdata-$llvm_major (apt-get install llvm-$llvm_major failed)"
-        profdata=$(command -v "llvm-profdata-$llvm_major") || die "llvm-$llvm_major has no llvm-profdata-$llvm_major"
-    fi
     rm -rf "$PGO_DIR/train/profiles"
     mkdir -p "$PGO_DIR/train/profiles" "$WORK/tls"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
@@ -531,7 +530,7 @@ if [[ $MODE == pgo ]]; then
         timeout 30 tail --pid="$pid" -f /dev/null || die "sluicegate $pid did not exit after SIGTERM"
     done
     compgen -G "$PGO_DIR/train/profiles/*.profraw" >/dev/null || die "the instrumented proxies wrote no profile"
-    "$profdata" merge -o "$PGO_DIR/merged.profdata" "$PGO_DIR/train/profiles/"*.profraw || die "llvm-profdata merge failed"
+    "$PROFDATA" merge -o "$PGO_DIR/merged.profdata" "$PGO_DIR/train/profiles/"*.profraw || die "llvm-profdata merge failed"
     sum=$(sha256sum "$PGO_DIR/merged.profdata" | cut -c1-16)
     mkdir -p "$PGO_DIR/profiles"
     mv "$PGO_DIR/merged.profdata" "$PGO_DIR/profiles/$sum.profdata"
