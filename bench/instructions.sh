@@ -12,8 +12,10 @@
 # instructions / requests. Counts include every user-space instruction of the proxy (JIT'd Wasm too),
 # none of the kernel's. valgrind counts a `rep movsb` copy byte by byte, so large memcpys weigh more
 # here than in time.
-# Settings (environment): BIN, BASE_BIN, DURATION (s, default 6), CONNS (default 10), HAPROXY (1|0),
-# PORT (first of 6, 18300).
+# Settings (environment): BIN, BASE_BIN, DURATION (s, default 6), CONNS (default 10; the benchmark's is 50),
+# HAPROXY (1|0), PORT (first of 6, 18300), KEEP_WORK (1: keep the callgrind dumps; their directory is
+# logged). valgrind reads VALGRIND_OPTS itself: --cache-sim=yes and --branch-sim=yes add cache misses and
+# mispredicted branches to the dumps, --dump-instr=yes per-instruction counts for bench/atomics.py.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/sluicegate}
@@ -46,6 +48,7 @@ fi
 
 WORK=$(mktemp -d /tmp/sluicegate-instructions.XXXXXX)
 chmod 755 "$WORK"
+[[ -z ${KEEP_WORK:-} ]] || log "callgrind dumps kept in $WORK"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
