@@ -150,20 +150,128 @@ impl Proxy {
         )
     }
 
-    /// Serves one client request.
-    pub async fn handle(
+    /// Serves one client request: the head is made ready when hyper hands it over, the returned future
+    /// does the rest. Not `async fn`s (this, `forward`, the pool's `request`): an `async fn` keeps each
+    /// parameter twice in its future, as captured and as moved into its local, and the request's future
+    /// is moved into hyper's slot and polled from there for every request; the request alone is 264
+    /// bytes, a `Finish` 200.
+    pub fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         client: Arc<ClientInfo>,
-    ) -> Response<ProxyBody> {
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         let start = Instant::now();
+        let (mut head, body, client_upgrade) = self.request_head(req, &client);
+        async move {
+            let gateway = self.gateway();
+            let mut done = Finish::new(self.clone(), client, head.clone(), start);
+
+            // An `http` listener with `redirect_to_https` answers everything with a redirect.
+            if let Some(r) = head.parts.extensions.get::<crate::tls::RedirectHttps>() {
+                let location = crate::tls::https_location(&head.parts, r.port)
+                    .and_then(|l| HeaderValue::from_str(&l).ok());
+                return match location {
+                    Some(location) => {
+                        let mut resp =
+                            done.local(StatusCode::PERMANENT_REDIRECT, "redirect to https".into());
+                        resp.headers_mut().insert(http::header::LOCATION, location);
+                        resp
+                    }
+                    None => done.local(StatusCode::BAD_REQUEST, "no host to redirect to".into()),
+                };
+            }
+
+            // Request filters, in config order.
+            for f in &gateway.filters {
+                match f.on_request(&head) {
+                    Ok(RequestAction::Proceed(ops)) if ops.is_empty() => {}
+                    Ok(RequestAction::Proceed(ops)) => {
+                        drop(done.head.take());
+                        match Arc::get_mut(&mut head) {
+                            Some(h) => apply_ops(&mut h.parts.headers, ops),
+                            None => tracing::warn!(
+                                plugin = f.plugin(),
+                                "request head still shared: header changes skipped"
+                            ),
+                        }
+                        done.head = Some(head.clone());
+                    }
+                    Ok(RequestAction::Respond(local)) => {
+                        return done.plugin_response(
+                            local,
+                            format!("answered by filter {}", f.plugin()).into(),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(plugin = f.plugin(), error = %e, "filter fault: the request continues unchanged");
+                        self.metrics.fallback(f.plugin(), "filter");
+                    }
+                }
+            }
+
+            // Routing (after the filters, which may have changed the host).
+            let cluster = match &gateway.router {
+                Router::Table(table) => {
+                    let host = headers::request_authority(&head.parts.uri, &head.parts.headers)
+                        .map(headers::strip_port);
+                    match table.route(host, head.parts.uri.path()) {
+                        Some(i) => gateway.clusters[i].clone(),
+                        None => return done.local(StatusCode::NOT_FOUND, "no route".into()),
+                    }
+                }
+                Router::Plugin(router) => match router.route(&head) {
+                    // The handle checked the index against the names it was made with, which are
+                    // `gateway.clusters`; `get` only keeps a broken invariant from panicking here.
+                    Ok(RouteDecision::Cluster(i)) => match gateway.clusters.get(i) {
+                        Some(c) => c.clone(),
+                        None => {
+                            return done.local(
+                                StatusCode::BAD_GATEWAY,
+                                format!("router chose cluster {i}, which does not exist").into(),
+                            );
+                        }
+                    },
+                    Ok(RouteDecision::Respond(local)) => {
+                        return done.plugin_response(
+                            local,
+                            format!("answered by router {}", router.plugin()).into(),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(plugin = router.plugin(), error = %e, "router fault");
+                        self.metrics.fallback(router.plugin(), "router");
+                        return done.local(
+                            StatusCode::BAD_GATEWAY,
+                            format!("router fault: {}", router.plugin()).into(),
+                        );
+                    }
+                },
+            };
+            done.cluster = Some(cluster.clone());
+            done.active = Some(cluster.budget.request());
+            self.forward(done, &gateway, &cluster, head, body, client_upgrade)
+                .await
+        }
+    }
+
+    /// The request's head as the plugins and the upstream see it (hop-by-hop headers gone, `Host` set,
+    /// forwarding headers and the request id added), its body, and the client's side of an upgrade.
+    /// Not in `handle`'s future: a local that was ever borrowed there keeps its room in the future's
+    /// state across every await, even after it is moved out (the request and its parts, ~500 bytes).
+    fn request_head(
+        &self,
+        mut req: Request<Incoming>,
+        client: &ClientInfo,
+    ) -> (
+        Arc<RequestHead>,
+        RequestBody,
+        Option<hyper::upgrade::OnUpgrade>,
+    ) {
         client.phase.request_started(req.version());
-        let gateway = self.gateway();
         let upgrade =
             req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let body = RequestBody::new(body);
 
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         if !parts.headers.contains_key(HOST)
@@ -172,7 +280,7 @@ impl Proxy {
         {
             parts.headers.insert(HOST, v);
         }
-        headers::add_forwarding(&mut parts.headers, &client);
+        headers::add_forwarding(&mut parts.headers, client);
         let request_id = match parts
             .headers
             .get(X_REQUEST_ID)
@@ -188,102 +296,20 @@ impl Proxy {
                 RequestId::new(value).expect("hex digits are text")
             }
         };
-        let mut head = Arc::new(RequestHead {
+        let head = Arc::new(RequestHead {
             parts,
             client: client.addr,
             request_id,
         });
-        let mut done = Finish::new(self.clone(), client, head.clone(), start);
-
-        // An `http` listener with `redirect_to_https` answers everything with a redirect.
-        if let Some(r) = head.parts.extensions.get::<crate::tls::RedirectHttps>() {
-            let location = crate::tls::https_location(&head.parts, r.port)
-                .and_then(|l| HeaderValue::from_str(&l).ok());
-            return match location {
-                Some(location) => {
-                    let mut resp =
-                        done.local(StatusCode::PERMANENT_REDIRECT, "redirect to https".into());
-                    resp.headers_mut().insert(http::header::LOCATION, location);
-                    resp
-                }
-                None => done.local(StatusCode::BAD_REQUEST, "no host to redirect to".into()),
-            };
-        }
-
-        // Request filters, in config order.
-        for f in &gateway.filters {
-            match f.on_request(&head) {
-                Ok(RequestAction::Proceed(ops)) if ops.is_empty() => {}
-                Ok(RequestAction::Proceed(ops)) => {
-                    drop(done.head.take());
-                    match Arc::get_mut(&mut head) {
-                        Some(h) => apply_ops(&mut h.parts.headers, ops),
-                        None => tracing::warn!(
-                            plugin = f.plugin(),
-                            "request head still shared: header changes skipped"
-                        ),
-                    }
-                    done.head = Some(head.clone());
-                }
-                Ok(RequestAction::Respond(local)) => {
-                    return done.plugin_response(
-                        local,
-                        format!("answered by filter {}", f.plugin()).into(),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(plugin = f.plugin(), error = %e, "filter fault: the request continues unchanged");
-                    self.metrics.fallback(f.plugin(), "filter");
-                }
-            }
-        }
-
-        // Routing (after the filters, which may have changed the host).
-        let cluster = match &gateway.router {
-            Router::Table(table) => {
-                let host = headers::request_authority(&head.parts.uri, &head.parts.headers)
-                    .map(headers::strip_port);
-                match table.route(host, head.parts.uri.path()) {
-                    Some(i) => gateway.clusters[i].clone(),
-                    None => return done.local(StatusCode::NOT_FOUND, "no route".into()),
-                }
-            }
-            Router::Plugin(router) => match router.route(&head) {
-                // The handle checked the index against the names it was made with, which are
-                // `gateway.clusters`; `get` only keeps a broken invariant from panicking here.
-                Ok(RouteDecision::Cluster(i)) => match gateway.clusters.get(i) {
-                    Some(c) => c.clone(),
-                    None => {
-                        return done.local(
-                            StatusCode::BAD_GATEWAY,
-                            format!("router chose cluster {i}, which does not exist").into(),
-                        );
-                    }
-                },
-                Ok(RouteDecision::Respond(local)) => {
-                    return done.plugin_response(
-                        local,
-                        format!("answered by router {}", router.plugin()).into(),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(plugin = router.plugin(), error = %e, "router fault");
-                    self.metrics.fallback(router.plugin(), "router");
-                    return done.local(
-                        StatusCode::BAD_GATEWAY,
-                        format!("router fault: {}", router.plugin()).into(),
-                    );
-                }
-            },
-        };
-        done.cluster = Some(cluster.clone());
-        done.active = Some(cluster.budget.request());
-        self.forward(done, &gateway, &cluster, head, body, client_upgrade)
-            .await
+        (head, RequestBody::new(body), client_upgrade)
     }
 
     /// Tries endpoints of `cluster` until one answers, within the retry policy and budget.
-    async fn forward(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its parameters twice in its future (see `handle`)"
+    )]
+    fn forward(
         &self,
         mut done: Finish,
         gateway: &Gateway,
@@ -291,122 +317,124 @@ impl Proxy {
         head: Arc<RequestHead>,
         body: RequestBody,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Response<ProxyBody> {
-        let policy = &cluster.config.retry;
-        let idempotent = is_idempotent(&head.parts.method);
-        let mut failure: Option<(StatusCode, &'static str)> = None;
-        // The retry permit is taken when a retry is decided, and held until the request ends.
-        let mut _permit = None;
-        if cluster.health.refusing() {
-            return done.local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cluster in panic mode (too few healthy endpoints)".into(),
-            );
-        }
-        for attempt in 1..=policy.attempts {
-            if attempt > 1 {
-                cluster.metrics.retries.inc();
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
+        async move {
+            let policy = &cluster.config.retry;
+            let idempotent = is_idempotent(&head.parts.method);
+            let mut failure: Option<(StatusCode, &'static str)> = None;
+            // The retry permit is taken when a retry is decided, and held until the request ends.
+            let mut _permit = None;
+            if cluster.health.refusing() {
+                return done.local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster in panic mode (too few healthy endpoints)".into(),
+                );
             }
-            let Some(mut id) = self.pick(cluster, &head, attempt, done.tried()) else {
-                if attempt == 1 {
-                    return done.local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no healthy endpoint".into(),
-                    );
+            for attempt in 1..=policy.attempts {
+                if attempt > 1 {
+                    cluster.metrics.retries.inc();
                 }
-                break;
-            };
-            // Like Envoy's previous-hosts predicate: a retry that lands on an endpoint already tried
-            // asks again (a few times) while untried endpoints remain.
-            for _ in 0..MAX_REPICKS {
-                if !done.tried().contains(&id) || done.n_tried >= cluster.endpoints.len() {
+                let Some(mut id) = self.pick(cluster, &head, attempt, done.tried()) else {
+                    if attempt == 1 {
+                        return done.local(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no healthy endpoint".into(),
+                        );
+                    }
                     break;
-                }
-                match self.pick(cluster, &head, attempt, done.tried()) {
-                    Some(other) => id = other,
-                    None => break,
-                }
-            }
-            let endpoint = &cluster.endpoints[id as usize];
-            done.attempts = attempt;
-            done.push_tried(id);
-            let in_flight = cluster.facts.start(id);
-            let upstream = upstream_request(&head.parts, &endpoint.authority, &body);
-            let sent = Instant::now();
-            let result = tokio::time::timeout(
-                cluster.config.response_timeout,
-                cluster.pool.request(id, upstream),
-            )
-            .await;
-            let elapsed = sent.elapsed();
-            done.upstream = Some(elapsed);
-            // Safe to send again: an idempotent method whose body (if any) no attempt has read yet.
-            let safe = idempotent && body.reusable();
-            match result {
-                Err(_) => {
-                    cluster
-                        .health
-                        .observe(id, None, Some(Failure::Timeout), elapsed);
-                    // Timeouts are not retried: the endpoint may still be working on it.
-                    failure = Some((StatusCode::GATEWAY_TIMEOUT, "upstream timeout"));
-                    break;
-                }
-                Ok(Err(e)) => {
-                    let connect = e.is_connect();
-                    let kind = if connect {
-                        Failure::Connect
-                    } else {
-                        Failure::Reset
-                    };
-                    cluster.health.observe(id, None, Some(kind), elapsed);
-                    tracing::debug!(endpoint = %endpoint.address, error = %e, connect, "upstream attempt failed");
-                    failure = Some((
-                        StatusCode::BAD_GATEWAY,
-                        if connect {
-                            "upstream connect failure"
-                        } else {
-                            "upstream reset"
-                        },
-                    ));
-                    // A connect failure sent nothing; otherwise only safe requests go again.
-                    let retry = (connect && body.reusable()) || safe;
-                    if !retry || attempt == policy.attempts {
+                };
+                // Like Envoy's previous-hosts predicate: a retry that lands on an endpoint already tried
+                // asks again (a few times) while untried endpoints remain.
+                for _ in 0..MAX_REPICKS {
+                    if !done.tried().contains(&id) || done.n_tried >= cluster.endpoints.len() {
                         break;
                     }
-                    match cluster.budget.try_retry() {
-                        Some(p) => _permit = Some(p),
-                        None => {
-                            failure = Some((StatusCode::BAD_GATEWAY, "retry budget exhausted"));
+                    match self.pick(cluster, &head, attempt, done.tried()) {
+                        Some(other) => id = other,
+                        None => break,
+                    }
+                }
+                let endpoint = &cluster.endpoints[id as usize];
+                done.attempts = attempt;
+                done.push_tried(id);
+                let in_flight = cluster.facts.start(id);
+                let upstream = upstream_request(&head.parts, &endpoint.authority, &body);
+                let sent = Instant::now();
+                let result = tokio::time::timeout(
+                    cluster.config.response_timeout,
+                    cluster.pool.request(id, upstream),
+                )
+                .await;
+                let elapsed = sent.elapsed();
+                done.upstream = Some(elapsed);
+                // Safe to send again: an idempotent method whose body (if any) no attempt has read yet.
+                let safe = idempotent && body.reusable();
+                match result {
+                    Err(_) => {
+                        cluster
+                            .health
+                            .observe(id, None, Some(Failure::Timeout), elapsed);
+                        // Timeouts are not retried: the endpoint may still be working on it.
+                        failure = Some((StatusCode::GATEWAY_TIMEOUT, "upstream timeout"));
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        let connect = e.is_connect();
+                        let kind = if connect {
+                            Failure::Connect
+                        } else {
+                            Failure::Reset
+                        };
+                        cluster.health.observe(id, None, Some(kind), elapsed);
+                        tracing::debug!(endpoint = %endpoint.address, error = %e, connect, "upstream attempt failed");
+                        failure = Some((
+                            StatusCode::BAD_GATEWAY,
+                            if connect {
+                                "upstream connect failure"
+                            } else {
+                                "upstream reset"
+                            },
+                        ));
+                        // A connect failure sent nothing; otherwise only safe requests go again.
+                        let retry = (connect && body.reusable()) || safe;
+                        if !retry || attempt == policy.attempts {
                             break;
                         }
+                        match cluster.budget.try_retry() {
+                            Some(p) => _permit = Some(p),
+                            None => {
+                                failure = Some((StatusCode::BAD_GATEWAY, "retry budget exhausted"));
+                                break;
+                            }
+                        }
                     }
-                }
-                Ok(Ok(resp)) => {
-                    if let Some(stats) = cluster.facts.get(id) {
-                        stats.record_latency_micros(elapsed.as_micros() as u64);
+                    Ok(Ok(resp)) => {
+                        if let Some(stats) = cluster.facts.get(id) {
+                            stats.record_latency_micros(elapsed.as_micros() as u64);
+                        }
+                        let status = resp.status().as_u16();
+                        cluster.health.observe(id, Some(status), None, elapsed);
+                        if attempt < policy.attempts
+                            && safe
+                            && policy.on_status.contains(&status)
+                            && let Some(p) = cluster.budget.try_retry()
+                        {
+                            // Without a permit the response goes to the client as it is.
+                            _permit = Some(p);
+                            failure = Some((StatusCode::BAD_GATEWAY, "retried status"));
+                            drop(resp);
+                            continue;
+                        }
+                        done.endpoint = Some(id);
+                        done.in_flight = Some(in_flight);
+                        return self.respond(done, gateway, cluster, head, resp, client_upgrade);
                     }
-                    let status = resp.status().as_u16();
-                    cluster.health.observe(id, Some(status), None, elapsed);
-                    if attempt < policy.attempts
-                        && safe
-                        && policy.on_status.contains(&status)
-                        && let Some(p) = cluster.budget.try_retry()
-                    {
-                        // Without a permit the response goes to the client as it is.
-                        _permit = Some(p);
-                        failure = Some((StatusCode::BAD_GATEWAY, "retried status"));
-                        drop(resp);
-                        continue;
-                    }
-                    done.endpoint = Some(id);
-                    done.in_flight = Some(in_flight);
-                    return self.respond(done, gateway, cluster, head, resp, client_upgrade);
                 }
             }
+            let (status, reason) =
+                failure.unwrap_or((StatusCode::BAD_GATEWAY, "no endpoint reachable"));
+            done.local(status, reason.into())
         }
-        let (status, reason) =
-            failure.unwrap_or((StatusCode::BAD_GATEWAY, "no endpoint reachable"));
-        done.local(status, reason.into())
     }
 
     /// The cluster's balancer picks, falling back to the fallback balancer when it faults.

@@ -143,38 +143,44 @@ impl Pool {
     /// Sends `req` (origin-form URI, `Host` set) to `endpoint` on an idle connection of this thread,
     /// else a new one. A request that an idle connection could not send because it was closing goes
     /// to the next one (nothing of it was sent, so this is safe for any method).
-    pub async fn request(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its parameters twice in its future; the request is 272 bytes (see `Proxy::handle`)"
+    )]
+    pub fn request(
         self: &Arc<Self>,
         endpoint: EndpointId,
         mut req: Request<AttemptBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let i = endpoint as usize;
-        let Some(target) = self.targets.get(i) else {
-            return Err(UpstreamError::UnknownEndpoint(endpoint));
-        };
-        while let Some(mut send) = self.checkout(i) {
-            match send.try_send_request(req).await {
-                Ok(resp) => return Ok(self.lend(i, send, resp)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => {
-                        return Err(UpstreamError::Exchange {
-                            endpoint: target.address.clone(),
-                            source: e.into_error(),
-                        });
-                    }
-                },
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send {
+        async move {
+            let i = endpoint as usize;
+            let Some(target) = self.targets.get(i) else {
+                return Err(UpstreamError::UnknownEndpoint(endpoint));
+            };
+            while let Some(mut send) = self.checkout(i) {
+                match send.try_send_request(req).await {
+                    Ok(resp) => return Ok(self.lend(i, send, resp)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => {
+                            return Err(UpstreamError::Exchange {
+                                endpoint: target.address.clone(),
+                                source: e.into_error(),
+                            });
+                        }
+                    },
+                }
             }
-        }
-        // Boxed: the connect path is rare once connections are pooled, and inline it would
-        // more than double the size of every request's future (which is moved, not just polled).
-        let mut send = Box::pin(self.connect(target)).await?;
-        match send.try_send_request(req).await {
-            Ok(resp) => Ok(self.lend(i, send, resp)),
-            Err(e) => Err(UpstreamError::Exchange {
-                endpoint: target.address.clone(),
-                source: e.into_error(),
-            }),
+            // Boxed: the connect path is rare once connections are pooled, and inline it would
+            // more than double the size of every request's future (which is moved, not just polled).
+            let mut send = Box::pin(self.connect(target)).await?;
+            match send.try_send_request(req).await {
+                Ok(resp) => Ok(self.lend(i, send, resp)),
+                Err(e) => Err(UpstreamError::Exchange {
+                    endpoint: target.address.clone(),
+                    source: e.into_error(),
+                }),
+            }
         }
     }
 
