@@ -4,14 +4,15 @@
 #   bench/run.sh            the benchmark: prints a table and writes bench/results/<date>/{raw.tsv,table.md}
 #   bench/run.sh profile    perf profile of Sluicegate (one worker thread) under wrk -c50 (README "Profile")
 #   bench/run.sh pgo        a profile-guided release build, trained on this harness's loads (README "PGO");
-#                           prints the binary's path, for SLUICEGATE_BIN
+#                           prints the binary's path, for SLUICEGATE_BIN (with PGO_VARIANT=native: the
+#                           native-choice build, for SLUICEGATE_NATIVE_BIN)
 #
 # Settings (environment): DURATION (s, default 10), RUNS (3), CONNS ("50 200"), BODIES ("small"; also "1k"
 # and "64k"), PINNED (auto|0|1: the pinned placement when 2+ CPUs), PIN_CONNS ("50"), L4 (auto|0|1), L4_CONNS
 # ("50"), PICK_BENCH (1|0: the plugin-boundary micro-benchmark), NATIVE (1|0: the sluicegate-native rows),
 # PINGORA (auto|0|1: the pingora rows; auto skips them when the peer cannot be built), SLUICEGATE_BIN /
 # SLUICEGATE_NATIVE_BIN / PINGORA_BIN (skip a build), BUILD (1|0), PROFILE_SECONDS (profile mode, 10),
-# PGO_SECONDS (pgo mode: seconds per training load, 4),
+# PGO_SECONDS (pgo mode: seconds per training load, 4), PGO_VARIANT (pgo mode: wasm|native, wasm),
 # MAX_SECONDS (hard bound on the whole run; default from the plan).
 set -euo pipefail
 
@@ -113,12 +114,20 @@ with_binary() {
     printf -v "$var" '%s' "$bin"
 }
 # pgo mode: the instrumented build serves the loads below, and counts where the code goes; see "pgo mode".
-PGO_DIR=$ROOT/target/pgo
+# PGO_VARIANT=native trains and builds the native-choice variant instead (its own directory), so that the
+# plugin boundary can be measured between two profile-guided builds.
+PGO_VARIANT=${PGO_VARIANT:-wasm}
+case $PGO_VARIANT in
+    wasm) PGO_DIR=$ROOT/target/pgo PGO_FEATURES=() ;;
+    native) PGO_DIR=$ROOT/target/pgo-native PGO_FEATURES=(--features native-choice) ;;
+    *) die "PGO_VARIANT must be wasm or native, not $PGO_VARIANT" ;;
+esac
 if [[ $MODE == pgo ]]; then
-    log "building sluicegate instrumented for PGO (release)"
-    build_sluicegate "$PGO_DIR/train" --target "$TRIPLE" --config "build.rustflags=[\"-Cprofile-generate=$PGO_DIR/train/profiles\"]" ||
+    log "building sluicegate ($PGO_VARIANT) instrumented for PGO (release)"
+    build_sluicegate "$PGO_DIR/train" "${PGO_FEATURES[@]}" --target "$TRIPLE" --config "build.rustflags=[\"-Cprofile-generate=$PGO_DIR/train/profiles\"]" ||
         die "instrumented build failed"
     SLUICEGATE_BIN=$PGO_DIR/train/$TRIPLE/release/sluicegate
+    [[ $PGO_VARIANT == wasm ]] || SLUICEGATE_NATIVE_BIN=$SLUICEGATE_BIN
 else
     with_binary SLUICEGATE_BIN "$ROOT/target" sluicegate
 fi
@@ -505,8 +514,10 @@ if [[ $MODE == pgo ]]; then
         -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null || die "openssl could not make a test certificate"
     [[ $L4 == auto ]] && L4=1
     TLS_PORTS=()
-    start_sluicegate 1
-    start_sluicegate 2
+    variant=
+    [[ $PGO_VARIANT == wasm ]] || variant=native
+    start_sluicegate 1 $variant
+    start_sluicegate 2 $variant
     secs=${PGO_SECONDS:-4}
     # train conns url: one load; a profile of error paths would be worse than none, so any error stops here.
     train() {
@@ -535,8 +546,8 @@ if [[ $MODE == pgo ]]; then
     mkdir -p "$PGO_DIR/profiles"
     mv "$PGO_DIR/merged.profdata" "$PGO_DIR/profiles/$sum.profdata"
     find "$PGO_DIR/profiles" -name '*.profdata' ! -name "$sum.profdata" -delete # earlier profiles (16 MB each)
-    log "building sluicegate with the profile $PGO_DIR/profiles/$sum.profdata (release)"
-    build_sluicegate "$PGO_DIR/use" --target "$TRIPLE" --config "build.rustflags=[\"-Cprofile-use=$PGO_DIR/profiles/$sum.profdata\"]" ||
+    log "building sluicegate ($PGO_VARIANT) with the profile $PGO_DIR/profiles/$sum.profdata (release)"
+    build_sluicegate "$PGO_DIR/use" "${PGO_FEATURES[@]}" --target "$TRIPLE" --config "build.rustflags=[\"-Cprofile-use=$PGO_DIR/profiles/$sum.profdata\"]" ||
         die "profile-guided build failed"
     echo "$PGO_DIR/use/$TRIPLE/release/sluicegate"
     exit 0
