@@ -154,7 +154,7 @@ impl Proxy {
     /// does the rest. Not `async fn`s (this, `forward`, the pool's `request`): an `async fn` keeps each
     /// parameter twice in its future, as captured and as moved into its local, and the request's future
     /// is moved into hyper's slot and polled from there for every request; the request alone is 264
-    /// bytes, a `Finish` 200.
+    /// bytes.
     pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -311,7 +311,7 @@ impl Proxy {
     )]
     fn forward(
         &self,
-        mut done: Finish,
+        mut done: Box<Finish>,
         gateway: &Gateway,
         cluster: &Arc<Cluster>,
         head: Arc<RequestHead>,
@@ -477,7 +477,7 @@ impl Proxy {
     /// Passes the upstream's response on: hop-by-hop headers out, response filters, upgrades.
     fn respond(
         &self,
-        mut done: Finish,
+        mut done: Box<Finish>,
         gateway: &Gateway,
         cluster: &Arc<Cluster>,
         head: Arc<RequestHead>,
@@ -652,7 +652,10 @@ async fn tunnel(
 }
 
 /// What is known about a request when it ends: written to the access log and metrics on drop, which
-/// is when its response body has been sent (or the client went away).
+/// is when its response body has been sent (or the client went away). Always boxed: it travels from
+/// the handler's future through `forward` and `respond` into the response body, and the response
+/// is moved about eight times on its way into hyper; inline, its 200 bytes made the response 392
+/// (callgrind at 50 connections: D1 write misses per request 202 -> 163 with the box).
 struct Finish {
     proxy: Arc<Proxy>,
     /// The client's connection, told when the response has ended.
@@ -677,8 +680,8 @@ impl Finish {
         client: Arc<ClientInfo>,
         head: Arc<RequestHead>,
         start: Instant,
-    ) -> Self {
-        Finish {
+    ) -> Box<Self> {
+        Box::new(Finish {
             proxy,
             client,
             head: Some(head),
@@ -693,7 +696,7 @@ impl Finish {
             reason: None,
             in_flight: None,
             active: None,
-        }
+        })
     }
 
     fn tried(&self) -> &[EndpointId] {
@@ -708,7 +711,11 @@ impl Finish {
     }
 
     /// A response made by the proxy itself, with the reason for the log.
-    fn local(mut self, status: StatusCode, reason: Cow<'static, str>) -> Response<ProxyBody> {
+    fn local(
+        mut self: Box<Self>,
+        status: StatusCode,
+        reason: Cow<'static, str>,
+    ) -> Response<ProxyBody> {
         let body = Bytes::from(format!("{reason}\n"));
         self.status = status.as_u16();
         self.reason = Some(reason);
@@ -724,7 +731,7 @@ impl Finish {
 
     /// A response a plugin asked for.
     fn plugin_response(
-        mut self,
+        mut self: Box<Self>,
         local: LocalResponse,
         reason: Cow<'static, str>,
     ) -> Response<ProxyBody> {
@@ -810,7 +817,7 @@ impl Drop for Finish {
 /// carries the request's [`Finish`], so the log line and metrics are written when the body ends.
 pub struct ProxyBody {
     inner: Inner,
-    finish: Option<Finish>,
+    finish: Option<Box<Finish>>,
 }
 
 enum Inner {
@@ -819,14 +826,14 @@ enum Inner {
 }
 
 impl ProxyBody {
-    fn upstream(body: UpstreamBody, finish: Finish) -> Self {
+    fn upstream(body: UpstreamBody, finish: Box<Finish>) -> Self {
         ProxyBody {
             inner: Inner::Upstream(body),
             finish: Some(finish),
         }
     }
 
-    fn full(body: Bytes, finish: Finish) -> Self {
+    fn full(body: Bytes, finish: Box<Finish>) -> Self {
         ProxyBody {
             inner: Inner::Full(Some(body)),
             finish: Some(finish),
