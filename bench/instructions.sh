@@ -13,13 +13,16 @@
 # none of the kernel's. valgrind counts a `rep movsb` copy byte by byte, so large memcpys weigh more
 # here than in time.
 # Settings (environment): BIN, BASE_BIN, DURATION (s, default 6), CONNS (default 10; the benchmark's is 50),
-# HAPROXY (1|0), PORT (first of 6, 18300), KEEP_WORK (1: keep the callgrind dumps; their directory is
-# logged). valgrind reads VALGRIND_OPTS itself: --cache-sim=yes and --branch-sim=yes add cache misses and
-# mispredicted branches to the dumps, --dump-instr=yes per-instruction counts for bench/atomics.py.
+# HAPROXY (1|0), PLUGIN_DIR (BIN's plugin directory: a router.wasm or round-robin.wasm there replaces
+# the embedded one, to compare plugin builds; with BASE_BIN=$BIN the base runs the embedded ones), PORT
+# (first of 6, 18300), KEEP_WORK (1: keep the callgrind dumps; their directory is logged). valgrind reads
+# VALGRIND_OPTS itself: --cache-sim=yes and --branch-sim=yes add cache misses and mispredicted branches to
+# the dumps, --dump-instr=yes per-instruction counts for bench/atomics.py.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/sluicegate}
 BASE_BIN=${BASE_BIN:-}
+PLUGIN_DIR=${PLUGIN_DIR:-}
 DURATION=${DURATION:-6}
 CONNS=${CONNS:-10}
 HAPROXY=${HAPROXY:-1}
@@ -145,6 +148,7 @@ measure() {
 
 results=()
 sluicegate_config $((PORT + 2)) >"$WORK/new.toml"
+[[ -z $PLUGIN_DIR ]] || printf '[plugins]\ndir = "%s"\n' "$PLUGIN_DIR" >>"$WORK/new.toml"
 results+=("$(measure sluicegate $((PORT + 2)) "$BIN" run --config "$WORK/new.toml")")
 if [[ -n $BASE_BIN ]]; then
     sluicegate_config $((PORT + 3)) >"$WORK/base.toml"
