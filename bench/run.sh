@@ -114,20 +114,21 @@ with_binary() {
     printf -v "$var" '%s' "$bin"
 }
 # pgo mode: the instrumented build serves the loads below, and counts where the code goes; see "pgo mode".
-# PGO_VARIANT=native trains and builds the native-choice variant instead (its own directory), so that the
-# plugin boundary can be measured between two profile-guided builds.
-PGO_VARIANT=${PGO_VARIANT:-wasm}
-case $PGO_VARIANT in
-    wasm) PGO_DIR=$ROOT/target/pgo PGO_FEATURES=() ;;
-    native) PGO_DIR=$ROOT/target/pgo-native PGO_FEATURES=(--features native-choice) ;;
-    *) die "PGO_VARIANT must be wasm or native, not $PGO_VARIANT" ;;
-esac
+# PGO_VARIANT=native trains and builds the native-choice variant instead (its own directory, and
+# start_sluicegate's "native" setup), so that the plugin boundary can be measured between two
+# profile-guided builds.
 if [[ $MODE == pgo ]]; then
+    PGO_VARIANT=${PGO_VARIANT:-wasm}
+    case $PGO_VARIANT in
+        wasm) PGO_DIR=$ROOT/target/pgo PGO_FEATURES=() PGO_START= ;;
+        native) PGO_DIR=$ROOT/target/pgo-native PGO_FEATURES=(--features native-choice) PGO_START=native ;;
+        *) die "PGO_VARIANT must be wasm or native, not $PGO_VARIANT" ;;
+    esac
     log "building sluicegate ($PGO_VARIANT) instrumented for PGO (release)"
     build_sluicegate "$PGO_DIR/train" "${PGO_FEATURES[@]}" --target "$TRIPLE" --config "build.rustflags=[\"-Cprofile-generate=$PGO_DIR/train/profiles\"]" ||
         die "instrumented build failed"
-    SLUICEGATE_BIN=$PGO_DIR/train/$TRIPLE/release/sluicegate
-    [[ $PGO_VARIANT == wasm ]] || SLUICEGATE_NATIVE_BIN=$SLUICEGATE_BIN
+    # start_sluicegate takes the native variant's binary from SLUICEGATE_NATIVE_BIN: both are this build.
+    SLUICEGATE_BIN=$PGO_DIR/train/$TRIPLE/release/sluicegate SLUICEGATE_NATIVE_BIN=$PGO_DIR/train/$TRIPLE/release/sluicegate
 else
     with_binary SLUICEGATE_BIN "$ROOT/target" sluicegate
 fi
@@ -514,10 +515,8 @@ if [[ $MODE == pgo ]]; then
         -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null || die "openssl could not make a test certificate"
     [[ $L4 == auto ]] && L4=1
     TLS_PORTS=()
-    variant=
-    [[ $PGO_VARIANT == wasm ]] || variant=native
-    start_sluicegate 1 $variant
-    start_sluicegate 2 $variant
+    start_sluicegate 1 $PGO_START
+    start_sluicegate 2 $PGO_START
     secs=${PGO_SECONDS:-4}
     # train conns url: one load; a profile of error paths would be worse than none, so any error stops here.
     train() {
