@@ -25,3 +25,4 @@ pub mod server;
 pub mod shutdown;
 pub mod tls;
 pub mod upstream;
+mod woken;

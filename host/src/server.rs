@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{PluginError, PluginRuntime, PluginWatcher, RuntimeOptions};
 use crate::proxy::Proxy;
 use crate::tls::{CERT_POLL_INTERVAL, CertWatcher, ListenerCerts};
+use crate::woken::PollWhenWoken;
 use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -608,9 +609,14 @@ where
 {
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    let changed = stop.changed();
+    tokio::pin!(changed);
+    // Polled only when the signal wakes the connection, not on each of its requests' wake-ups.
+    let stopping = PollWhenWoken::new(changed);
     tokio::select! {
+        biased;
         r = conn.as_mut() => r,
-        _ = stop.changed() => {
+        _ = stopping => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

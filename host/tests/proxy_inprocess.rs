@@ -678,6 +678,60 @@ async fn worker_threads_each_serve_a_share_of_the_connections() {
     );
 }
 
+// Shutdown asks every connection to finish: an idle keep-alive connection, on any worker, is closed at
+// once rather than held to the drain deadline (30 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let backends = three_backends().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("workers = 2\n{}", config_for(&addrs(&backends), "", ""));
+    let config = sluicegate::config::Config::parse(&text, "test.toml", dir.path()).unwrap();
+    let listeners = sluicegate::server::Listeners::bind(&config).await.unwrap();
+    let addr = listeners.proxy_addrs()[0];
+    let server = sluicegate::server::Server::new(config).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_workers(
+        listeners,
+        async move {
+            let _ = stopped.await;
+        },
+        2,
+    ));
+
+    let mut buf = vec![0; 4096];
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nhost: idle\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("hello from") {
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                .await
+                .expect("response timed out")
+                .unwrap();
+            assert!(n > 0, "closed before the response");
+            got.extend_from_slice(&buf[..n]);
+        }
+        idle.push(c);
+    }
+
+    let _ = stop.send(());
+    for mut c in idle {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("the idle connection was not closed at shutdown")
+            .unwrap();
+        assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    }
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the workers did not stop")
+        .unwrap()
+        .unwrap();
+}
+
 // SO_REUSEPORT would let two proxies share a port silently; a port in use must still refuse to start.
 #[tokio::test(flavor = "current_thread")]
 async fn a_listener_address_in_use_refuses_to_start() {
