@@ -122,14 +122,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_inner_future_is_polled_first_then_only_after_its_own_wake_up() {
+    /// A probe, a counting task waker, and the probe wrapped.
+    fn wrapped() -> (Arc<Probe>, Arc<Task>, Waker, PollWhenWoken<ProbeFuture>) {
         let probe = Arc::new(Probe::default());
         let task = Arc::new(Task::default());
-        let waker = Waker::from(task.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut fut = PollWhenWoken::new(ProbeFuture(probe.clone()));
+        let fut = PollWhenWoken::new(ProbeFuture(probe.clone()));
+        (probe, task.clone(), Waker::from(task), fut)
+    }
 
+    #[test]
+    fn the_inner_future_is_polled_first_then_only_after_its_own_wake_up() {
+        let (probe, task, waker, mut fut) = wrapped();
+        let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
         assert_eq!(probe.polls.load(Ordering::SeqCst), 1);
         // The task is woken by something else (a request): the inner future is not polled.
@@ -148,11 +152,8 @@ mod tests {
 
     #[test]
     fn a_spurious_inner_wake_up_leaves_it_registered_for_the_next() {
-        let probe = Arc::new(Probe::default());
-        let task = Arc::new(Task::default());
-        let waker = Waker::from(task.clone());
+        let (probe, task, waker, mut fut) = wrapped();
         let mut cx = Context::from_waker(&waker);
-        let mut fut = PollWhenWoken::new(ProbeFuture(probe.clone()));
         assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
 
         // Woken but not ready: polled once more, then quiet again.
@@ -173,11 +174,8 @@ mod tests {
 
     #[test]
     fn a_new_task_waker_is_registered_and_a_wake_up_before_it_is_not_lost() {
-        let probe = Arc::new(Probe::default());
-        let first = Arc::new(Task::default());
+        let (probe, first, w1, mut fut) = wrapped();
         let second = Arc::new(Task::default());
-        let mut fut = PollWhenWoken::new(ProbeFuture(probe.clone()));
-        let w1 = Waker::from(first.clone());
         assert!(
             Pin::new(&mut fut)
                 .poll(&mut Context::from_waker(&w1))

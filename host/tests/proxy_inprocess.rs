@@ -620,26 +620,60 @@ async fn request_on_new_connection(addr: std::net::SocketAddr) -> String {
         .to_string()
 }
 
+/// The proxy served by `Server::run_workers` (one event loop per worker thread) in this test's
+/// runtime, in front of `backends`.
+struct Workers {
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), sluicegate::server::StartError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Workers {
+    async fn start(backends: &[std::net::SocketAddr], workers: usize) -> Workers {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("workers = {workers}\n{}", config_for(backends, "", ""));
+        let config = sluicegate::config::Config::parse(&text, "test.toml", dir.path()).unwrap();
+        assert_eq!(config.workers, Some(workers));
+        let listeners = sluicegate::server::Listeners::bind(&config).await.unwrap();
+        let (addr, admin) = (listeners.proxy_addrs()[0], listeners.admin_addr().unwrap());
+        let server = sluicegate::server::Server::new(config).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_workers(
+            listeners,
+            async move {
+                let _ = stopped.await;
+            },
+            workers,
+        ));
+        Workers {
+            addr,
+            admin,
+            stop,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Shuts down and waits (at most 30 s) for every worker to stop.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the workers did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 // `run_workers`: each worker thread has its own event loop and its own SO_REUSEPORT socket of the
 // listener; the kernel spreads connections over them, and shutdown drains every worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_each_serve_a_share_of_the_connections() {
     let backends = three_backends().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!("workers = 3\n{}", config_for(&addrs(&backends), "", ""));
-    let config = sluicegate::config::Config::parse(&text, "test.toml", dir.path()).unwrap();
-    assert_eq!(config.workers, Some(3));
-    let listeners = sluicegate::server::Listeners::bind(&config).await.unwrap();
-    let (addr, admin) = (listeners.proxy_addrs()[0], listeners.admin_addr().unwrap());
-    let server = sluicegate::server::Server::new(config).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run_workers(
-        listeners,
-        async move {
-            let _ = stopped.await;
-        },
-        3,
-    ));
+    let workers = Workers::start(&addrs(&backends), 3).await;
+    let (addr, admin) = (workers.addr, workers.admin);
 
     const CONNECTIONS: usize = 60;
     for _ in 0..CONNECTIONS {
@@ -666,12 +700,7 @@ async fn worker_threads_each_serve_a_share_of_the_connections() {
         "connections by worker: {per_worker:?}"
     );
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .expect("the workers did not stop")
-        .unwrap()
-        .unwrap();
+    workers.stop().await;
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "every worker's socket is closed after shutdown"
@@ -683,20 +712,8 @@ async fn worker_threads_each_serve_a_share_of_the_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_keep_alive_connections_at_once() {
     let backends = three_backends().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!("workers = 2\n{}", config_for(&addrs(&backends), "", ""));
-    let config = sluicegate::config::Config::parse(&text, "test.toml", dir.path()).unwrap();
-    let listeners = sluicegate::server::Listeners::bind(&config).await.unwrap();
-    let addr = listeners.proxy_addrs()[0];
-    let server = sluicegate::server::Server::new(config).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run_workers(
-        listeners,
-        async move {
-            let _ = stopped.await;
-        },
-        2,
-    ));
+    let workers = Workers::start(&addrs(&backends), 2).await;
+    let addr = workers.addr;
 
     let mut buf = vec![0; 4096];
     let mut idle = Vec::new();
@@ -717,7 +734,7 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
         idle.push(c);
     }
 
-    let _ = stop.send(());
+    let stopped = tokio::spawn(workers.stop());
     for mut c in idle {
         let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
             .await
@@ -725,11 +742,7 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
             .unwrap();
         assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
     }
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the workers did not stop")
-        .unwrap()
-        .unwrap();
+    stopped.await.unwrap();
 }
 
 // SO_REUSEPORT would let two proxies share a port silently; a port in use must still refuse to start.
