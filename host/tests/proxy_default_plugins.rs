@@ -287,7 +287,7 @@ async fn sticky_sessions_pin_then_repin_when_the_backend_dies() {
     }
 
     let dead = b.iter().find(|x| x.name == first).unwrap();
-    dead.kill();
+    dead.kill().await;
     let (status, headers, body) = get_with(&client, &url, &[("cookie", &with(&cookie))]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let second = served_by(&body);

@@ -673,7 +673,7 @@ async fn a_backend_killed_under_traffic_is_taken_out_and_only_unretryable_reques
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    backends[1].kill();
+    backends[1].kill().await;
     let killed = backends[1].addr;
     assert!(
         eventually(Duration::from_secs(5), async || !healthy(&proxy, killed)

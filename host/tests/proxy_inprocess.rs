@@ -92,7 +92,7 @@ async fn a_killed_backend_fails_no_idempotent_request_and_the_log_shows_retries(
             >= 80)
         .await
     );
-    backends[1].kill();
+    backends[1].kill().await;
     for w in workers {
         let failures = w.await.unwrap();
         assert!(
@@ -167,8 +167,8 @@ async fn a_post_that_was_sent_is_not_retried_but_one_that_could_not_connect_is()
     );
 
     // A POST whose endpoint refuses the connection was never sent: it goes to another endpoint.
-    backends[0].kill();
-    backends[1].kill();
+    backends[0].kill().await;
+    backends[1].kill().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     for _ in 0..3 {
         let (status, body) = send(&client, post("/upload")).await;

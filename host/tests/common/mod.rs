@@ -40,6 +40,9 @@ pub struct Backend {
     /// Requests seen, by path.
     pub hits: Arc<Mutex<HashMap<String, usize>>>,
     task: tokio::task::JoinHandle<()>,
+    kill: Arc<tokio::sync::Notify>,
+    /// Turns true when the listener and every connection task are gone after `kill`.
+    killed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Backend {
@@ -49,11 +52,18 @@ impl Backend {
         let hits = Arc::new(Mutex::new(HashMap::new()));
         let name_owned = name.to_string();
         let hits2 = hits.clone();
+        let kill = Arc::new(tokio::sync::Notify::new());
+        let (killed_tx, killed) = tokio::sync::watch::channel(false);
+        let kill_signal = kill.clone();
         let task = tokio::spawn(async move {
             // Connection tasks live in the set: killing the backend aborts them (connections reset).
             let mut conns = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    _ = kill_signal.notified() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((stream, _)) = accepted else {
                     continue;
                 };
                 let name = name_owned.clone();
@@ -67,18 +77,27 @@ impl Backend {
                 });
                 while conns.try_join_next().is_some() {}
             }
+            drop(listener);
+            // Aborts every connection task and waits until they are gone, their sockets closed.
+            conns.shutdown().await;
+            let _ = killed_tx.send(true);
         });
         Backend {
             addr,
             name: name.to_string(),
             hits,
             task,
+            kill,
+            killed,
         }
     }
 
-    /// Stops accepting and resets every open connection.
-    pub fn kill(&self) {
-        self.task.abort();
+    /// Stops accepting and resets every open connection; returns when they are closed (an abort
+    /// alone takes effect later, and a pooled connection could still answer a request sent at once).
+    pub async fn kill(&self) {
+        self.kill.notify_one();
+        let mut killed = self.killed.clone();
+        let _ = killed.wait_for(|k| *k).await;
     }
 
     pub fn hits(&self, path: &str) -> usize {
