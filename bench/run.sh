@@ -128,7 +128,8 @@ if [[ $MODE == pgo ]]; then
     build_sluicegate "$PGO_DIR/train" "${PGO_FEATURES[@]}" --target "$TRIPLE" --config "build.rustflags=[\"-Cprofile-generate=$PGO_DIR/train/profiles\"]" ||
         die "instrumented build failed"
     # start_sluicegate takes the native variant's binary from SLUICEGATE_NATIVE_BIN: both are this build.
-    SLUICEGATE_BIN=$PGO_DIR/train/$TRIPLE/release/sluicegate SLUICEGATE_NATIVE_BIN=$PGO_DIR/train/$TRIPLE/release/sluicegate
+    SLUICEGATE_BIN=$PGO_DIR/train/$TRIPLE/release/sluicegate
+    SLUICEGATE_NATIVE_BIN=$SLUICEGATE_BIN
 else
     with_binary SLUICEGATE_BIN "$ROOT/target" sluicegate
 fi
