@@ -94,7 +94,21 @@
 //! [`Balancer::pick_ahead`]: the proxy then enters it once per 64 first attempts, not once each.
 //! Each call runs under a deadline (default 10 ms) and a memory limit; a panic or an overrun
 //! drops the instance and the proxy falls back.
+//!
+//! In the Wasm build the SDK installs its own global allocator (the default feature `allocator`):
+//! small blocks are recycled through free lists, since the strings and lists that cross the
+//! boundary are allocated and freed on every call. To declare another `#[global_allocator]`, turn
+//! the feature off (`default-features = false`).
 
+#[cfg(any(
+    test,
+    all(
+        target_arch = "wasm32",
+        not(target_feature = "atomics"),
+        feature = "allocator"
+    )
+))]
+mod alloc;
 mod export;
 pub mod host;
 mod plugin;
@@ -110,6 +124,15 @@ pub mod testing;
 pub mod wit;
 
 pub use plugin::{Balancer, Filter, HealthPolicy, Router};
+
+#[cfg(all(
+    target_arch = "wasm32",
+    not(target_feature = "atomics"),
+    feature = "allocator"
+))]
+#[global_allocator]
+static ALLOCATOR: alloc::SingleThreaded =
+    alloc::SingleThreaded(alloc::Recycling::new(std::alloc::System));
 pub use request::{Request, Response};
 pub use types::{
     Endpoint, EndpointId, Failure, HeaderOp, LocalResponse, Outcome, PickContext, ProbeResult,
