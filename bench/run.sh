@@ -13,7 +13,9 @@
 # PINGORA (auto|0|1: the pingora rows; auto skips them when the peer cannot be built), SLUICEGATE_BIN /
 # SLUICEGATE_NATIVE_BIN / PINGORA_BIN (skip a build), BUILD (1|0), PROFILE_SECONDS (profile mode, 10),
 # PGO_SECONDS (pgo mode: seconds per training load, 4), PGO_VARIANT (pgo mode: wasm|native, wasm),
-# MAX_SECONDS (hard bound on the whole run; default from the plan).
+# PLUGIN_DIR (the Wasm build's plugin directory: a router.wasm or round-robin.wasm there replaces the
+# embedded build, to measure new plugin builds without rebuilding the proxy), MAX_SECONDS (hard bound on
+# the whole run; default from the plan).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +32,7 @@ NATIVE=${NATIVE:-1}
 PINGORA=${PINGORA:-auto}
 BUILD=${BUILD:-1}
 PROFILE_SECONDS=${PROFILE_SECONDS:-10}
+PLUGIN_DIR=${PLUGIN_DIR:-}
 MODE=${1:-bench}
 NCPU=$(nproc)
 TICK=$(getconf CLK_TCK)
@@ -328,6 +331,7 @@ address = "127.0.0.1:$B1"
 [[clusters.endpoints]]
 address = "127.0.0.1:$B2"
 EOF
+        [[ -n $variant || -z $PLUGIN_DIR ]] || printf '\n[plugins]\ndir = "%s"\n' "$PLUGIN_DIR"
     } >"$dir/sluicegate.toml"
     start "$name-$t" "$dir/out.log" env RUST_LOG=warn "$bin" run --config "$dir/sluicegate.toml"
     wait_port "$p" "$STARTED" "$name-$t"
@@ -796,6 +800,7 @@ PG_VERSION=
     echo "sluicegate: the Wasm router and round-robin balancer on every request; sluicegate-native: the same proxy built"
     echo "with --features native-choice, route table and a plain-Rust round-robin (no Wasm call). × sluicegate-native is"
     echo "sluicegate's req/s against it, same workers: below 1.00 by what the plugin boundary costs."
+    [[ -z $PLUGIN_DIR ]] || echo "sluicegate ran the plugin builds in $PLUGIN_DIR in place of its embedded ones."
     [[ $PINGORA == 0 ]] || echo "pingora: bench/pingora, Pingora's round-robin, one single-threaded runtime per thread (--no-work-stealing)."
 } >"$TABLE"
 
