@@ -5,9 +5,9 @@
 //! and pushes in a few.
 //!
 //! Freed small blocks stay on their list for the next allocation of that size rather than going back
-//! to the standard allocator, so a plugin keeps the peak of its small allocations (linear memory never
-//! shrinks anyway). A plugin that wants another allocator turns off the SDK's default feature
-//! `allocator` and declares its own `#[global_allocator]`.
+//! to the standard allocator: a plugin keeps, for each size, as many blocks as it ever held at once
+//! (linear memory never shrinks anyway). A plugin that wants another allocator turns off the SDK's
+//! default feature `allocator` and declares its own `#[global_allocator]`.
 
 #![allow(unsafe_code, reason = "a global allocator is unsafe by nature")]
 
