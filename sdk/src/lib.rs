@@ -124,6 +124,11 @@ pub mod testing;
 pub mod wit;
 
 pub use plugin::{Balancer, Filter, HealthPolicy, Router};
+pub use request::{Request, Response};
+pub use types::{
+    Endpoint, EndpointId, Failure, HeaderOp, LocalResponse, Outcome, PickContext, ProbeResult,
+    RequestAction, RouteDecision, Verdict,
+};
 
 #[cfg(all(
     target_arch = "wasm32",
@@ -133,11 +138,6 @@ pub use plugin::{Balancer, Filter, HealthPolicy, Router};
 #[global_allocator]
 static ALLOCATOR: alloc::SingleThreaded =
     alloc::SingleThreaded(alloc::Recycling::new(std::alloc::System));
-pub use request::{Request, Response};
-pub use types::{
-    Endpoint, EndpointId, Failure, HeaderOp, LocalResponse, Outcome, PickContext, ProbeResult,
-    RequestAction, RouteDecision, Verdict,
-};
 
 /// Parses a plugin's settings (the TOML text handed to `init`) into `T`.
 ///
