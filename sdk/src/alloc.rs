@@ -26,7 +26,7 @@ const BLOCK_ALIGN: usize = 8;
 /// Per-size free lists in front of `inner`. A free block holds the address of the next one in its
 /// first bytes (every block is at least a pointer wide and aligned for one).
 ///
-/// Not `Sync`: the lists are plain memory, fit for one thread only (see [`SingleThreaded`]).
+/// `Sync` only in a Wasm build without threads: the lists are plain memory, fit for one thread only.
 pub(crate) struct Recycling<A> {
     inner: A,
     free: UnsafeCell<[*mut u8; CLASSES]>,
@@ -61,7 +61,7 @@ fn block_layout(class: usize) -> Layout {
 // aligned as any layout the list serves) and owned by the list alone until handed out again. `dealloc`
 // and `realloc` get back a layout of the same class as the one allocated with (GlobalAlloc's contract
 // for the caller), so each block returns to the list or allocator it came from. Access to the lists is
-// unsynchronized: `Recycling` is not `Sync`, so a `static` of it needs a wrapper vouching for one thread.
+// unsynchronized: `Recycling` is `Sync` only where there is one thread (below).
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Recycling<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(class) = class_of(layout) else {
@@ -118,28 +118,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Recycling<A> {
     }
 }
 
-/// [`Recycling`] made `Sync` for the one place it is sound: a Wasm build without threads.
-#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-pub(crate) struct SingleThreaded(pub(crate) Recycling<std::alloc::System>);
-
 // SAFETY: `wasm32` without the `atomics` feature has no shared-memory threads: only one thread ever
-// touches the allocator.
+// touches the lists. Everywhere else `Recycling` stays not `Sync`, so it cannot be a `static` there.
 #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-unsafe impl Sync for SingleThreaded {}
-
-// SAFETY: forwards to `Recycling`, whose contract is above.
-#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-unsafe impl GlobalAlloc for SingleThreaded {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        unsafe { self.0.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        unsafe { self.0.dealloc(block, layout) }
-    }
-    unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        unsafe { self.0.realloc(block, layout, new_size) }
-    }
-}
+unsafe impl<A: Sync> Sync for Recycling<A> {}
 
 #[cfg(test)]
 mod tests {

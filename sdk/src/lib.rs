@@ -136,8 +136,7 @@ pub use types::{
     feature = "allocator"
 ))]
 #[global_allocator]
-static ALLOCATOR: alloc::SingleThreaded =
-    alloc::SingleThreaded(alloc::Recycling::new(std::alloc::System));
+static ALLOCATOR: alloc::Recycling<std::alloc::System> = alloc::Recycling::new(std::alloc::System);
 
 /// Parses a plugin's settings (the TOML text handed to `init`) into `T`.
 ///
