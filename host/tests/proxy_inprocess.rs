@@ -602,6 +602,22 @@ async fn an_empty_retry_budget_stops_retries() {
     proxy.stop().await;
 }
 
+/// Reads from `c` until `done` holds for what arrived (each read bounded to 10 s, the connection must
+/// stay open until then); what arrived.
+async fn read_until(c: &mut tokio::net::TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&out) {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("no response")
+            .unwrap();
+        assert!(n > 0, "closed before the response: {out:?}");
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
 /// One request on its own connection; the status line.
 async fn request_on_new_connection(addr: std::net::SocketAddr) -> String {
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -715,26 +731,21 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
     let workers = Workers::start(&addrs(&backends), 2).await;
     let addr = workers.addr;
 
-    let mut buf = vec![0; 4096];
     let mut idle = Vec::new();
     for _ in 0..6 {
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         c.write_all(b"GET / HTTP/1.1\r\nhost: idle\r\n\r\n")
             .await
             .unwrap();
-        let mut got = Vec::new();
-        while !String::from_utf8_lossy(&got).contains("hello from") {
-            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
-                .await
-                .expect("response timed out")
-                .unwrap();
-            assert!(n > 0, "closed before the response");
-            got.extend_from_slice(&buf[..n]);
-        }
+        read_until(&mut c, |got| {
+            String::from_utf8_lossy(got).contains("hello from")
+        })
+        .await;
         idle.push(c);
     }
 
     let stopped = tokio::spawn(workers.stop());
+    let mut buf = vec![0; 4096];
     for mut c in idle {
         let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
             .await
@@ -796,16 +807,7 @@ async fn stalled_heads_are_cut_at_the_header_timeout_and_slow_responses_are_not(
     c.write_all(b"GET /slow?ms=800 HTTP/1.1\r\nHost: slow\r\n\r\n")
         .await
         .unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !out.ends_with(b"hello from 1") {
-        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
-            .await
-            .expect("no response")
-            .unwrap();
-        assert!(n > 0, "closed before the response: {out:?}");
-        out.extend_from_slice(&buf[..n]);
-    }
+    let out = read_until(&mut c, |got| got.ends_with(b"hello from 1")).await;
     assert!(out.starts_with(b"HTTP/1.1 200 OK"), "{out:?}");
     c.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     assert_eq!(until_closed(&mut c).await, "");
