@@ -1,6 +1,7 @@
 //! The export macros: one line in a plugin crate turns a type implementing a plugin trait into
 //! the matching component export. In the Wasm build they expand to the generated bindings'
-//! export glue plus the custom section describing that world; natively they only check that the
+//! export glue, the custom section describing that world and the thread-local holding the
+//! instance; natively they only check that the
 //! type implements the trait, so the same crate unit-tests with plain `cargo test`.
 
 /// Exports a [`Balancer`](crate::Balancer) implementation as the plugin's `balance` interface.
@@ -25,7 +26,8 @@ macro_rules! export_balancer {
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code, non_camel_case_types)]
         const _: () = {
-            type __SluicegateBalancer = $crate::wit::BalancerExport<$ty>;
+            $crate::__export_slot!(__SluicegateSlot, $ty);
+            type __SluicegateBalancer = $crate::wit::BalancerExport<$ty, __SluicegateSlot>;
             $crate::wit::balancer::export!(__SluicegateBalancer with_types_in $crate::wit::balancer);
         };
         #[cfg(not(target_arch = "wasm32"))]
@@ -62,7 +64,8 @@ macro_rules! export_router {
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code, non_camel_case_types)]
         const _: () = {
-            type __SluicegateRouter = $crate::wit::RouterExport<$ty>;
+            $crate::__export_slot!(__SluicegateSlot, $crate::wit::Routing<$ty>);
+            type __SluicegateRouter = $crate::wit::RouterExport<$ty, __SluicegateSlot>;
     $crate::wit::router::export!(__SluicegateRouter with_types_in $crate::wit::router);
         };
         #[cfg(not(target_arch = "wasm32"))]
@@ -96,7 +99,8 @@ macro_rules! export_filter {
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code, non_camel_case_types)]
         const _: () = {
-            type __SluicegateFilter = $crate::wit::FilterExport<$ty>;
+            $crate::__export_slot!(__SluicegateSlot, $ty);
+            type __SluicegateFilter = $crate::wit::FilterExport<$ty, __SluicegateSlot>;
     $crate::wit::filter::export!(__SluicegateFilter with_types_in $crate::wit::filter);
         };
         #[cfg(not(target_arch = "wasm32"))]
@@ -131,7 +135,8 @@ macro_rules! export_health_policy {
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code, non_camel_case_types)]
         const _: () = {
-            type __SluicegateHealth = $crate::wit::HealthExport<$ty>;
+            $crate::__export_slot!(__SluicegateSlot, $ty);
+            type __SluicegateHealth = $crate::wit::HealthExport<$ty, __SluicegateSlot>;
     $crate::wit::health::export!(__SluicegateHealth with_types_in $crate::wit::health);
         };
         #[cfg(not(target_arch = "wasm32"))]
@@ -139,5 +144,26 @@ macro_rules! export_health_policy {
             fn __sluicegate_check<T: $crate::HealthPolicy + 'static>() {}
             let _ = __sluicegate_check::<$ty>;
         };
+    };
+}
+
+/// Declares the thread-local an export keeps its instance in, and the [`Slot`](crate::wit::Slot)
+/// naming it (used by the export macros; one per export, each in its own `const` block).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_slot {
+    ($slot:ident, $stored:ty) => {
+        struct $slot;
+        ::std::thread_local! {
+            static INSTANCE: ::core::cell::RefCell<::core::option::Option<$stored>> =
+                const { ::core::cell::RefCell::new(::core::option::Option::None) };
+        }
+        impl $crate::wit::Slot<$stored> for $slot {
+            fn key() -> &'static ::std::thread::LocalKey<
+                ::core::cell::RefCell<::core::option::Option<$stored>>,
+            > {
+                &INSTANCE
+            }
+        }
     };
 }

@@ -8,7 +8,6 @@
 //! interfaces it exports.
 #![allow(missing_docs, unsafe_code, clippy::all)]
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::thread::LocalKey;
@@ -77,39 +76,27 @@ use filter::exports::sluicegate::plugin::filter as wit_filter;
 use health::exports::sluicegate::plugin::health as wit_health;
 use router::exports::sluicegate::plugin::route as wit_route;
 
-// One instance slot per kind: a component exports each interface at most once, and Wasm runs
-// one thread, so a thread-local holding the type-erased instance is all the state we need.
-thread_local! {
-    static BALANCER: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
-    static ROUTER: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
-    static FILTER: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
-    static HEALTH: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+/// Where an export keeps its plugin's instance: a thread-local of the instance's own type, which
+/// the export macro declares in the plugin crate (Rust has no generic statics). A call reaches the
+/// instance with a borrow-flag check, where a type-erased slot would cost a downcast per call.
+/// Wasm runs one thread, so this is all the state an export needs.
+pub trait Slot<T: 'static> {
+    fn key() -> &'static LocalKey<RefCell<Option<T>>>;
 }
 
-/// Runs `f` on the instance in `slot`, or returns `None` when `init` has not succeeded yet.
-fn with_instance<T: 'static, R>(
-    slot: &'static LocalKey<RefCell<Option<Box<dyn Any>>>>,
-    f: impl FnOnce(&mut T) -> R,
-) -> Option<R> {
-    slot.with(|cell| {
-        let mut guard = cell.borrow_mut();
-        guard.as_mut()?.downcast_mut::<T>().map(f)
+/// Runs `f` on the instance in `S`, or returns `None` when `init` has not succeeded yet.
+fn with_instance<T: 'static, S: Slot<T>, R>(f: impl FnOnce(&mut T) -> R) -> Option<R> {
+    S::key().with(|cell| cell.borrow_mut().as_mut().map(f))
+}
+
+/// What `init` does for every kind: keep the new instance, or drop the old one and hand back the
+/// refusal (a second `init` starts over either way).
+fn init_into<T: 'static, S: Slot<T>>(made: Result<T, String>) -> Result<(), String> {
+    S::key().with(|cell| {
+        *cell.borrow_mut() = None;
+        *cell.borrow_mut() = Some(made?);
+        Ok(())
     })
-}
-
-/// Replaces the instance in `slot` (a second `init` starts over).
-fn install<T: 'static>(slot: &'static LocalKey<RefCell<Option<Box<dyn Any>>>>, value: T) {
-    slot.with(|cell| *cell.borrow_mut() = Some(Box::new(value)));
-}
-
-/// What `init` does for every kind: build the instance or hand back the refusal.
-fn init_into<T: 'static>(
-    slot: &'static LocalKey<RefCell<Option<Box<dyn Any>>>>,
-    made: Result<T, String>,
-) -> Result<(), String> {
-    slot.with(|cell| *cell.borrow_mut() = None);
-    install(slot, made?);
-    Ok(())
 }
 
 fn not_initialised(kind: &str) {
@@ -120,16 +107,16 @@ fn not_initialised(kind: &str) {
 }
 
 /// Implements the generated `balance` guest trait for a [`Balancer`].
-pub struct BalancerExport<T>(PhantomData<T>);
+pub struct BalancerExport<T, S>(PhantomData<(T, S)>);
 
-impl<T: Balancer + 'static> wit_balance::Guest for BalancerExport<T> {
+impl<T: Balancer + 'static, S: Slot<T>> wit_balance::Guest for BalancerExport<T, S> {
     fn init(config: String) -> Result<(), String> {
-        init_into(&BALANCER, T::init(&config))
+        init_into::<T, S>(T::init(&config))
     }
 
     fn pool_changed(endpoints: Vec<types::Endpoint>) {
         let endpoints: Vec<crate::Endpoint> = endpoints.into_iter().map(Into::into).collect();
-        if with_instance(&BALANCER, |b: &mut T| b.pool_changed(&endpoints)).is_none() {
+        if with_instance::<T, S, _>(|b| b.pool_changed(&endpoints)).is_none() {
             not_initialised("pool-changed");
         }
     }
@@ -147,42 +134,48 @@ impl<T: Balancer + 'static> wit_balance::Guest for BalancerExport<T> {
             tried,
         };
         let req = crate::Request::from_host(request);
-        with_instance(&BALANCER, |b: &mut T| b.pick(&req, &ctx)).flatten()
+        with_instance::<T, S, _>(|b| b.pick(&req, &ctx)).flatten()
     }
 
     fn pick_ahead(count: u32) -> Vec<u32> {
-        with_instance(&BALANCER, |b: &mut T| b.pick_ahead(count)).unwrap_or_default()
+        with_instance::<T, S, _>(|b| b.pick_ahead(count)).unwrap_or_default()
     }
 }
 
+/// A router's instance with the proxy's cluster names its answers resolve against.
+pub struct Routing<T> {
+    router: T,
+    clusters: ClusterNames,
+}
+
 /// Implements the generated `route` guest trait for a [`Router`].
-pub struct RouterExport<T>(PhantomData<T>);
+pub struct RouterExport<T, S>(PhantomData<(T, S)>);
 
 thread_local! {
-    static CLUSTERS: RefCell<ClusterNames> = RefCell::new(ClusterNames::new(Vec::new()));
     /// The answer of a `route` that said `respond`, which the host takes with `local-answer`.
     static LOCAL_ANSWER: RefCell<Option<crate::LocalResponse>> = const { RefCell::new(None) };
 }
 
-impl<T: Router + 'static> wit_route::Guest for RouterExport<T> {
+impl<T: Router + 'static, S: Slot<Routing<T>>> wit_route::Guest for RouterExport<T, S> {
     fn init(config: String, clusters: Vec<String>) -> Result<(), String> {
-        let made = T::init(&config, &clusters);
-        CLUSTERS.with(|c| *c.borrow_mut() = ClusterNames::new(clusters));
-        init_into(&ROUTER, made)
+        let made = T::init(&config, &clusters).map(|router| Routing {
+            router,
+            clusters: ClusterNames::new(clusters),
+        });
+        init_into::<Routing<T>, S>(made)
     }
 
     fn route(request: &types::Request, path: String) -> wit_route::RouteDecision {
         let req = crate::Request::from_host_with_path(request, &path);
-        let decision = with_instance(&ROUTER, |r: &mut T| r.route(&req)).unwrap_or_else(|| {
-            not_initialised("route");
-            crate::RouteDecision::Respond(crate::LocalResponse::text(
-                500,
-                "router plugin not initialised",
-            ))
-        });
-        let answer = match CLUSTERS.with(|c| c.borrow().resolve(decision)) {
-            Resolved::Cluster(i) => return wit_route::RouteDecision::Cluster(i),
-            Resolved::Respond(answer) => answer,
+        let resolved =
+            with_instance::<Routing<T>, S, _>(|r| r.clusters.resolve(r.router.route(&req)));
+        let answer = match resolved {
+            Some(Resolved::Cluster(i)) => return wit_route::RouteDecision::Cluster(i),
+            Some(Resolved::Respond(answer)) => answer,
+            None => {
+                not_initialised("route");
+                crate::LocalResponse::text(500, "router plugin not initialised")
+            }
         };
         LOCAL_ANSWER.with(|a| *a.borrow_mut() = Some(answer));
         wit_route::RouteDecision::Respond
@@ -199,16 +192,16 @@ impl<T: Router + 'static> wit_route::Guest for RouterExport<T> {
 }
 
 /// Implements the generated `filter` guest trait for a [`Filter`].
-pub struct FilterExport<T>(PhantomData<T>);
+pub struct FilterExport<T, S>(PhantomData<(T, S)>);
 
-impl<T: Filter + 'static> wit_filter::Guest for FilterExport<T> {
+impl<T: Filter + 'static, S: Slot<T>> wit_filter::Guest for FilterExport<T, S> {
     fn init(config: String) -> Result<(), String> {
-        init_into(&FILTER, T::init(&config))
+        init_into::<T, S>(T::init(&config))
     }
 
     fn on_request(request: &types::Request) -> wit_filter::RequestAction {
         let req = crate::Request::from_host(request);
-        match with_instance(&FILTER, |f: &mut T| f.on_request(&req)) {
+        match with_instance::<T, S, _>(|f| f.on_request(&req)) {
             Some(crate::RequestAction::Proceed(ops)) => {
                 wit_filter::RequestAction::Proceed(ops.into_iter().map(Into::into).collect())
             }
@@ -225,7 +218,7 @@ impl<T: Filter + 'static> wit_filter::Guest for FilterExport<T> {
     fn on_response(request: &types::Request, response: &types::Response) -> Vec<types::HeaderOp> {
         let req = crate::Request::from_host(request);
         let resp = crate::Response::from_host(response);
-        match with_instance(&FILTER, |f: &mut T| f.on_response(&req, &resp)) {
+        match with_instance::<T, S, _>(|f| f.on_response(&req, &resp)) {
             Some(ops) => ops.into_iter().map(Into::into).collect(),
             None => {
                 not_initialised("on-response");
@@ -236,11 +229,11 @@ impl<T: Filter + 'static> wit_filter::Guest for FilterExport<T> {
 }
 
 /// Implements the generated `health` guest trait for a [`HealthPolicy`].
-pub struct HealthExport<T>(PhantomData<T>);
+pub struct HealthExport<T, S>(PhantomData<(T, S)>);
 
-impl<T: HealthPolicy + 'static> wit_health::Guest for HealthExport<T> {
+impl<T: HealthPolicy + 'static, S: Slot<T>> wit_health::Guest for HealthExport<T, S> {
     fn init(config: String) -> Result<(), String> {
-        init_into(&HEALTH, T::init(&config))
+        init_into::<T, S>(T::init(&config))
     }
 
     fn judge_probe(result: wit_health::ProbeResult) -> wit_health::Verdict {
@@ -252,7 +245,7 @@ impl<T: HealthPolicy + 'static> wit_health::Guest for HealthExport<T> {
             failure: result.failure.map(Into::into),
             duration_micros: result.duration_micros,
         };
-        with_instance(&HEALTH, |h: &mut T| h.judge_probe(&probe))
+        with_instance::<T, S, _>(|h| h.judge_probe(&probe))
             .unwrap_or(crate::Verdict::Abstain)
             .into()
     }
@@ -264,7 +257,7 @@ impl<T: HealthPolicy + 'static> wit_health::Guest for HealthExport<T> {
             failure: outcome.failure.map(Into::into),
             duration_micros: outcome.duration_micros,
         };
-        with_instance(&HEALTH, |h: &mut T| h.observe(&outcome))
+        with_instance::<T, S, _>(|h| h.observe(&outcome))
             .unwrap_or(crate::Verdict::Abstain)
             .into()
     }
