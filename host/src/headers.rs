@@ -156,25 +156,27 @@ impl ClientInfo {
 /// Adds the forwarding headers for a request from `client`: appends the client to
 /// `X-Forwarded-For` and `Forwarded` (with the `Host` asked for), and sets `X-Forwarded-Proto`.
 pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientInfo) {
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        None => Some(client.xff.clone()),
+    // One lookup for the read and the write: a name outside the standard set is hashed byte by byte.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(client.xff.clone());
+        }
+        // A first line that is not text is replaced by this client alone.
+        Entry::Occupied(mut e) if e.get().to_str().is_err() => {
+            e.insert(client.xff.clone());
+        }
         // Behind another proxy: the list so far (its text lines, joined), then this client.
-        Some(_) => {
+        Entry::Occupied(mut e) => {
             let mut list = Vec::new();
-            for prev in headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-            {
+            for prev in e.iter().filter_map(|v| v.to_str().ok()) {
                 list.extend_from_slice(prev.as_bytes());
                 list.extend_from_slice(b", ");
             }
             list.extend_from_slice(client.xff.as_bytes());
-            HeaderValue::from_maybe_shared(Bytes::from(list)).ok()
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
+                e.insert(v);
+            }
         }
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
     let host = headers.get(HOST);

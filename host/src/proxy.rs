@@ -13,7 +13,9 @@ use crate::plugin::{
 use crate::upstream::{ActiveRequest, BoxError, Cluster, InFlight, RequestBody, UpstreamBody};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, Entry as HeaderEntry, HOST, HeaderMap, HeaderName, HeaderValue,
+};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -150,6 +152,17 @@ impl Proxy {
         )
     }
 
+    /// A new id for a request without a usable one: its header value and the id, sharing one buffer
+    /// (the head, the upstream copies of the headers and the log all refer to it).
+    fn fresh_request_id(&self) -> (HeaderValue, RequestId) {
+        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(self.request_id_bytes()))
+            .expect("hex digits make a header value");
+        (
+            value.clone(),
+            RequestId::new(value).expect("hex digits are text"),
+        )
+    }
+
     /// Serves one client request: the head is made ready when hyper hands it over, the returned future
     /// does the rest. Not `async fn`s (this, `forward`, the pool's `request`): an `async fn` keeps each
     /// parameter twice in its future, as captured and as moved into its local, and the request's future
@@ -281,19 +294,20 @@ impl Proxy {
             parts.headers.insert(HOST, v);
         }
         headers::add_forwarding(&mut parts.headers, client);
-        let request_id = match parts
-            .headers
-            .get(X_REQUEST_ID)
-            .and_then(|v| RequestId::new(v.clone()))
-        {
-            Some(id) => id,
-            None => {
-                // One shared buffer for the head, the upstream copies of the headers and the log.
-                let value =
-                    HeaderValue::from_maybe_shared(Bytes::from_owner(self.request_id_bytes()))
-                        .expect("hex digits make a header value");
-                parts.headers.insert(X_REQUEST_ID, value.clone());
-                RequestId::new(value).expect("hex digits are text")
+        // One lookup for the read and the write (the name is hashed byte by byte).
+        let request_id = match parts.headers.entry(X_REQUEST_ID) {
+            HeaderEntry::Occupied(mut e) => match RequestId::new(e.get().clone()) {
+                Some(id) => id,
+                None => {
+                    let (value, id) = self.fresh_request_id();
+                    e.insert(value);
+                    id
+                }
+            },
+            HeaderEntry::Vacant(e) => {
+                let (value, id) = self.fresh_request_id();
+                e.insert(value);
+                id
             }
         };
         let head = Arc::new(RequestHead {

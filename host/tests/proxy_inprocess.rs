@@ -8,6 +8,7 @@ use common::{
     tally,
 };
 use http_body_util::Full;
+use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -441,6 +442,24 @@ async fn hop_by_hop_headers_stop_and_forwarding_headers_are_added() {
         .unwrap();
     let (_, seen) = send(&client, req).await;
     assert!(seen.contains("x-request-id: abc-123\n"), "{seen}");
+
+    // An id that is not text is replaced by one of ours.
+    let req = Request::get(proxy.url("/echo-headers"))
+        .header(
+            "x-request-id",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (_, seen) = send(&client, req).await;
+    let ids: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("x-request-id: "))
+        .collect();
+    assert!(
+        ids.len() == 1 && ids[0].len() == 24 && ids[0].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{seen}"
+    );
     proxy.stop().await;
 }
 
