@@ -1,8 +1,8 @@
 //! The export macros: one line in a plugin crate turns a type implementing a plugin trait into
 //! the matching component export. In the Wasm build they expand to the generated bindings'
 //! export glue, the custom section describing that world and the thread-local holding the
-//! instance; natively they only check that the
-//! type implements the trait, so the same crate unit-tests with plain `cargo test`.
+//! instance; natively they only check that the type implements the trait, so the same crate
+//! unit-tests with plain `cargo test`.
 
 /// Exports a [`Balancer`](crate::Balancer) implementation as the plugin's `balance` interface.
 ///

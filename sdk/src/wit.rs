@@ -89,8 +89,8 @@ fn with_instance<T: 'static, S: Slot<T>, R>(f: impl FnOnce(&mut T) -> R) -> Opti
     S::key().with(|cell| cell.borrow_mut().as_mut().map(f))
 }
 
-/// What `init` does for every kind: keep the new instance, or drop the old one and hand back the
-/// refusal (a second `init` starts over either way).
+/// What `init` does for every kind: drop the old instance (a second `init` starts over), then
+/// keep the new one or hand back the refusal.
 fn init_into<T: 'static, S: Slot<T>>(made: Result<T, String>) -> Result<(), String> {
     S::key().with(|cell| {
         *cell.borrow_mut() = None;
