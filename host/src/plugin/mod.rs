@@ -258,7 +258,8 @@ impl Kind {
 /// Limits and caching of the runtime.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
-    /// Deadline of one decision call (epoch interruption with a 1 ms ticker). Default 10 ms.
+    /// Deadline of one decision call (epoch interruption, with a ticker at a tenth of it, 1–10 ms).
+    /// Default 50 ms.
     pub call_deadline: Duration,
     /// Deadline of `init` and `pool-changed`. Default 1 s.
     pub init_deadline: Duration,
