@@ -11,8 +11,9 @@
 //!   returns; a retry goes to the client's next-highest endpoint, which is just as stable.
 //!
 //! Panic mode (no endpoint healthy) ranks all of them; an empty pool gives `None` (503).
-//! Endpoint hashes are computed in `pool_changed`; a pick costs one hash mix and one logarithm per
-//! endpoint and allocates nothing: only a retry whose first choice was tried ranks them all.
+//! Endpoint hashes are computed in `pool_changed`; a pick costs one hash mix per endpoint (and a
+//! logarithm when the weights differ) and allocates nothing: only a retry whose first choice was
+//! tried ranks them all.
 
 use sluicegate_plugin_hashing::{Cidr, ClientAddress, HashKey, Pool, choose, mix64, xxh64};
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};
@@ -33,6 +34,8 @@ pub struct IpHash {
     pool: Pool,
     /// xxh64 of each member's address, in pool order.
     member_hashes: Vec<u64>,
+    /// Whether every member has the same weight: then `u` alone orders the scores.
+    same_weights: bool,
 }
 
 impl IpHash {
@@ -48,10 +51,15 @@ fn unit(h: u64) -> f64 {
 }
 
 impl IpHash {
-    /// Member `i`'s score for the client hashed as `key`.
+    /// Member `i`'s score for the client hashed as `key`, or, when all weights are the same, a
+    /// value in the same order: `weight / -ln(u)` grows with `u` for a fixed weight (at least 1),
+    /// so the logarithm, most of a pick's cost in a large pool, is skipped.
     fn score(&self, key: u64, i: usize) -> f64 {
-        let weight = self.pool.members()[i].weight;
-        f64::from(weight) / -unit(mix64(key ^ self.member_hashes[i])).ln()
+        let u = unit(mix64(key ^ self.member_hashes[i]));
+        if self.same_weights {
+            return u;
+        }
+        f64::from(self.pool.members()[i].weight) / -u.ln()
     }
 
     /// Every member's index, highest score first (ties: the lowest index).
@@ -80,6 +88,7 @@ impl Balancer for IpHash {
                 .iter()
                 .map(|m| xxh64(m.address.as_bytes(), 0))
                 .collect();
+            self.same_weights = members.windows(2).all(|w| w[0].weight == w[1].weight);
         }
     }
 
@@ -276,6 +285,30 @@ mod tests {
                 .map(|i| lb.plugin().pool.members()[i].id);
             assert_eq!(lb.pick_retry(&req, 2, &[want.unwrap()]), next);
         }
+    }
+
+    #[test]
+    fn equal_weights_choose_what_the_weighted_score_chooses() {
+        // The shortcut (no logarithm when all weights are equal) must not move any client: the
+        // choice is the highest `weight / -ln(u)`, ties to the lowest index, as with unequal weights.
+        let mut pool = TestPool::new();
+        for i in 0..40u32 {
+            pool = pool.endpoint(&format!("10.3.0.{i}:80"), 3);
+        }
+        let mut lb = BalancerHarness::<IpHash>::start("", &pool).unwrap();
+        assert!(lb.plugin().same_weights);
+        for ip in clients(5_000) {
+            let req = TestRequest::get("/").client_ip(ip);
+            let plugin = lb.plugin();
+            let key = HashKey::ClientIp.hash(&req.as_request(), &plugin.client);
+            let weighted = |i: usize| 3.0 / -unit(mix64(key ^ plugin.member_hashes[i])).ln();
+            let want = (0..40).fold(0, |b, i| if weighted(i) > weighted(b) { i } else { b });
+            let want = Some(plugin.pool.members()[want].id);
+            assert_eq!(lb.pick(&req), want);
+        }
+        // One different weight turns the shortcut off.
+        lb.set_pool(&pool.clone().endpoint("10.3.1.0:80", 5));
+        assert!(!lb.plugin().same_weights);
     }
 
     #[test]
