@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::header::{
     CONTENT_LENGTH, CONTENT_TYPE, Entry as HeaderEntry, HOST, HeaderMap, HeaderName, HeaderValue,
 };
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -372,11 +372,10 @@ impl Proxy {
                 done.attempts = attempt;
                 done.push_tried(id);
                 let in_flight = cluster.facts.start(id);
-                let upstream = upstream_request(&head.parts, &endpoint.authority, &body);
                 let sent = Instant::now();
                 let result = tokio::time::timeout(
                     cluster.config.response_timeout,
-                    cluster.pool.request(id, upstream),
+                    cluster.pool.request(id, &head.parts, body.attempt()),
                 )
                 .await;
                 let elapsed = sent.elapsed();
@@ -499,8 +498,11 @@ impl Proxy {
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<ProxyBody> {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let upstream_upgrade =
-            (switching && client_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
+        let upstream_upgrade = if switching && client_upgrade.is_some() {
+            resp.body_mut().take_upgrade()
+        } else {
+            None
+        };
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upstream_upgrade.is_some());
         if !gateway.filters.is_empty() {
@@ -580,38 +582,6 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// The request for one attempt to `authority`: same method, path, query and headers, HTTP/1.1, in
-/// origin form (authority form for CONNECT); without a `Host`, the endpoint's.
-fn upstream_request(
-    parts: &http::request::Parts,
-    authority: &http::uri::Authority,
-    body: &RequestBody,
-) -> Request<crate::upstream::AttemptBody> {
-    let uri = if parts.method == Method::CONNECT {
-        Uri::from(authority.clone())
-    } else {
-        Uri::from(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        )
-    };
-    let mut req = Request::new(body.attempt());
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
-    let headers = req.headers_mut();
-    *headers = parts.headers.clone();
-    if !headers.contains_key(HOST)
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        headers.insert(HOST, host);
-    }
-    req
-}
-
 /// Applies plugin header operations; invalid names or values are skipped and logged.
 fn apply_ops(headers: &mut HeaderMap, ops: Vec<HeaderOp>) {
     for op in ops {
@@ -648,19 +618,17 @@ fn apply_ops(headers: &mut HeaderMap, ops: Vec<HeaderOp>) {
 /// Copies bytes both ways between an upgraded client and upstream connection.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    mut upstream: crate::upstream::h1::Upgraded,
     in_flight: Option<InFlight>,
 ) {
-    let (client, upstream) = tokio::join!(client, upstream);
-    match (client, upstream) {
-        (Ok(c), Ok(u)) => {
+    match client.await {
+        Ok(c) => {
             let mut c = TokioIo::new(c);
-            let mut u = TokioIo::new(u);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut upstream).await {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }
         }
-        (c, u) => tracing::debug!(client = c.is_ok(), upstream = u.is_ok(), "upgrade failed"),
+        Err(e) => tracing::debug!(error = %e, "the client's upgrade failed"),
     }
     drop(in_flight);
 }

@@ -322,6 +322,41 @@ async fn upgrades_pass_through_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_pass_both_ways_on_reused_connections() {
+    let backend = Backend::start("1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&config_for(&[backend.addr], "", ""), dir.path()).await;
+    // An upload of unknown length, sent in two parts, reaches the backend whole (chunked again).
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..3 {
+        c.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+        tokio::task::yield_now().await;
+        c.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+        let resp = read_until(&mut c, |b| b.ends_with(b"\r\n\r\n11")).await;
+        assert!(
+            resp.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&resp)
+        );
+    }
+    // A response of unknown length comes back whole to HTTP/1.1 and HTTP/2 clients.
+    for client in [http1_client(), h2c_client()] {
+        for n in [0, 1, 999, 123_456] {
+            let (status, body) =
+                get(&client, &proxy.url(&format!("/download-chunked?bytes={n}"))).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body.len(), n);
+            assert!(body.bytes().all(|b| b == b'z'));
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_answers_carry_their_reason() {
     let backend = Backend::start("1").await;
     let closed = {

@@ -3,6 +3,7 @@
 
 mod body;
 mod facts;
+pub mod h1;
 mod pool;
 mod retry;
 pub mod tls;

@@ -1,17 +1,16 @@
 //! A cluster's upstream HTTP/1.1 connections: per worker thread and per endpoint, a list of idle
-//! keep-alive connections (hyper's `SendRequest`), most recently used first. A connection goes back
-//! to its list when its response body has been read to the end, so no task is spawned per request and
-//! no lock is shared between workers (hyper-util's pooled client did both, and hashed the URI's
-//! authority on every checkout).
+//! keep-alive connections ([`h1::Conn`]), most recently used first. A request's own task writes it
+//! and reads the response on the connection it checked out; the connection goes back to its list
+//! when the response body has been read to the end, so no task is spawned per request or per
+//! connection and no lock is shared between workers.
 
 use super::body::{AttemptBody, BoxError};
+use super::h1::{self, Conn, Framing};
 use super::tls::UpstreamConnector;
 use crate::plugin::EndpointId;
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -38,8 +37,8 @@ pub enum UpstreamError {
     Exchange {
         /// The endpoint's `host:port`.
         endpoint: String,
-        /// What hyper said.
-        source: hyper::Error,
+        /// What went wrong.
+        source: h1::Error,
     },
     /// The endpoint id is not one of the cluster's (a host bug, never a plugin's answer).
     #[error("no endpoint {0} in this cluster")]
@@ -58,15 +57,15 @@ impl UpstreamError {
 
 /// One endpoint as the pool connects to it.
 struct Target {
-    /// `host:port`, for errors.
-    address: String,
+    /// `host:port`, for errors and the `Host` of requests without one.
+    authority: http::uri::Authority,
     /// `http://host:port/` or `https://...`: what the connector is given (it picks TLS by scheme).
     uri: http::Uri,
 }
 
 /// An idle connection and when it went idle.
 struct Idle {
-    send: SendRequest<AttemptBody>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -77,7 +76,6 @@ type Lists = Mutex<Vec<VecDeque<Idle>>>;
 pub struct Pool {
     targets: Vec<Target>,
     connector: UpstreamConnector,
-    handshake: http1::Builder,
     idle_timeout: Duration,
     max_idle: usize,
     /// Per thread: the lock is only contended when the reaper sweeps (each worker has its own lists).
@@ -110,7 +108,7 @@ impl Pool {
         let targets = endpoints
             .iter()
             .map(|a| Target {
-                address: a.to_string(),
+                authority: a.clone(),
                 uri: http::Uri::builder()
                     .scheme(scheme)
                     .authority(a.clone())
@@ -122,7 +120,6 @@ impl Pool {
         let pool = Arc::new(Pool {
             targets,
             connector,
-            handshake: http1::Builder::new(),
             idle_timeout,
             max_idle,
             threads: ThreadLocal::new(),
@@ -140,71 +137,63 @@ impl Pool {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `endpoint` on an idle connection of this thread,
-    /// else a new one. A request that an idle connection could not send because it was closing goes
-    /// to the next one (nothing of it was sent, so this is safe for any method).
+    /// Sends the request `parts` with `body` to `endpoint` (origin form, HTTP/1.1; the endpoint's
+    /// `host:port` as `Host` when there is none) on an idle connection of this thread, else a new
+    /// one. An idle connection the endpoint closed is noticed before it is used.
     #[expect(
         clippy::manual_async_fn,
-        reason = "an async fn keeps its parameters twice in its future; the request is 272 bytes (see `Proxy::handle`)"
+        reason = "an async fn keeps its parameters twice in its future (see `Proxy::handle`)"
     )]
-    pub fn request(
-        self: &Arc<Self>,
+    pub fn request<'a>(
+        self: &'a Arc<Self>,
         endpoint: EndpointId,
-        mut req: Request<AttemptBody>,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send {
+        parts: &'a http::request::Parts,
+        body: AttemptBody,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a {
         async move {
             let i = endpoint as usize;
             let Some(target) = self.targets.get(i) else {
                 return Err(UpstreamError::UnknownEndpoint(endpoint));
             };
-            while let Some(mut send) = self.checkout(i) {
-                match send.try_send_request(req).await {
-                    Ok(resp) => return Ok(self.lend(i, send, resp)),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => {
-                            return Err(UpstreamError::Exchange {
-                                endpoint: target.address.clone(),
-                                source: e.into_error(),
-                            });
-                        }
-                    },
-                }
-            }
-            // Boxed: the connect path is rare once connections are pooled, and inline it would
-            // more than double the size of every request's future (which is moved, not just polled).
-            let mut send = Box::pin(self.connect(target)).await?;
-            match send.try_send_request(req).await {
-                Ok(resp) => Ok(self.lend(i, send, resp)),
-                Err(e) => Err(UpstreamError::Exchange {
-                    endpoint: target.address.clone(),
-                    source: e.into_error(),
+            let mut conn = match self.checkout(i) {
+                Some(conn) => conn,
+                // Boxed: the connect path is rare once connections are pooled, and inline it would
+                // more than double the size of every request's future.
+                None => Box::pin(self.connect(target)).await?,
+            };
+            conn.start(parts, &target.authority, body);
+            let method = &parts.method;
+            match std::future::poll_fn(|cx| conn.poll_exchange(cx, method)).await {
+                Ok(head) => Ok(self.lend(i, conn, head)),
+                Err(source) => Err(UpstreamError::Exchange {
+                    endpoint: target.authority.to_string(),
+                    source,
                 }),
             }
         }
     }
 
     /// The most recently idle connection of endpoint `i` that is still open and not expired.
-    fn checkout(&self, i: usize) -> Option<SendRequest<AttemptBody>> {
+    fn checkout(&self, i: usize) -> Option<Box<Conn>> {
         let mut lists = self.lists();
         let list = &mut lists[i];
         let now = Instant::now();
-        while let Some(idle) = list.pop_back() {
+        while let Some(mut idle) = list.pop_back() {
             if now.saturating_duration_since(idle.since) >= self.idle_timeout {
                 // The rest went idle earlier: all expired. Dropping them closes them.
                 list.clear();
                 return None;
             }
-            if idle.send.is_ready() {
-                return Some(idle.send);
+            if idle.conn.is_usable() {
+                return Some(idle.conn);
             }
         }
         None
     }
 
-    async fn connect(&self, target: &Target) -> Result<SendRequest<AttemptBody>, UpstreamError> {
+    async fn connect(&self, target: &Target) -> Result<Box<Conn>, UpstreamError> {
         let failed = |source: BoxError| UpstreamError::Connect {
-            endpoint: target.address.clone(),
+            endpoint: target.authority.to_string(),
             source,
         };
         let mut connector = self.connector.clone();
@@ -212,68 +201,42 @@ impl Pool {
             .await
             .map_err(failed)?;
         let io = connector.call(target.uri.clone()).await.map_err(failed)?;
-        let (send, conn) = self
-            .handshake
-            .handshake(io)
-            .await
-            .map_err(|e| failed(e.into()))?;
-        let address = target.address.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(endpoint = %address, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(send)
+        Ok(Conn::new(io.into()))
     }
 
     /// The response, holding its connection until the body ends.
     fn lend(
         self: &Arc<Self>,
         i: usize,
-        send: SendRequest<AttemptBody>,
-        resp: Response<Incoming>,
+        conn: Box<Conn>,
+        head: h1::ResponseHead,
     ) -> Response<UpstreamBody> {
-        let (parts, body) = resp.into_parts();
-        let mut wrapper = UpstreamBody {
-            body,
-            back: Some(Back {
-                pool: self.clone(),
-                endpoint: i,
-                send,
-            }),
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            framing: head.framing,
+            back: head.keep_alive.then(|| (self.clone(), i)),
         };
-        if wrapper.is_end_stream() {
-            wrapper.give_back();
+        if body.framing == Framing::Done {
+            body.finish();
         }
-        Response::from_parts(parts, wrapper)
+        Response::from_parts(head.parts, body)
     }
 
     /// Puts a connection whose exchange is over back on this thread's list of endpoint `i`.
-    fn give_back(self: Arc<Self>, i: usize, mut send: SendRequest<AttemptBody>) {
-        if send.is_ready() {
-            let mut lists = self.lists();
-            let list = &mut lists[i];
-            if list.len() < self.max_idle {
-                list.push_back(Idle {
-                    send,
-                    since: Instant::now(),
-                });
-            }
-        } else if !send.is_closed()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            // The connection's task has not yet taken in the end of the exchange (rare: it runs
-            // beside the request's). Wait for it off the request path.
-            rt.spawn(async move {
-                if send.ready().await.is_ok() {
-                    self.give_back(i, send);
-                }
+    fn give_back(&self, i: usize, conn: Box<Conn>) {
+        let mut lists = self.lists();
+        let list = &mut lists[i];
+        if list.len() < self.max_idle {
+            list.push_back(Idle {
+                conn,
+                since: Instant::now(),
             });
         }
     }
 }
 
-/// Closes idle connections past the idle timeout, on every thread's lists, until the pool is gone.
+/// Closes idle connections past the idle timeout, or that their endpoint closed, on every thread's
+/// lists, until the pool is gone.
 async fn reap(pool: Weak<Pool>) {
     let period = match pool.upgrade() {
         Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(100)),
@@ -289,78 +252,94 @@ async fn reap(pool: Weak<Pool>) {
         for lists in pool.threads.iter() {
             let mut lists = lists.lock().unwrap_or_else(PoisonError::into_inner);
             for list in lists.iter_mut() {
-                list.retain(|idle| {
+                list.retain_mut(|idle| {
                     now.saturating_duration_since(idle.since) < pool.idle_timeout
-                        && !idle.send.is_closed()
+                        && idle.conn.is_usable()
                 });
             }
         }
     }
 }
 
-/// Where a response's connection goes when its body ends.
-struct Back {
-    pool: Arc<Pool>,
-    endpoint: usize,
-    send: SendRequest<AttemptBody>,
-}
-
-/// An upstream response body. When it has been read to the end, its connection goes back to the
-/// pool; dropped before that, the connection is closed (hyper cannot reuse it mid-body).
+/// An upstream response body, read from its connection as it is polled. When it has been read to
+/// the end, a keep-alive connection goes back to the pool; dropped before that, the connection is
+/// closed (its state in the middle of a message is unknown to the next request).
 pub struct UpstreamBody {
-    body: Incoming,
-    back: Option<Back>,
+    conn: Option<Box<Conn>>,
+    framing: Framing,
+    /// Where the connection goes when the body ends: `None` when it must close.
+    back: Option<(Arc<Pool>, usize)>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
+            .field("framing", &self.framing)
             .field("pooled", &self.back.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl UpstreamBody {
-    fn give_back(&mut self) {
-        if let Some(b) = self.back.take() {
-            b.pool.give_back(b.endpoint, b.send);
+    /// The body is complete: the connection goes back if it is clean, else it closes.
+    fn finish(&mut self) {
+        if let (Some(conn), Some((pool, i))) = (self.conn.take(), self.back.take())
+            && conn.is_clean()
+        {
+            pool.give_back(i, conn);
         }
+    }
+
+    /// The upstream's side of a `101 Switching Protocols` response, once.
+    pub fn take_upgrade(&mut self) -> Option<h1::Upgraded> {
+        if self.framing != Framing::Upgrade {
+            return None;
+        }
+        self.back = None;
+        self.conn.take().map(|c| (*c).into_upgraded())
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h1::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h1::Error>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
-        match &frame {
-            None => this.give_back(),
-            Some(Ok(_)) if this.is_end_stream() => this.give_back(),
-            Some(Err(_)) => drop(this.back.take()),
-            Some(Ok(_)) => {}
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(conn.poll_body(cx, &mut this.framing)) {
+            Some(Ok(data)) => {
+                if this.framing == Framing::Done {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(e)) => {
+                this.conn = None;
+                this.back = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                this.finish();
+                Poll::Ready(None)
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        matches!(self.framing, Framing::Done | Framing::Upgrade) || self.conn.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // A server that sends a body of known length stops polling after its last frame.
-        if self.back.is_some() && self.is_end_stream() {
-            self.give_back();
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done | Framing::Upgrade => SizeHint::with_exact(0),
+            Framing::Chunked(_) | Framing::Close => SizeHint::default(),
         }
     }
 }
@@ -412,12 +391,24 @@ mod tests {
         )
     }
 
-    fn get(authority: &http::uri::Authority) -> Request<AttemptBody> {
-        Request::builder()
+    fn get(authority: &http::uri::Authority) -> http::request::Parts {
+        http::Request::builder()
             .uri("/")
             .header(http::header::HOST, authority.as_str())
-            .body(RequestBody::Empty.attempt())
+            .body(())
             .unwrap()
+            .into_parts()
+            .0
+    }
+
+    /// `GET /` to endpoint `i`.
+    async fn send(
+        pool: &Arc<Pool>,
+        i: EndpointId,
+        authority: &http::uri::Authority,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        pool.request(i, &get(authority), RequestBody::Empty.attempt())
+            .await
     }
 
     async fn read(resp: Response<UpstreamBody>) -> String {
@@ -434,7 +425,7 @@ mod tests {
         let (a, accepted) = backend("hello").await;
         let pool = pool(std::slice::from_ref(&a), 8);
         for _ in 0..3 {
-            let resp = pool.request(0, get(&a)).await.unwrap();
+            let resp = send(&pool, 0, &a).await.unwrap();
             assert_eq!(read(resp).await, "hello");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -445,11 +436,11 @@ mod tests {
     async fn a_response_dropped_before_its_end_closes_its_connection() {
         let (a, accepted) = backend("a body that nobody reads").await;
         let pool = pool(std::slice::from_ref(&a), 8);
-        let resp = pool.request(0, get(&a)).await.unwrap();
+        let resp = send(&pool, 0, &a).await.unwrap();
         assert!(!resp.body().is_end_stream());
         drop(resp);
         assert_eq!(idle(&pool, 0), 0);
-        let resp = pool.request(0, get(&a)).await.unwrap();
+        let resp = send(&pool, 0, &a).await.unwrap();
         assert_eq!(read(resp).await, "a body that nobody reads");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -459,18 +450,14 @@ mod tests {
         let (a, accepted) = backend("x").await;
         let (b, _) = backend("y").await;
         let pool = pool(&[a.clone(), b.clone()], 2);
-        let (r1, r2, r3) = tokio::join!(
-            pool.request(0, get(&a)),
-            pool.request(0, get(&a)),
-            pool.request(0, get(&a))
-        );
+        let (r1, r2, r3) = tokio::join!(send(&pool, 0, &a), send(&pool, 0, &a), send(&pool, 0, &a));
         for resp in [r1, r2, r3] {
             assert_eq!(read(resp.unwrap()).await, "x");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
         assert_eq!(idle(&pool, 0), 2, "the third connection was closed");
         assert_eq!(idle(&pool, 1), 0, "each endpoint has its own list");
-        assert_eq!(read(pool.request(1, get(&b)).await.unwrap()).await, "y");
+        assert_eq!(read(send(&pool, 1, &b).await.unwrap()).await, "y");
         assert_eq!(idle(&pool, 1), 1);
     }
 
@@ -478,12 +465,12 @@ mod tests {
     async fn idle_connections_expire_after_the_idle_timeout() {
         let (a, accepted) = backend("x").await;
         let pool = pool(std::slice::from_ref(&a), 8);
-        read(pool.request(0, get(&a)).await.unwrap()).await;
+        read(send(&pool, 0, &a).await.unwrap()).await;
         assert_eq!(idle(&pool, 0), 1);
         // The reaper closes it without any request coming.
         tokio::time::sleep(Duration::from_secs(46)).await;
         assert_eq!(idle(&pool, 0), 0);
-        read(pool.request(0, get(&a)).await.unwrap()).await;
+        read(send(&pool, 0, &a).await.unwrap()).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -495,10 +482,10 @@ mod tests {
         };
         let a: http::uri::Authority = format!("127.0.0.1:{port}").parse().unwrap();
         let pool = pool(std::slice::from_ref(&a), 8);
-        let e = pool.request(0, get(&a)).await.unwrap_err();
+        let e = send(&pool, 0, &a).await.unwrap_err();
         assert!(e.is_connect(), "{e}");
         assert!(e.to_string().contains(&a.to_string()), "{e}");
-        let e = pool.request(7, get(&a)).await.unwrap_err();
+        let e = send(&pool, 7, &a).await.unwrap_err();
         assert!(
             e.is_connect() && e.to_string().contains("no endpoint 7"),
             "{e}"
@@ -525,16 +512,16 @@ mod tests {
             }
         });
         let pool = pool(std::slice::from_ref(&a), 8);
-        assert_eq!(read(pool.request(0, get(&a)).await.unwrap()).await, "ok");
+        assert_eq!(read(send(&pool, 0, &a).await.unwrap()).await, "ok");
         let closed = async {
-            while !pool.lists()[0].iter().all(|i| i.send.is_closed()) {
+            while !pool.lists()[0].iter_mut().all(|i| !i.conn.is_usable()) {
                 tokio::task::yield_now().await;
             }
         };
         tokio::time::timeout(Duration::from_secs(10), closed)
             .await
-            .expect("the connection task sees the close");
-        assert_eq!(read(pool.request(0, get(&a)).await.unwrap()).await, "ok");
+            .expect("the idle connection is seen closed");
+        assert_eq!(read(send(&pool, 0, &a).await.unwrap()).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }

@@ -29,6 +29,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// - `/slow?ms=N`: waits N ms, then answers like `/`;
 /// - `/echo-headers`: answers the request headers, one `name: value` per line;
 /// - `/download?bytes=N`: streams N bytes;
+/// - `/download-chunked?bytes=N`: the same without a length (sent chunked to HTTP/1.1 clients);
 /// - `/upload`: reads the body and answers its length;
 /// - `/die-after-body`: reads the body, then drops the connection without answering;
 /// - `/upgrade`: switches protocols and echoes bytes;
@@ -168,6 +169,12 @@ async fn backend_handle(
                 .map_err(|e| match e {})
                 .boxed(),
         )),
+        "/download-chunked" => Ok(Response::new(
+            http_body_util::StreamBody::new(futures_util::stream::iter(
+                Zeros::pieces(query_u64(&req, "bytes")).map(|b| Ok::<_, BoxError>(Frame::data(b))),
+            ))
+            .boxed(),
+        )),
         "/upload" => {
             let mut n = 0u64;
             let mut body = req.into_body();
@@ -212,6 +219,12 @@ pub struct Zeros {
 impl Zeros {
     pub fn new(n: u64) -> Self {
         Zeros { left: n }
+    }
+
+    /// The same bytes as pieces of 1,000 (so that they do not line up with reads).
+    pub fn pieces(n: u64) -> impl Iterator<Item = Bytes> {
+        (0..n.div_ceil(1000))
+            .map(move |i| Bytes::from_static(&ZEROS[..(n - i * 1000).min(1000) as usize]))
     }
 }
 
