@@ -452,13 +452,14 @@ start_pingora() {
 
 # All pids of a target: the process and its children (nginx workers).
 target_pids() { echo "$1" $(pgrep -P "$1" || true); }
-cpu_ticks() { # pid... -> utime+stime of them all (threads included)
-    local sum=0 pid f
+cpu_ticks() { # pid... -> "utime stime" of them all (threads included)
+    local user=0 sys=0 pid f
     for pid in "$@"; do
         f=$(cut -d' ' -f14,15 "/proc/$pid/stat" 2>/dev/null) || continue
-        sum=$((sum + ${f% *} + ${f#* }))
+        user=$((user + ${f% *}))
+        sys=$((sys + ${f#* }))
     done
-    echo $sum
+    echo "$user $sys"
 }
 peak_rss_kb() { # pid... -> summed VmHWM
     local sum=0 pid v
@@ -482,25 +483,26 @@ WRK_CPU=
 RAW=
 one_run() {
     local placement=$1 layer=$2 name=$3 workers=$4 pid=$5 url=$6 conns=$7 body=$8 rep=$9
-    local pids out c0 c1 reqs rps p50 p99 errs load
+    local pids out u0 s0 u1 s1 reqs rps p50 p99 errs load
     pids=$(target_pids "$pid")
-    c0=$(cpu_ticks $pids)
+    read -r u0 s0 <<<"$(cpu_ticks $pids)"
     out=$(timeout $((DURATION + 30)) $WRK_CPU wrk -t1 -c"$conns" -d"${DURATION}s" --latency "$url" 2>&1) || {
         log "wrk failed against $name: $out"
         return 0
     }
-    c1=$(cpu_ticks $pids)
+    read -r u1 s1 <<<"$(cpu_ticks $pids)"
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
     errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$out")
     load=$(cut -d' ' -f1 /proc/loadavg)
-    local cpu_us
-    cpu_us=$(awk -v t=$((c1 - c0)) -v hz="$TICK" -v r="${reqs:-0}" 'BEGIN { if (r > 0) printf "%.2f", t / hz * 1e6 / r; else print "nan" }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$placement" "$layer" "$body" "$conns" "$name" "$workers" \
-        "$rep" "${rps:-0}" "${p50:-nan}" "${p99:-nan}" "$cpu_us" "$(peak_rss_kb $pids)" "$errs" "$load" >>"$RAW"
-    log "$placement $layer $body c$conns $name/$workers #$rep: ${rps:-0} req/s p50 ${p50}us p99 ${p99}us cpu ${cpu_us}us/req errors $errs load $load"
+    local cpu_us sys_us per_req='BEGIN { if (r > 0) printf "%.2f", t / hz * 1e6 / r; else print "nan" }'
+    cpu_us=$(awk -v t=$((u1 - u0 + s1 - s0)) -v hz="$TICK" -v r="${reqs:-0}" "$per_req")
+    sys_us=$(awk -v t=$((s1 - s0)) -v hz="$TICK" -v r="${reqs:-0}" "$per_req")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$placement" "$layer" "$body" "$conns" "$name" "$workers" \
+        "$rep" "${rps:-0}" "${p50:-nan}" "${p99:-nan}" "$cpu_us" "$(peak_rss_kb $pids)" "$errs" "$load" "$sys_us" >>"$RAW"
+    log "$placement $layer $body c$conns $name/$workers #$rep: ${rps:-0} req/s p50 ${p50}us p99 ${p99}us cpu ${cpu_us}us/req (sys $sys_us) errors $errs load $load"
 }
 
 path_of() { case $1 in small) echo /small ;; *) echo "/$1" ;; esac; }
@@ -680,7 +682,7 @@ PIDS+=($!)
 RESULTS=${RESULTS:-$ROOT/bench/results/$STAMP}
 mkdir -p "$RESULTS"
 RAW=$RESULTS/raw.tsv
-printf 'placement\tlayer\tbody\tconns\ttarget\tworkers\trep\trps\tp50_us\tp99_us\tcpu_us_per_req\tpeak_rss_kb\terrors\tload1\n' >"$RAW"
+printf 'placement\tlayer\tbody\tconns\ttarget\tworkers\trep\trps\tp50_us\tp99_us\tcpu_us_per_req\tpeak_rss_kb\terrors\tload1\tsys_us_per_req\n' >"$RAW"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 all_proxy_pids() {
@@ -757,8 +759,8 @@ PG_VERSION=
     echo "Sluicegate $SG_VERSION (${SLUICEGATE_BIN#"$ROOT"/}); $(nginx -v 2>&1 | sed 's/.*: //'); haproxy $(haproxy -v | awk 'NR==1 {print $3}'); wrk -t1, ${DURATION}s," \
         "${PG_VERSION}median of $RUNS interleaved runs; bodies: $BODIES"
     echo
-    echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MB | errors | × haproxy | × nginx | × pingora | × direct | × sluicegate-native |"
-    echo "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | of it sys | peak RSS MB | errors | × haproxy | × nginx | × pingora | × direct | × sluicegate-native |"
+    echo "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' -v runs="$RUNS" '
         function median(list,   a, n, i, j, t) {
             n = split(list, a, " ")
@@ -769,7 +771,7 @@ PG_VERSION=
         {
             k = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4 SUBSEP $5 SUBSEP $6
             if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
-            rps[k] = rps[k] " " $8; p50[k] = p50[k] " " $9; p99[k] = p99[k] " " $10; cpu[k] = cpu[k] " " $11
+            rps[k] = rps[k] " " $8; p50[k] = p50[k] " " $9; p99[k] = p99[k] " " $10; cpu[k] = cpu[k] " " $11; sys[k] = sys[k] " " $15
             if ($12 > rss[k]) rss[k] = $12
             err[k] += $13
         }
@@ -788,14 +790,15 @@ PG_VERSION=
                 rd = (d in m) && m[d] > 0 ? sprintf("%.2f", m[k] / m[d]) : "-"
                 # Only on the Wasm rows: what the plugin boundary costs them in throughput.
                 rv = f[5] == "sluicegate" && (v in m) && m[v] > 0 ? sprintf("%.2f", m[k] / m[v]) : "-"
-                printf "| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %.1f | %d | %s | %s | %s | %s | %s |\n",
-                    f[1], f[2], f[3], f[4], f[5], f[6], m[k], median(p50[k]), median(p99[k]), median(cpu[k]), rss[k] / 1024, err[k], rh, rn, rg, rd, rv
+                printf "| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %s | %.1f | %d | %s | %s | %s | %s | %s |\n",
+                    f[1], f[2], f[3], f[4], f[5], f[6], m[k], median(p50[k]), median(p99[k]), median(cpu[k]), median(sys[k]), rss[k] / 1024, err[k], rh, rn, rg, rd, rv
             }
         }' "$RAW"
     echo
     echo "Ratios are req/s against the same placement, layer, body and connections; × haproxy, × nginx and × pingora"
     echo "against the same worker count (pingora is HTTP only: no × pingora on tcp rows); CPU µs/req is the proxy's"
-    echo "utime+stime (all its processes) over the run / requests; for \"direct\" it is the backend nginx's. Peak RSS"
+    echo "utime+stime (all its processes) over the run / requests, \"of it sys\" the stime part (the kernel's); for"
+    echo "\"direct\" both are the backend nginx's. Peak RSS"
     echo "is VmHWM summed over the proxy's processes."
     echo "sluicegate: the Wasm router and round-robin balancer on every request; sluicegate-native: the same proxy built"
     echo "with --features native-choice, route table and a plain-Rust round-robin (no Wasm call). × sluicegate-native is"
