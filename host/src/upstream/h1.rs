@@ -287,18 +287,15 @@ impl Conn {
             return Poll::Ready(Ok(()));
         }
         while w.head_written < self.head.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.head[w.head_written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-            }
-            w.head_written += n;
+            w.head_written += ready!(poll_write_some(
+                &mut self.io,
+                cx,
+                &self.head[w.head_written..]
+            ))?;
         }
         loop {
             while let Some(front) = w.queue.front_mut() {
-                let n = ready!(Pin::new(&mut self.io).poll_write(cx, front))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-                }
+                let n = ready!(poll_write_some(&mut self.io, cx, front))?;
                 front.advance(n);
                 if front.is_empty() {
                     w.queue.pop_front();
@@ -353,6 +350,14 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
 
+    /// Reads more into the read buffer, where the end of the stream means the message was cut short.
+    fn poll_more(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<Result<(), Error>> {
+        match ready!(self.poll_fill(cx, want))? {
+            0 => Poll::Ready(Err(Error::Closed)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
     /// Sends the prepared request and reads the response head (`100 Continue` and other interim
     /// responses skipped), writing the request body alongside as the endpoint takes it.
     pub fn poll_exchange(
@@ -380,9 +385,7 @@ impl Conn {
             if self.read.len() >= MAX_HEAD {
                 return Poll::Ready(Err(Error::Invalid("response head over 64 KB")));
             }
-            if ready!(self.poll_fill(cx, READ_SIZE / 2))? == 0 {
-                return Poll::Ready(Err(Error::Closed));
-            }
+            ready!(self.poll_more(cx, READ_SIZE / 2))?;
         }
     }
 
@@ -424,10 +427,8 @@ impl Conn {
                         return Poll::Ready(Some(Ok(piece)));
                     }
                     let want = usize::try_from(*left).unwrap_or(MAX_READ);
-                    match ready!(self.poll_fill(cx, want.clamp(READ_SIZE, MAX_READ))) {
-                        Ok(0) => return Poll::Ready(Some(Err(Error::Closed))),
-                        Ok(_) => {}
-                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    if let Err(e) = ready!(self.poll_more(cx, want.clamp(READ_SIZE, MAX_READ))) {
+                        return Poll::Ready(Some(Err(e)));
                     }
                 }
                 Framing::Close => {
@@ -448,11 +449,11 @@ impl Conn {
                         let piece = self.take(n);
                         return Poll::Ready(Some(Ok(piece)));
                     }
-                    Ok(Decoded::NeedMore) => match ready!(self.poll_fill(cx, 2 * READ_SIZE)) {
-                        Ok(0) => return Poll::Ready(Some(Err(Error::Closed))),
-                        Ok(_) => {}
-                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                    },
+                    Ok(Decoded::NeedMore) => {
+                        if let Err(e) = ready!(self.poll_more(cx, 2 * READ_SIZE)) {
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
                 },
             }
         }
@@ -471,6 +472,18 @@ impl Conn {
             io: self.io,
             leftover: self.read.freeze(),
         }
+    }
+}
+
+/// Writes some of `buf` (not empty); a write that takes nothing is an error, not progress.
+fn poll_write_some(
+    stream: &mut Io,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<Result<usize, Error>> {
+    match ready!(Pin::new(stream).poll_write(cx, buf))? {
+        0 => Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
+        n => Poll::Ready(Ok(n)),
     }
 }
 
