@@ -11,9 +11,9 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy -q --workspace --all-targets -- -D warnings
 # The benchmark's native-choice build (bench/): lint it and test its balancer too.
-cargo clippy -q -p sluicegate --all-targets --features native-choice -- -D warnings
+cargo clippy -q -p sluicegate -p sluicegate-plugin-runtime --all-targets --features native-choice -- -D warnings
 echo "== embedded default plugins are the build of their source"
 scripts/default-plugins.sh check
 echo "== tests"
 cargo test --workspace
-cargo test -p sluicegate --features native-choice --lib -- plugin::native
+cargo test -p sluicegate-plugin-runtime --features native-choice --lib -- native

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluicegate::plugin::{
-    NoFacts, Outcome, PluginRuntime, PoolEndpoint, RequestHead, RuntimeOptions, build_plugin,
+    NoFacts, Outcome, PluginRuntime, PoolEndpoint, RequestHead, RuntimeOptions,
 };
 
 /// ns per call of `f`: the best of many short batches (each ~1 ms), so batches where another process took the
@@ -134,7 +134,9 @@ fn main() {
 fn observe_baseline(rt: &PluginRuntime, budget: Duration) {
     let crate_dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/plugins/all-kinds");
-    let built = build_plugin(&crate_dir, None).and_then(|p| rt.load_file(&p));
+    let built = sluicegate_plugin_build::build_plugin(&crate_dir, None)
+        .map_err(|e| e.to_string())
+        .and_then(|p| rt.load_file(&p).map_err(|e| e.to_string()));
     if let Err(e) = built {
         println!("(observe baseline skipped: {e})");
         return;

@@ -220,13 +220,7 @@ pub fn request_authority<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Opti
         .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
-/// `authority` without its port, for matching.
-pub fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return authority.split_inclusive(']').next().unwrap_or(authority);
-    }
-    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-}
+pub use sluicegate_upstream::strip_port;
 
 #[cfg(test)]
 mod tests {

@@ -10,14 +10,12 @@
 pub mod access_log;
 pub mod admin;
 pub mod client_io;
-pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod headers;
 pub mod health;
 pub mod l4;
 pub mod metrics;
-pub mod plugin;
 pub mod proxy;
 pub mod reload;
 pub mod routes;
@@ -26,3 +24,8 @@ pub mod shutdown;
 pub mod tls;
 pub mod upstream;
 mod woken;
+
+/// The configuration, under the name the proxy's modules use for it.
+pub use sluicegate_config as config;
+/// The plugin runtime, under the name the proxy's modules use for it.
+pub use sluicegate_plugin_runtime as plugin;

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Command::Demo => demo(),
         Command::Plugin {
             command: PluginCommand::Build { crate_dir, out },
-        } => sluicegate::plugin::build::build_plugin(&crate_dir, out.as_deref())
+        } => sluicegate_plugin_build::build_plugin(&crate_dir, out.as_deref())
             .map(|path| println!("{}", path.display()))
             .map_err(anyhow::Error::from),
     };

@@ -92,7 +92,7 @@
 //! once. Derive tables in [`Balancer::pool_changed`], which runs only when the pool changes. A
 //! balancer whose choice reads neither the request nor live load (round-robin, say) implements
 //! [`Balancer::pick_ahead`]: the proxy then enters it once per 64 first attempts, not once each.
-//! Each call runs under a deadline (default 10 ms) and a memory limit; a panic or an overrun
+//! Each call runs under a deadline (default 50 ms) and a memory limit; a panic or an overrun
 //! drops the instance and the proxy falls back.
 //!
 //! In the Wasm build the SDK installs its own global allocator (the default feature `allocator`):
@@ -111,6 +111,7 @@
 mod alloc;
 mod export;
 pub mod host;
+mod interface;
 mod plugin;
 mod request;
 mod route;
@@ -123,6 +124,7 @@ pub mod testing;
 #[doc(hidden)]
 pub mod wit;
 
+pub use interface::{WIT, WIT_PACKAGE, WIT_VERSION};
 pub use plugin::{Balancer, Filter, HealthPolicy, Router};
 pub use request::{Request, Response};
 pub use types::{

@@ -21,7 +21,7 @@ use crate::{Balancer, Filter, HealthPolicy, Router};
 pub mod balancer {
     wit_bindgen::generate!({
         world: "balancer",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         default_bindings_module: "$crate::wit::balancer",
     });
@@ -31,7 +31,7 @@ pub mod balancer {
 pub mod router {
     wit_bindgen::generate!({
         world: "router",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         default_bindings_module: "$crate::wit::router",
         with: {
@@ -45,7 +45,7 @@ pub mod router {
 pub mod filter {
     wit_bindgen::generate!({
         world: "filter-plugin",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         default_bindings_module: "$crate::wit::filter",
         with: {
@@ -59,7 +59,7 @@ pub mod filter {
 pub mod health {
     wit_bindgen::generate!({
         world: "health-policy",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         default_bindings_module: "$crate::wit::health",
         with: {

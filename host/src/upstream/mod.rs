@@ -1,17 +1,13 @@
-//! Upstream clusters: endpoints, their pooled keep-alive connections, the balancer that picks among
-//! them, the facts the host measures about them, and the retry budget.
+//! Upstream clusters: endpoints, the balancer that picks among them, the facts the host measures about
+//! them, and (from `sluicegate-upstream`) their pooled keep-alive connections and retry budget.
 
-mod body;
 mod facts;
-pub mod h1;
-mod pool;
-mod retry;
-pub mod tls;
 
-pub use body::{AttemptBody, BoxError, RequestBody};
 pub use facts::{ClusterFacts, EndpointStats, InFlight};
-pub use pool::{Pool, UpstreamBody, UpstreamError};
-pub use retry::{ActiveRequest, RetryBudget, RetryPermit};
+pub use sluicegate_upstream::{
+    ActiveRequest, AttemptBody, BoxError, Pool, RequestBody, RetryBudget, RetryPermit,
+    UpstreamBody, UpstreamError, h1, tls,
+};
 
 use crate::config::{ClusterConfig, ConfigError, PluginUse};
 use crate::health::{ClusterHealth, HealthTask};
