@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 /// Serves the admin API on `listener` until `stop` changes.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
-    while let Some((stream, _)) = crate::server::accept(&listener, &mut stop).await {
+    while let Some((stream, _)) = crate::accept::accept(&listener, &mut stop).await {
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {

@@ -11,15 +11,56 @@
 //! splits requests, so the start of a head that came pipelined, read with the request before it, and
 //! then stalls, goes unseen: the idle timeout closes that connection, as any silent one.
 
-use crate::headers::ClientInfo;
+use http::HeaderValue;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+
+/// One client connection: what the forwarding headers say about it, made once per connection (a
+/// request without forwarding headers of its own then costs reference counts, not formatting), and
+/// where it is between its requests.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// The client's address (the one its PROXY header names, behind a front load balancer).
+    pub addr: SocketAddr,
+    /// The scheme the client came in over: `http` or `https`.
+    pub proto: &'static str,
+    /// The client's IP as `X-Forwarded-For` lists it.
+    pub(crate) xff: HeaderValue,
+    /// `for=<node>;proto=<proto>`: the client's `Forwarded` element before any `host`.
+    pub(crate) forwarded: HeaderValue,
+    /// The first `Host` this client asked for, and its whole `Forwarded` element: the requests of
+    /// one connection nearly always name the same host, so they share one value.
+    pub(crate) forwarded_host: OnceLock<(HeaderValue, HeaderValue)>,
+    /// Where the connection is between its requests, for the header read deadline its I/O keeps.
+    pub phase: ConnPhase,
+}
+
+impl ClientInfo {
+    /// The forwarding values for a client at `addr` that connected over `proto`.
+    pub fn new(addr: SocketAddr, proto: &'static str) -> Self {
+        let ip = addr.ip();
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let value = |s: String| HeaderValue::try_from(s).expect("IP addresses are header text");
+        ClientInfo {
+            addr,
+            proto,
+            xff: value(ip.to_string()),
+            forwarded: value(format!("for={node};proto={proto}")),
+            forwarded_host: OnceLock::new(),
+            phase: ConnPhase::default(),
+        }
+    }
+}
 
 /// Where a client connection is between its requests, and how many heads it has had; shared by
 /// the connection's I/O and its requests. The count tells the I/O that a head it saw start has

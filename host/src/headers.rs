@@ -1,11 +1,9 @@
 //! Header rules of a proxy: hop-by-hop headers stop here (RFC 9110 §7.6.1), forwarding headers record
 //! the client (X-Forwarded-For, X-Forwarded-Proto, Forwarded), and upgrades keep what they need.
 
-use crate::client_io::ConnPhase;
+use crate::client_io::ClientInfo;
 use bytes::Bytes;
 use http::header::{CONNECTION, Entry, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
 
 /// Whether `name` (lower case, as `HeaderName` keeps it) applies to one connection only, besides
 /// `Connection` and the headers it names. A string match is a length switch and one comparison.
@@ -113,46 +111,6 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade:
     }
 }
 
-/// One client connection: what the forwarding headers say about it, made once per connection (a
-/// request without forwarding headers of its own then costs reference counts, not formatting), and
-/// where it is between its requests.
-#[derive(Debug)]
-pub struct ClientInfo {
-    /// The client's address (the one its PROXY header names, behind a front load balancer).
-    pub addr: SocketAddr,
-    /// The scheme the client came in over: `http` or `https`.
-    pub proto: &'static str,
-    /// The client's IP as `X-Forwarded-For` lists it.
-    xff: HeaderValue,
-    /// `for=<node>;proto=<proto>`: the client's `Forwarded` element before any `host`.
-    forwarded: HeaderValue,
-    /// The first `Host` this client asked for, and its whole `Forwarded` element: the requests of
-    /// one connection nearly always name the same host, so they share one value.
-    forwarded_host: OnceLock<(HeaderValue, HeaderValue)>,
-    /// Where the connection is between its requests, for the header read deadline its I/O keeps.
-    pub phase: ConnPhase,
-}
-
-impl ClientInfo {
-    /// The forwarding values for a client at `addr` that connected over `proto`.
-    pub fn new(addr: SocketAddr, proto: &'static str) -> Self {
-        let ip = addr.ip();
-        let node = match ip {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
-        let value = |s: String| HeaderValue::try_from(s).expect("IP addresses are header text");
-        ClientInfo {
-            addr,
-            proto,
-            xff: value(ip.to_string()),
-            forwarded: value(format!("for={node};proto={proto}")),
-            forwarded_host: OnceLock::new(),
-            phase: ConnPhase::default(),
-        }
-    }
-}
-
 /// Adds the forwarding headers for a request from `client`: appends the client to
 /// `X-Forwarded-For` and `Forwarded` (with the `Host` asked for), and sets `X-Forwarded-Proto`.
 pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientInfo) {
@@ -225,6 +183,7 @@ pub use sluicegate_upstream::strip_port;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{IpAddr, SocketAddr};
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -7,6 +7,7 @@
 //! [`reload`] swaps configs; [`admin`], [`metrics`] and [`access_log`] report; [`plugin`] is the Wasm
 //! plugin runtime.
 
+mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod client_io;

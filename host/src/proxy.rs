@@ -3,8 +3,9 @@
 //! when the response body ends.
 
 use crate::access_log::{AccessLog, Entry, rfc3339_now};
+use crate::client_io::ClientInfo;
 use crate::gateway::{Gateway, Router};
-use crate::headers::{self, ClientInfo, X_REQUEST_ID};
+use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::plugin::{
     EndpointId, Failure, HeaderOp, LocalResponse, PluginRuntime, RequestAction, RequestHead,

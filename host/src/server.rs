@@ -16,10 +16,10 @@
 //! they are waited for up to the same deadline.
 
 use crate::access_log::AccessLog;
+use crate::client_io::ClientInfo;
 use crate::client_io::ClientIo;
 use crate::config::{Config, ConfigError, ListenerConfig, Protocol};
 use crate::gateway::Gateway;
-use crate::headers::ClientInfo;
 use crate::metrics::Metrics;
 use crate::plugin::{PluginError, PluginRuntime, PluginWatcher, RuntimeOptions};
 use crate::proxy::Proxy;
@@ -34,8 +34,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -319,30 +319,6 @@ impl Server {
     }
 }
 
-/// The next accepted connection (with `TCP_NODELAY` set), or `None` once `stop` changes. Accept
-/// errors (out of file descriptors and the like) are logged and retried after a short pause
-/// rather than spun on.
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<(TcpStream, SocketAddr)> {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Some((stream, peer));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = stop.changed() => return None,
-        }
-    }
-}
-
 /// What serving a listener needs besides its socket; shared by the workers.
 struct Serving {
     config: ListenerConfig,
@@ -498,7 +474,7 @@ async fn accept_loop(
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
-    while let Some((stream, peer)) = accept(&listener, &mut stop).await {
+    while let Some((stream, peer)) = crate::accept::accept(&listener, &mut stop).await {
         accepted.inc();
         let proxy = proxy.clone();
         let builder = builder.clone();

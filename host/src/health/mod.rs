@@ -148,7 +148,7 @@ impl ClusterHealth {
             })
             .collect();
         let tls = match (&config.tls, &config.health.check) {
-            (Some(t), Some(_)) => match crate::upstream::tls::client_config(&config.name, t) {
+            (Some(t), Some(_)) => match sluicegate_upstream::tls::client_config(&config.name, t) {
                 Ok(c) => Some(ProbeTls {
                     config: Arc::new(c),
                     server_name: t.server_name.clone(),

@@ -13,13 +13,11 @@ pub mod sni;
 
 use crate::access_log::rfc3339_now;
 use crate::config::{ListenerConfig, Protocol, server_name_matches};
+use crate::metrics::L4Metrics;
 use crate::plugin::{EndpointId, Failure, RequestHead};
 use crate::proxy::Proxy;
 use crate::upstream::Cluster;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,103 +33,6 @@ const MAX_TRIED: usize = 16;
 
 /// Copy buffer per direction.
 const BUFFER: usize = 16 * 1024;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    cluster: String,
-    endpoint: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BytesLabels {
-    cluster: String,
-    endpoint: String,
-    direction: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RefusedLabels {
-    listener: String,
-    reason: &'static str,
-}
-
-/// L4 figures (and TLS handshake failures of https listeners). Label lookups happen once per
-/// connection, never per byte.
-#[derive(Clone, Debug, Default)]
-pub struct L4Metrics {
-    connections: Family<EndpointLabels, Counter>,
-    connect_failures: Family<EndpointLabels, Counter>,
-    bytes: Family<BytesLabels, Counter>,
-    refused: Family<RefusedLabels, Counter>,
-    tls_handshake_failures: Family<RefusedLabels, Counter>,
-}
-
-impl L4Metrics {
-    /// Registers the families in `registry`.
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "sluicegate_tcp_connections",
-            "L4 connections established to an endpoint, by cluster and endpoint",
-            self.connections.clone(),
-        );
-        registry.register(
-            "sluicegate_tcp_connect_failures",
-            "L4 connect attempts that failed or timed out, by cluster and endpoint",
-            self.connect_failures.clone(),
-        );
-        registry.register(
-            "sluicegate_tcp_bytes",
-            "L4 bytes copied, by cluster, endpoint and direction (client_to_upstream, upstream_to_client)",
-            self.bytes.clone(),
-        );
-        registry.register(
-            "sluicegate_tcp_refused",
-            "L4 connections closed before reaching an endpoint, by listener and reason",
-            self.refused.clone(),
-        );
-        registry.register(
-            "sluicegate_tls_handshake_failures",
-            "TLS handshakes that failed on https listeners, by listener and reason (error, timeout)",
-            self.tls_handshake_failures.clone(),
-        );
-    }
-
-    /// Counts a failed TLS handshake on an `https` listener.
-    pub fn tls_handshake_failed(&self, listener: SocketAddr, reason: &'static str) {
-        self.tls_handshake_failures
-            .get_or_create(&RefusedLabels {
-                listener: listener.to_string(),
-                reason,
-            })
-            .inc();
-    }
-
-    fn labels(cluster: &str, endpoint: &str) -> EndpointLabels {
-        EndpointLabels {
-            cluster: cluster.to_string(),
-            endpoint: endpoint.to_string(),
-        }
-    }
-
-    fn bytes(&self, cluster: &str, endpoint: &str, direction: &'static str) -> Counter {
-        self.bytes
-            .get_or_create(&BytesLabels {
-                cluster: cluster.to_string(),
-                endpoint: endpoint.to_string(),
-                direction,
-            })
-            .clone()
-    }
-
-    fn refused(&self, listener: SocketAddr, reason: &'static str) {
-        self.refused
-            .get_or_create(&RefusedLabels {
-                listener: listener.to_string(),
-                reason,
-            })
-            .inc();
-    }
-}
 
 /// One connection as logged.
 #[derive(Serialize, Debug)]
@@ -165,7 +66,7 @@ pub(crate) async fn accept_loop(
     accepted: prometheus_client::metrics::counter::Counter,
 ) {
     let config = Arc::new(config);
-    while let Some((stream, peer)) = crate::server::accept(&listener, &mut stop).await {
+    while let Some((stream, peer)) = crate::accept::accept(&listener, &mut stop).await {
         accepted.inc();
         let proxy = proxy.clone();
         let config = config.clone();

@@ -3,8 +3,10 @@
 //! from the runtime at scrape time.
 
 mod histogram;
+mod l4;
 
 pub use histogram::DurationHistogram;
+pub use l4::L4Metrics;
 
 use crate::plugin::PluginRuntime;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
@@ -94,7 +96,7 @@ pub struct Metrics {
     worker_connections: Family<WorkerLabels, Counter>,
     unrouted: EndpointMetrics,
     /// L4 (tcp, tls-passthrough) connection and byte counters.
-    pub l4: crate::l4::L4Metrics,
+    pub l4: L4Metrics,
     health: HealthMetrics,
 }
 
@@ -218,7 +220,7 @@ impl Metrics {
             "Whether a cluster is in panic mode (too few healthy endpoints: traffic goes to all)",
             health.panic.clone(),
         );
-        let l4 = crate::l4::L4Metrics::default();
+        let l4 = L4Metrics::default();
         l4.register(&mut registry);
         registry.register_collector(Box::new(PluginCollector(runtime)));
         let unrouted = EndpointMetrics {
