@@ -1,29 +1,33 @@
 //! Sluicegate: a load balancer and edge proxy whose decisions are WebAssembly components.
 //!
-//! Layout: [`config`] reads and validates the TOML file; [`gateway`] builds it into what serves
-//! requests ([`routes`], [`upstream`] clusters with their balancer plugins); [`proxy`] runs the
-//! phases of one request; [`server`] owns listeners and shutdown, with [`client_io`] keeping each
-//! client connection's deadlines, [`tls`] termination and the [`l4`] (TCP, TLS passthrough) proxy;
-//! [`reload`] swaps configs; [`admin`], [`metrics`] and [`access_log`] report; [`plugin`] is the Wasm
-//! plugin runtime.
+//! This crate is the proxy itself; the crates below it do one thing each and know nothing of it:
+//! `sluicegate-config` (the file, checked), `sluicegate-plugin-runtime` (Wasm plugins; the only crate
+//! that links wasmtime), `sluicegate-upstream` (the HTTP/1.1 client, pools, TLS client, retry budget)
+//! and `sluicegate-sdk` (the plugin interface). `ARCHITECTURE.md` draws them.
+//!
+//! Layout: [`gateway`] builds a config into what serves requests (`routes`, `upstream` clusters
+//! with their balancer plugins and `health`); [`proxy`] runs the phases of one request; [`server`]
+//! owns listeners and shutdown, with `accept` taking connections, `client_io` keeping each client
+//! connection's deadlines, `tls` termination and the `l4` (TCP, TLS passthrough) proxy; [`reload`]
+//! swaps configs; `admin`, [`metrics`] and `access_log` report.
 
 mod accept;
-pub mod access_log;
-pub mod admin;
-pub mod client_io;
+pub(crate) mod access_log;
+pub(crate) mod admin;
+pub(crate) mod client_io;
 pub mod demo;
 pub mod gateway;
-pub mod headers;
-pub mod health;
-pub mod l4;
+pub(crate) mod headers;
+pub(crate) mod health;
+pub(crate) mod l4;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
-pub mod routes;
+pub(crate) mod routes;
 pub mod server;
 pub mod shutdown;
-pub mod tls;
-pub mod upstream;
+pub(crate) mod tls;
+pub(crate) mod upstream;
 mod woken;
 
 /// The configuration, under the name the proxy's modules use for it.

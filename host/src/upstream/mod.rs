@@ -3,10 +3,9 @@
 
 mod facts;
 
-pub use facts::{ClusterFacts, EndpointStats, InFlight};
-pub use sluicegate_upstream::{
-    ActiveRequest, AttemptBody, BoxError, Pool, RequestBody, RetryBudget, RetryPermit,
-    UpstreamBody, UpstreamError, h1, tls,
+pub(crate) use facts::{ClusterFacts, InFlight};
+pub(crate) use sluicegate_upstream::{
+    ActiveRequest, BoxError, Pool, RequestBody, RetryBudget, UpstreamBody, h1, tls,
 };
 
 use crate::config::{ClusterConfig, ConfigError, PluginUse};
