@@ -161,7 +161,7 @@ if [[ $PINGORA != 0 && $MODE == bench ]]; then
         PINGORA=0
     fi
 fi
-SG_VERSION="$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- host && echo "" || echo "+dirty")"
+SG_VERSION="$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- host config upstream plugin-runtime plugin-build sdk plugins Cargo.toml Cargo.lock && echo "" || echo "+dirty")"
 
 # ---------------------------------------------------------------- ports, free at start
 declare -A TAKEN=()

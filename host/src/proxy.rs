@@ -638,7 +638,7 @@ async fn tunnel(
 /// is when its response body has been sent (or the client went away). Always boxed: it travels from
 /// the handler's future through `forward` and `respond` into the response body, and the response
 /// is moved about eight times on its way into hyper; inline, its 200 bytes made the response 392
-/// (callgrind at 50 connections: D1 write misses per request 202 -> 163 with the box).
+/// and cost data-cache misses on every move (measured in `bench/LOG.md#round-10`).
 struct Finish {
     proxy: Arc<Proxy>,
     /// The client's connection, told when the response has ended.

@@ -124,7 +124,7 @@ pub fn build_plugin(crate_dir: &Path, out: Option<&Path>) -> Result<PathBuf, Bui
 /// Release profile settings: abort on panic (no unwinding in the sandbox), reproducible, optimized for speed.
 /// `opt-level = 3` rather than `"s"`: at `"s"` LLVM leaves the bindings' glue, the allocator's wrappers and small
 /// accessors as separate functions, and each Wasm call costs a frame, a stack check and an epoch check once
-/// compiled; the default router's call ran 1,834 compiled instructions at `"s"` and 982 at 3 (bench/README.md).
+/// compiled, which about doubled the default router's call (`bench/LOG.md#round-11`).
 fn profile_config() -> Vec<String> {
     [
         "profile.release.panic=\"abort\"",

@@ -2,8 +2,9 @@
 //! with no Wasm call. It exists only so bench/ can measure what the plugin boundary costs per request; it is
 //! not a plugin (no hot reload, no status, no deadline) and is off in normal builds.
 //!
-//! Same choices as `plugins/round-robin`: the healthy endpoints in pool order, all of them when none is
-//! healthy (panic mode), tried endpoints skipped on a retry while another is left, `None` for an empty pool.
+//! Same choices as `plugins/round-robin`: the healthy endpoints in pool order (the host alone decides panic
+//! mode, by marking every endpoint healthy), tried endpoints skipped on a retry while another is left,
+//! `None` when no endpoint is healthy.
 //! One cursor is shared by all threads (the Wasm one keeps one per thread's instance).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +18,7 @@ pub(crate) const NAME: &str = "native-round-robin";
 
 /// Round-robin over the candidates of the last pool pushed.
 pub(crate) struct NativeRoundRobin {
-    /// The healthy endpoints, or every endpoint in panic mode; replaced whole by `set_pool`.
+    /// The healthy endpoints; replaced whole by `set_pool`.
     candidates: ArcSwap<Vec<EndpointId>>,
     /// The next pick, taken modulo the number of candidates (which may change).
     next: AtomicUsize,
@@ -45,14 +46,11 @@ impl NativeRoundRobin {
 
     /// Takes a new pool: its healthy endpoints become the candidates.
     pub(crate) fn set_pool(&self, endpoints: &[PoolEndpoint]) {
-        let mut ids: Vec<EndpointId> = endpoints
+        let ids: Vec<EndpointId> = endpoints
             .iter()
             .filter(|e| e.healthy)
             .map(|e| e.id)
             .collect();
-        if ids.is_empty() {
-            ids = endpoints.iter().map(|e| e.id).collect();
-        }
         self.candidates.store(ids.into());
     }
 
@@ -119,9 +117,11 @@ mod tests {
         assert_eq!(p, [0, 0, 2, 2], "endpoint 1 was ejected");
 
         b.set_pool(pool(&[false, false, false]));
-        let mut p = picks(3);
-        p.sort_unstable();
-        assert_eq!(p, [0, 1, 2], "panic mode: none healthy, all are picked");
+        assert_eq!(
+            b.pick(&req, 1, &[]).unwrap(),
+            None,
+            "none healthy: no pick (panic mode is the host's, which marks every endpoint healthy)"
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! straight from the client's parsed head (no copy of its header map per attempt), the response
 //! head is parsed into the response the proxy passes on, and the response body is read from the
 //! connection when the client's side asks for it. hyper's client ran every connection as a task of
-//! its own, fed through a channel and answering through a oneshot: ~13k of the ~37k instructions a
-//! proxied request cost (bench/README.md, the fifteenth round).
+//! its own, fed through a channel and answering through a oneshot: about a third of a proxied
+//! request's instructions (measured in `bench/LOG.md#round-15`).
 //!
 //! A connection carries one exchange at a time (no pipelining) and goes back to its pool only when
 //! both the request and the response were complete, the response allowed keep-alive and nothing
