@@ -349,7 +349,7 @@ impl Proxy {
                 if attempt > 1 {
                     cluster.metrics.retries.inc();
                 }
-                let Some(mut id) = self.pick(cluster, &head, attempt, done.tried()) else {
+                let Some(mut id) = cluster.pick(&self.metrics, &head, attempt, done.tried()) else {
                     if attempt == 1 {
                         return done.local(
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -364,7 +364,7 @@ impl Proxy {
                     if !done.tried().contains(&id) || done.n_tried >= cluster.endpoints.len() {
                         break;
                     }
-                    match self.pick(cluster, &head, attempt, done.tried()) {
+                    match cluster.pick(&self.metrics, &head, attempt, done.tried()) {
                         Some(other) => id = other,
                         None => break,
                     }
@@ -448,43 +448,6 @@ impl Proxy {
             let (status, reason) =
                 failure.unwrap_or((StatusCode::BAD_GATEWAY, "no endpoint reachable"));
             done.local(status, reason.into())
-        }
-    }
-
-    /// The cluster's balancer picks, falling back to the fallback balancer when it faults.
-    pub(crate) fn pick(
-        &self,
-        cluster: &Cluster,
-        head: &Arc<RequestHead>,
-        attempt: u32,
-        tried: &[EndpointId],
-    ) -> Option<EndpointId> {
-        let valid = |id: EndpointId| (id as usize) < cluster.endpoints.len();
-        match cluster.balancer.pick(head, attempt, tried) {
-            Ok(Some(id)) if valid(id) => return Some(id),
-            Ok(None) => return None,
-            Ok(Some(id)) => {
-                tracing::warn!(
-                    plugin = cluster.balancer.plugin(),
-                    id,
-                    "balancer picked an unknown endpoint: falling back"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(plugin = cluster.balancer.plugin(), error = %e, "balancer fault: falling back");
-            }
-        }
-        self.metrics.fallback(cluster.balancer.plugin(), "balancer");
-        match cluster.fallback.pick(head, attempt, tried) {
-            Ok(Some(id)) if valid(id) => Some(id),
-            Ok(None) => None,
-            _ => {
-                // Both faulted: the host's last resort is the first endpoint not yet tried.
-                self.metrics.fallback(cluster.fallback.plugin(), "balancer");
-                (0..cluster.endpoints.len() as EndpointId)
-                    .find(|id| !tried.contains(id))
-                    .or((!cluster.endpoints.is_empty()).then_some(0))
-            }
         }
     }
 

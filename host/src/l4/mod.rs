@@ -340,13 +340,13 @@ async fn connect(
 ) -> Option<(EndpointId, TcpStream, Duration)> {
     let attempts = cluster.config.retry.attempts.max(1);
     for attempt in 1..=attempts {
-        let mut id = proxy.pick(cluster, head, attempt, &report.tried)?;
+        let mut id = cluster.pick(&proxy.metrics, head, attempt, &report.tried)?;
         // As the HTTP path does: ask again (a few times) when an endpoint already tried comes back.
         for _ in 0..3 {
             if !report.tried.contains(&id) || report.tried.len() >= cluster.endpoints.len() {
                 break;
             }
-            match proxy.pick(cluster, head, attempt, &report.tried) {
+            match cluster.pick(&proxy.metrics, head, attempt, &report.tried) {
                 Some(other) => id = other,
                 None => break,
             }

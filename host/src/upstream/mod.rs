@@ -11,7 +11,7 @@ pub(crate) use sluicegate_upstream::{
 use crate::config::{ClusterConfig, ConfigError, PluginUse};
 use crate::health::{ClusterHealth, HealthTask};
 use crate::metrics::{EndpointMetrics, Metrics};
-use crate::plugin::{BalancerHandle, EndpointId, PluginError, PluginRuntime};
+use crate::plugin::{BalancerHandle, EndpointId, PluginError, PluginRuntime, RequestHead};
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::sync::Arc;
 
@@ -70,17 +70,63 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// Turns a plugin error into a config error pointing at the plugin's key.
+/// Turns a plugin error into a config error pointing at the use's settings when the plugin's
+/// `init` refused them (and the config gave settings), else at the key naming the plugin.
 pub fn plugin_error(file: &str, use_: &PluginUse, source: PluginError) -> ConfigError {
+    let (at, key) = match (&source, &use_.settings_at) {
+        (PluginError::InitRefused { .. }, Some((at, key))) => (*at, key.clone()),
+        _ => (use_.at, use_.key.clone()),
+    };
     ConfigError::Plugin {
         file: file.to_string(),
-        at: use_.at,
-        key: use_.key.clone(),
+        at,
+        key,
         source: Box::new(source),
     }
 }
 
 impl Cluster {
+    /// The balancer's pick, or the fallback balancer's when the balancer faults or answers an
+    /// endpoint the cluster does not have. When both fault, the host's last resort is the first
+    /// endpoint not yet tried among those that get traffic (healthy, or any in panic mode), else
+    /// one that got traffic already: never one the host judged down.
+    pub(crate) fn pick(
+        &self,
+        metrics: &Metrics,
+        head: &Arc<RequestHead>,
+        attempt: u32,
+        tried: &[EndpointId],
+    ) -> Option<EndpointId> {
+        let valid = |id: EndpointId| (id as usize) < self.endpoints.len();
+        match self.balancer.pick(head, attempt, tried) {
+            Ok(Some(id)) if valid(id) => return Some(id),
+            Ok(None) => return None,
+            Ok(Some(id)) => {
+                tracing::warn!(
+                    plugin = self.balancer.plugin(),
+                    id,
+                    "balancer picked an unknown endpoint: falling back"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(plugin = self.balancer.plugin(), error = %e, "balancer fault: falling back");
+            }
+        }
+        metrics.fallback(self.balancer.plugin(), "balancer");
+        match self.fallback.pick(head, attempt, tried) {
+            Ok(Some(id)) if valid(id) => Some(id),
+            Ok(None) => None,
+            _ => {
+                metrics.fallback(self.fallback.plugin(), "balancer");
+                let panic = self.health.panic();
+                let mut serving = (0..self.endpoints.len() as EndpointId)
+                    .filter(|&id| panic || self.health.healthy(id));
+                let first = serving.clone().next();
+                serving.find(|id| !tried.contains(id)).or(first)
+            }
+        }
+    }
+
     /// Builds a cluster: creates its balancer uses through the runtime (running their `init`),
     /// pushes the pool to them and starts its health checks. Endpoints that were in `previous`
     /// (the same cluster of the config being replaced) keep their health.
