@@ -16,6 +16,8 @@ echo "== no module cycles inside a crate (Cargo refuses them between crates)"
 python3 scripts/module-cycles.py host/src config/src upstream/src plugin-runtime/src plugin-build/src
 echo "== embedded default plugins are the build of their source"
 scripts/default-plugins.sh check
+echo "== the SDK packages on its own (a plugin crate outside this repository can depend on it)"
+cargo package -q -p sluicegate-sdk --allow-dirty
 echo "== tests"
 cargo test --workspace
 cargo test -p sluicegate-plugin-runtime --features native-choice --lib -- native
