@@ -187,7 +187,7 @@ impl Checker<'_> {
         let plugin = c
             .health_plugin
             .as_ref()
-            .map(|p| self.plugin_use(&p.plugin, &p.settings))
+            .map(|p| self.plugin_use(&p.plugin, p.settings.as_ref()))
             .transpose()?;
         Ok(HealthConfig {
             check,

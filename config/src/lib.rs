@@ -159,6 +159,10 @@ pub struct PluginUse {
     pub at: Location,
     /// The key that names it, for error messages.
     pub key: String,
+    /// Where its settings are written and their key (`[[clusters]] balancer_settings`), when the
+    /// config gives settings: errors about the settings (the plugin's `init` refusing them) point
+    /// there rather than at the plugin's name.
+    pub settings_at: Option<(Location, String)>,
 }
 
 /// One entry of the host-side route table.
@@ -341,37 +345,41 @@ impl Checker<'_> {
         self.error(spanned.span(), message)
     }
 
+    /// A plugin use: its name and, when the config gives them, its settings (a table).
     fn plugin_use(
         &self,
         plugin: &Spanned<String>,
-        settings: &toml::Table,
+        settings: Option<&Spanned<toml::Table>>,
     ) -> Result<PluginUse, ConfigError> {
         if plugin.get_ref().trim().is_empty() {
             return Err(self.err_at(plugin, "the plugin name is empty".into()));
         }
-        let settings = if settings.is_empty() {
-            String::new()
-        } else {
-            toml::to_string(settings).map_err(|e| {
-                self.err_at(plugin, format!("settings cannot be written as TOML: {e}"))
-            })?
+        let text = match settings {
+            Some(s) if !s.get_ref().is_empty() => toml::to_string(s.get_ref())
+                .map_err(|e| self.err_at(s, format!("settings cannot be written as TOML: {e}")))?,
+            _ => String::new(),
         };
         Ok(PluginUse {
             plugin: plugin.get_ref().clone(),
-            settings,
+            settings: text,
             at: self.location(plugin.span().start),
             key: self.key_at(plugin.span().start),
+            settings_at: settings
+                .map(|s| (self.location(s.span().start), self.key_at(s.span().start))),
         })
     }
 
+    /// A socket address to bind (a listener's or the admin's): `ip:port`, port 0 for any.
     fn address(&self, spanned: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
-        spanned.get_ref().parse().map_err(|e| {
+        let address = spanned.get_ref();
+        address.parse().map_err(|e: std::net::AddrParseError| {
+            let why = split_port(address)
+                .filter(|(ip, _)| format!("{ip}:0").parse::<SocketAddr>().is_ok())
+                .and_then(|(_, port)| port_out_of_range(port, 0))
+                .unwrap_or_else(|| e.to_string());
             self.err_at(
                 spanned,
-                format!(
-                    "bad address `{}`: {e} (expected ip:port, like 127.0.0.1:8080)",
-                    spanned.get_ref()
-                ),
+                format!("bad address `{address}`: {why} (expected ip:port, like 127.0.0.1:8080)"),
             )
         })
     }
@@ -490,7 +498,7 @@ impl Checker<'_> {
                     "use either a router plugin or [[routes]], not both".into(),
                 ));
             }
-            (Some(r), true) => Routing::Plugin(self.plugin_use(&r.plugin, &r.settings)?),
+            (Some(r), true) => Routing::Plugin(self.plugin_use(&r.plugin, r.settings.as_ref())?),
             (None, _) => {
                 let mut routes = Vec::new();
                 for r in &raw.routes {
@@ -523,7 +531,7 @@ impl Checker<'_> {
         let filters = raw
             .filters
             .iter()
-            .map(|f| self.plugin_use(&f.plugin, &f.settings))
+            .map(|f| self.plugin_use(&f.plugin, f.settings.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
 
         let workers = match &raw.workers {
@@ -593,9 +601,9 @@ impl Checker<'_> {
             s.clone()
                 .unwrap_or_else(|| Spanned::new(c.name.span(), "round-robin".to_string()))
         };
-        let balancer = self.plugin_use(&default_balancer(&c.balancer), &c.balancer_settings)?;
-        let fallback_balancer =
-            self.plugin_use(&default_balancer(&c.fallback_balancer), &toml::Table::new())?;
+        let balancer =
+            self.plugin_use(&default_balancer(&c.balancer), c.balancer_settings.as_ref())?;
+        let fallback_balancer = self.plugin_use(&default_balancer(&c.fallback_balancer), None)?;
 
         let attempts = match &c.retry.attempts {
             Some(a) if *a.get_ref() == 0 => {
@@ -652,6 +660,9 @@ fn check_endpoint_address(address: &str) -> Result<(), String> {
     if authority.as_str().contains('@') {
         return Err(bad("user info is not allowed"));
     }
+    if let Some(why) = split_port(address).and_then(|(_, port)| port_out_of_range(port, 1)) {
+        return Err(bad(&why));
+    }
     if authority.port_u16().is_none() {
         return Err(bad("the port is missing"));
     }
@@ -659,6 +670,22 @@ fn check_endpoint_address(address: &str) -> Result<(), String> {
         return Err(bad("the host is missing"));
     }
     Ok(())
+}
+
+/// `host:port` split at the port's colon, when the port is written as digits (`::1` has colons
+/// but no port; `[::1]:80` has one after the brackets).
+fn split_port(address: &str) -> Option<(&str, &str)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let after_host = host.ends_with(']') || !host.contains(':');
+    (after_host && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+        .then_some((host, port))
+}
+
+/// When `port` (digits) is not between `lowest` and 65535: the message saying so (a port that
+/// does not fit 16 bits is not a missing one).
+fn port_out_of_range(port: &str, lowest: u16) -> Option<String> {
+    let fits = port.parse::<u16>().is_ok_and(|p| p >= lowest);
+    (!fits).then(|| format!("the port {port} is out of range ({lowest}-65535)"))
 }
 
 #[cfg(test)]
@@ -791,6 +818,101 @@ address = "localhost:9002"
             invalid("[[clusters]]\nname = \"a\"\n[[clusters.endpoints]]\naddress = \"backend\"\n");
         assert_eq!(line, 4);
         assert!(message.contains("port is missing"), "{message}");
+    }
+
+    #[test]
+    fn ports_out_of_range_are_not_missing_ports() {
+        let err = parse("[[listeners]]\naddress = \"127.0.0.1:191022\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "test.toml:2:11: [[listeners]] address: bad address `127.0.0.1:191022`: the port \
+             191022 is out of range (0-65535) (expected ip:port, like 127.0.0.1:8080)"
+        );
+        let (line, _, message) = invalid("[admin]\naddress = \"[::1]:99999999999999999999\"\n");
+        assert_eq!(line, 2);
+        assert!(
+            message.contains("the port 99999999999999999999 is out of range (0-65535)"),
+            "{message}"
+        );
+        // Port 0 binds any free port; a host that is not an IP stays the complaint.
+        assert!(parse("[[listeners]]\naddress = \"127.0.0.1:0\"\n").is_ok());
+        let (_, _, message) = invalid("[[listeners]]\naddress = \"localhost:191022\"\n");
+        assert!(!message.contains("out of range"), "{message}");
+
+        let endpoint = |address: &str| {
+            invalid(&format!(
+                "[[clusters]]\nname = \"a\"\n[[clusters.endpoints]]\naddress = \"{address}\"\n"
+            ))
+        };
+        let (line, key, message) = endpoint("10.0.0.5:191022");
+        assert_eq!((line, key.as_str()), (4, "[[clusters.endpoints]] address"));
+        assert_eq!(
+            message,
+            "bad endpoint address `10.0.0.5:191022`: the port 191022 is out of range (1-65535) \
+             (expected host:port, like 10.0.0.5:8080)"
+        );
+        let (_, _, message) = endpoint("[2001:db8::1]:65536");
+        assert!(
+            message.contains("the port 65536 is out of range (1-65535)"),
+            "{message}"
+        );
+        let (_, _, message) = endpoint("backend:0");
+        assert!(
+            message.contains("the port 0 is out of range (1-65535)"),
+            "{message}"
+        );
+        let (_, _, message) = endpoint("backend:");
+        assert!(message.contains("the port is missing"), "{message}");
+    }
+
+    #[test]
+    fn plugin_settings_keep_their_location() {
+        let c = parse(
+            "[[filters]]\nplugin = \"f\"\nsettings = { a = 1 }\n[[filters]]\nplugin = \"g\"\n\
+             [[clusters]]\nname = \"a\"\nbalancer = \"ring-hash\"\n\
+             health_plugin = { plugin = \"h\", settings = { b = 2 } }\n\
+             balancer_settings = { key = \"path\" }\n\
+             [[clusters]]\nname = \"b\"\nbalancer = \"ip-hash\"\n\
+             [clusters.balancer_settings]\ntrusted_proxies = []\n\
+             [[clusters]]\nname = \"c\"\n",
+        )
+        .unwrap();
+        let at = |p: &PluginUse| {
+            p.settings_at
+                .as_ref()
+                .map(|(at, key)| (at.line, at.column, key.clone()))
+        };
+        assert_eq!(
+            at(&c.filters[0]),
+            Some((3, 12, "[[filters]] settings".into()))
+        );
+        assert_eq!(at(&c.filters[1]), None);
+        let a = &c.clusters[0];
+        assert_eq!(
+            (a.balancer.at.line, at(&a.balancer)),
+            (8, Some((10, 21, "[[clusters]] balancer_settings".into())))
+        );
+        assert_eq!(at(&a.fallback_balancer), None);
+        assert_eq!(
+            at(a.health.plugin.as_ref().unwrap()),
+            Some((9, 44, "[[clusters]] health_plugin".into()))
+        );
+        let b = &c.clusters[1];
+        assert_eq!(b.balancer.settings.trim(), "trusted_proxies = []");
+        assert_eq!(
+            at(&b.balancer).map(|(line, _, key)| (line, key)),
+            Some((14, "[clusters.balancer_settings]".into()))
+        );
+        assert_eq!(at(&c.clusters[2].balancer), None);
+
+        let c = parse("[router]\nplugin = \"r\"\n\nsettings = {}\n").unwrap();
+        let Routing::Plugin(p) = c.routing else {
+            panic!("expected a plugin")
+        };
+        assert_eq!((p.at.line, p.settings.as_str()), (2, ""));
+        assert_eq!(at(&p), Some((4, 12, "[router] settings".into())));
     }
 
     #[test]

@@ -82,8 +82,7 @@ pub(super) struct RawShutdown {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPluginUse {
     pub plugin: Spanned<String>,
-    #[serde(default)]
-    pub settings: toml::Table,
+    pub settings: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize)]
@@ -101,8 +100,7 @@ pub(super) struct RawCluster {
     #[serde(default)]
     pub endpoints: Vec<RawEndpoint>,
     pub balancer: Option<Spanned<String>>,
-    #[serde(default)]
-    pub balancer_settings: toml::Table,
+    pub balancer_settings: Option<Spanned<toml::Table>>,
     pub fallback_balancer: Option<Spanned<String>>,
     pub connect_timeout: Option<ConfigDuration>,
     pub response_timeout: Option<ConfigDuration>,

@@ -10,8 +10,10 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
-/// The embedded demo config; `{backendN}` stand for the backends' addresses.
-pub const DEMO_CONFIG: &str = include_str!("../../examples/demo.toml");
+/// The embedded demo config (`demo.toml` next to this file: a template, not a config of
+/// `examples/`, which must all pass `check` as they are); `{backendN}` stand for the backends'
+/// addresses.
+pub const DEMO_CONFIG: &str = include_str!("demo.toml");
 
 /// The demo config with the backends' addresses filled in.
 pub fn demo_config(backends: &[SocketAddr]) -> String {

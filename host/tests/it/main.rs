@@ -6,6 +6,7 @@ mod common;
 mod plugin_support;
 mod tls_support;
 
+mod config_examples;
 mod plugin_build;
 mod plugin_faults;
 mod plugin_kinds;
