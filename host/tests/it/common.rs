@@ -525,6 +525,62 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
     Ok(samples)
 }
 
+/// How long a test waits for what another task, thread or process does (a counter, a log line,
+/// a health state, a file): generous, as CI is a loaded 2-core machine. Every wait returns as soon
+/// as its condition holds.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Reads with `read` every 20 ms until `done` holds for the value read, for at most `limit`, and
+/// returns that value; past the limit, panics naming `what` and showing the last value read.
+pub async fn wait_for<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut read: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let value = read().await;
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {limit:?} for {what}; last seen: {value:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The samples of `/metrics` on the admin listener at `admin` (parsed strictly).
+pub async fn scrape(admin: SocketAddr) -> Vec<Sample> {
+    let (status, text) = get(&http1_client(), &format!("http://{admin}/metrics")).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// The sum of the samples named `name` that carry every label of `labels`.
+pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Waits (bounded by [`WAIT`]) until the sum of the samples `name` with `labels` on the admin
+/// listener at `admin` is at least `want`, and returns it: a counter another task increments after
+/// the client has its answer. The caller asserts the exact value.
+pub async fn wait_metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+    wait_for(
+        &format!("{name}{labels:?} >= {want}"),
+        WAIT,
+        async || sum(&scrape(admin).await, name, labels),
+        |v| *v >= want,
+    )
+    .await
+}
+
 /// Polls `f` every 20 ms until it returns true, for at most `limit`.
 pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;

@@ -1,6 +1,7 @@
 //! Misbehaving plugins are contained: each fault comes back as a typed error, is logged with the plugin's name
 //! and the reason, and healthy plugins keep answering in between and after.
 
+use crate::common::WAIT;
 use crate::plugin_support;
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ fn misbehaving(rt: &PluginRuntime, name: &str, crate_dir: &str) -> BalancerHandl
     b
 }
 
+/// The faults counted for `name`: a fault is counted (and logged) in the call that faulted, before
+/// it returns, so this is read once after the call.
 fn faults(rt: &PluginRuntime, name: &str) -> u64 {
     rt.plugins()
         .into_iter()
@@ -78,10 +81,7 @@ fn spin_forever_hits_the_deadline_and_is_contained() {
         assert_eq!(faults(&rt, "spin-forever"), round);
     }
     assert_healthy(&ok);
-    log.wait_for_line(
-        &["spin-forever", "exceeded its deadline of 150 ms"],
-        Duration::from_secs(5),
-    );
+    log.wait_for_line(&["spin-forever", "exceeded its deadline of 150 ms"], WAIT);
 }
 
 #[test]
@@ -101,10 +101,7 @@ fn alloc_forever_exhausts_its_memory_and_is_contained() {
     let e = bad.pick(&request("/", &[]), 1, &[]).unwrap_err();
     assert!(matches!(e, PluginError::MemoryExhausted { .. }), "{e}");
     assert_eq!(faults(&rt, "alloc-forever"), 2);
-    log.wait_for_line(
-        &["alloc-forever", "exhausted its memory limit"],
-        Duration::from_secs(5),
-    );
+    log.wait_for_line(&["alloc-forever", "exhausted its memory limit"], WAIT);
 }
 
 #[test]
@@ -119,10 +116,7 @@ fn a_panicking_pick_is_a_trap_and_is_contained() {
         assert_healthy(&ok);
     }
     assert_eq!(faults(&rt, "panic-pick"), 3);
-    log.wait_for_line(
-        &["panic-pick", "trapped", "unreachable"],
-        Duration::from_secs(5),
-    );
+    log.wait_for_line(&["panic-pick", "trapped", "unreachable"], WAIT);
 }
 
 #[test]
@@ -151,7 +145,7 @@ fn a_router_used_as_a_balancer_is_the_wrong_world() {
     assert!(rt.router("only-router", "", &["default".into()]).is_ok());
     log.wait_for_line(
         &["only-router", "does not export `sluicegate:plugin/balance`"],
-        Duration::from_secs(5),
+        WAIT,
     );
 }
 
@@ -199,7 +193,7 @@ fn non_wasm_files_in_the_watched_dir_are_refused_with_a_reason() {
         &dir.path().join("junk-later.wasm"),
         b"<html>not a plugin</html>",
     );
-    let line = log.wait_for_line(&["junk-later", "refused"], Duration::from_secs(10));
+    let line = log.wait_for_line(&["junk-later", "refused"], WAIT);
     assert!(line.contains("not a WebAssembly file"), "{line}");
     assert!(rt.plugins().iter().all(|p| !p.name.starts_with("junk")));
     assert_healthy(&ok);
@@ -262,6 +256,6 @@ fn refused_settings_fail_the_use_and_a_reload_that_refuses_live_settings_is_roll
             "keeping",
             "refuses settings containing `bad`",
         ],
-        Duration::from_secs(5),
+        WAIT,
     );
 }

@@ -1,5 +1,6 @@
 //! Hot reload under load, and the disk cache of compiled plugins.
 
+use crate::common::WAIT;
 use crate::plugin_support;
 
 use std::collections::HashSet;
@@ -69,13 +70,11 @@ fn fifty_swaps_under_load_lose_no_call_and_end_on_the_new_version() {
         let bytes = if swap % 2 == 0 { &last } else { &first };
         let before = calls.load(Ordering::Relaxed);
         install(&file, bytes);
-        wait_for_version(&rt, "hot", &version_of(bytes), Duration::from_secs(20));
+        wait_for_version(&rt, "hot", &version_of(bytes), WAIT);
         // Let the callers run on the new version for a moment before the next swap (bounded: a caller that
         // failed has stopped calling, which the checks below report).
         let waiting = std::time::Instant::now();
-        while calls.load(Ordering::Relaxed) < before + 50
-            && waiting.elapsed() < Duration::from_secs(5)
-        {
+        while calls.load(Ordering::Relaxed) < before + 50 && waiting.elapsed() < WAIT {
             std::thread::sleep(Duration::from_millis(1));
         }
         if tasks.iter().any(|t| t.is_finished()) {
@@ -164,7 +163,7 @@ fn a_second_runtime_loads_from_the_disk_cache() {
     let warm = PluginRuntime::new(opts).unwrap();
     let status = warm.load_bytes("cached-last", &bytes, "test").unwrap();
     assert!(status.cache_hit, "the second runtime compiled again");
-    log.wait_for_line(&["cached-last", "cache_hit=true"], Duration::from_secs(5));
+    log.wait_for_line(&["cached-last", "cache_hit=true"], WAIT);
     let b = warm.balancer("cached-last", "", Arc::new(NoFacts)).unwrap();
     b.set_pool(pool(&IDS));
     assert_eq!(b.pick(&request("/", &[]), 1, &[]).unwrap(), Some(LAST));
@@ -183,7 +182,7 @@ fn a_deleted_plugin_file_keeps_its_last_good_version_serving() {
     let b = rt.balancer("doomed", "", Arc::new(NoFacts)).unwrap();
     b.set_pool(pool(&IDS));
     std::fs::remove_file(&file).unwrap();
-    let line = log.wait_for_line(&["doomed.wasm", "removed"], Duration::from_secs(10));
+    let line = log.wait_for_line(&["doomed.wasm", "removed"], WAIT);
     assert!(line.contains("WARN"), "{line}");
     assert_eq!(b.pick(&request("/", &[]), 1, &[]).unwrap(), Some(FIRST));
     assert_eq!(

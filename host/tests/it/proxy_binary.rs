@@ -4,7 +4,7 @@
 use crate::common;
 
 use bytes::Bytes;
-use common::{Backend, Zeros, eventually, get, http1_client};
+use common::{Backend, WAIT, Zeros, eventually, get, http1_client, wait_for};
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
@@ -224,7 +224,7 @@ async fn a_broken_config_written_over_the_live_one_is_refused_while_traffic_cont
     .unwrap();
     let client = http1_client();
     let mut error = String::new();
-    let refused = eventually(Duration::from_secs(10), async || {
+    let refused = eventually(WAIT, async || {
         let status: serde_json::Value =
             serde_json::from_str(&get(&client, &status_url).await.1).unwrap();
         error = status["last_reload_error"]
@@ -243,6 +243,8 @@ async fn a_broken_config_written_over_the_live_one_is_refused_while_traffic_cont
         error.contains("sluicegate.toml:") && error.contains("balancer"),
         "{error}"
     );
+    // Read once: the proxy writes this line to stderr (unbuffered) before it records the error
+    // that `/status` showed.
     assert!(stderr(&proxy).contains("config reload refused"));
 
     // A good config written next is applied: traffic moves to backend 2.
@@ -251,10 +253,7 @@ async fn a_broken_config_written_over_the_live_one_is_refused_while_traffic_cont
         config_text(&proxy.addr, &proxy.admin, &[&b2]),
     )
     .unwrap();
-    let moved = eventually(Duration::from_secs(10), async || {
-        get(&client, &url).await.1 == "hello from 2"
-    })
-    .await;
+    let moved = eventually(WAIT, async || get(&client, &url).await.1 == "hello from 2").await;
     assert!(moved, "the good config was not applied: {}", stderr(&proxy));
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -274,13 +273,20 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     let backend = Backend::start("1").await;
     let mut proxy = start(&[&backend]).await;
     let mut in_flight = Vec::new();
+    // Slow enough that the drain outlasts the signal's delivery and handling on a loaded machine.
     for _ in 0..5 {
-        let url = format!("http://{}/slow?ms=1500", proxy.addr);
+        let url = format!("http://{}/slow?ms=3000", proxy.addr);
         in_flight.push(tokio::spawn(
             async move { get(&http1_client(), &url).await },
         ));
     }
-    assert!(eventually(Duration::from_secs(10), async || backend.hits("/slow") == 5).await);
+    wait_for(
+        "5 requests in flight at the backend",
+        WAIT,
+        async || backend.hits("/slow"),
+        |n| *n == 5,
+    )
+    .await;
     let killed = Command::new("kill")
         .args(["-TERM", &proxy.child.id().to_string()])
         .status()
@@ -288,7 +294,7 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     assert!(killed.success());
 
     let ready_url = format!("http://{}/ready", proxy.admin);
-    let draining = eventually(Duration::from_secs(1), async || {
+    let draining = eventually(WAIT, async || {
         matches!(http1_client().get(ready_url.parse().unwrap()).await, Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE)
     })
     .await;
@@ -300,15 +306,14 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
             (StatusCode::OK, "hello from 1".to_string())
         );
     }
-    let mut exit = None;
-    for _ in 0..100 {
-        if let Some(s) = proxy.child.try_wait().unwrap() {
-            exit = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let exit = exit.expect("the proxy exited after draining");
+    let exit = wait_for(
+        "the proxy to exit after draining",
+        WAIT,
+        async || proxy.child.try_wait().unwrap(),
+        Option::is_some,
+    )
+    .await
+    .unwrap();
     assert_eq!(exit.code(), Some(0), "{}", stderr(&proxy));
 }
 
@@ -375,10 +380,8 @@ async fn sighup_reloads_the_config() {
         .status()
         .unwrap();
     assert!(hup.success());
-    let moved = eventually(Duration::from_secs(10), async || {
-        get(&client, &url).await.1 == "hello from 2"
-    })
-    .await;
+    let moved = eventually(WAIT, async || get(&client, &url).await.1 == "hello from 2").await;
     assert!(moved, "SIGHUP did not reload: {}", stderr(&proxy));
+    // Read once: the proxy logs the signal (unbuffered stderr) before it reloads.
     assert!(stderr(&proxy).contains("SIGHUP"));
 }

@@ -5,7 +5,7 @@
 use crate::common;
 
 use bytes::Bytes;
-use common::{Backend, Proxy, eventually, get, http1_client, tally};
+use common::{Backend, Proxy, WAIT, get, http1_client, tally, wait_for};
 use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderMap;
 use hyper::{Request, StatusCode};
@@ -151,12 +151,13 @@ async fn least_connections_spreads_idle_requests_and_avoids_busy_backends() {
         ));
         // One at a time, so the second pick sees the first in flight.
         let want = slow.len();
-        assert!(
-            eventually(Duration::from_secs(5), async || common::total_hits(
-                &b, "/slow"
-            ) == want)
-            .await
-        );
+        wait_for(
+            "the slow requests reaching the backends",
+            WAIT,
+            async || common::total_hits(&b, "/slow"),
+            |n| *n == want,
+        )
+        .await;
     }
     let busy: HashSet<String> = b
         .iter()
@@ -181,6 +182,7 @@ async fn peak_ewma_serves_every_request() {
     let proxy = Proxy::start(&web_config(&b, "balancer = \"peak-ewma\"", ""), dir.path()).await;
     let t = spread(&proxy, 200).await;
     assert_eq!(t.values().sum::<usize>(), 200, "{t:?}");
+    // Hits are counted as a backend takes a request, before it answers: read once.
     assert_eq!(common::total_hits(&b, "/"), 200);
     proxy.stop().await;
 }
@@ -357,6 +359,7 @@ respond = { status = 200, body = "ok\n", headers = { "cache-control" = "no-store
         assert_eq!(status, StatusCode::OK, "{path} {headers:?}: {body}");
         assert_eq!(served_by(&body), want, "{path} {headers:?}");
     }
+    // Hits are counted as a backend takes a request, before it answers: read once.
     assert_eq!(
         api.hits("/") + api.hits("/v2/items") + api.hits("/v1/items"),
         4

@@ -6,7 +6,7 @@ use crate::common;
 use crate::tls_support;
 
 use bytes::Bytes;
-use common::{Proxy, eventually, get, http1_client, parse_prometheus};
+use common::{Proxy, WAIT, get, http1_client, parse_prometheus, wait_for};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -174,6 +174,29 @@ async fn healthy(proxy: &Proxy, addr: SocketAddr) -> bool {
     endpoint(proxy, addr).await["healthy"].as_bool().unwrap()
 }
 
+/// Waits (bounded) until the `/status` entry of the endpoint at `addr` satisfies `done` (set by the
+/// health checker, or by a request's outcome), and returns it.
+async fn wait_endpoint(
+    proxy: &Proxy,
+    addr: SocketAddr,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_for(
+        &format!("{addr}: {what}"),
+        WAIT,
+        async || endpoint(proxy, addr).await,
+        done,
+    )
+    .await
+}
+
+/// Waits (bounded) until the endpoint at `addr` is healthy (`want`) or not, and returns its entry.
+async fn wait_healthy(proxy: &Proxy, addr: SocketAddr, want: bool) -> serde_json::Value {
+    let what = if want { "healthy" } else { "not healthy" };
+    wait_endpoint(proxy, addr, what, |e| e["healthy"] == want).await
+}
+
 /// Sends `n` GETs, returning the statuses seen by status code.
 async fn send_n(proxy: &Proxy, n: usize) -> HashMap<u16, usize> {
     let client = http1_client();
@@ -201,12 +224,14 @@ async fn a_failing_health_check_takes_the_endpoint_out_after_fall_probes_and_ris
     let b = Switchable::start("b").await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(&config(&[&a, &b], "", ACTIVE, ""), dir.path()).await;
-    assert!(
-        eventually(Duration::from_secs(5), async || a.probes() > 0
-            && b.probes() > 0)
-        .await,
-        "both endpoints are probed"
-    );
+    wait_for(
+        "both endpoints probed",
+        WAIT,
+        async || (a.probes(), b.probes()),
+        |(pa, pb)| *pa > 0 && *pb > 0,
+    )
+    .await;
+    // `served` and `probes` count in the backend before it answers: read once after an answer.
     send_n(&proxy, 10).await;
     // Round-robin state is per plugin instance, so the spread is even but not exact.
     assert!(
@@ -218,11 +243,7 @@ async fn a_failing_health_check_takes_the_endpoint_out_after_fall_probes_and_ris
 
     b.set_health(503);
     let t0 = Instant::now();
-    assert!(
-        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
-            .await)
-        .await
-    );
+    wait_healthy(&proxy, b.addr, false).await;
     let took = t0.elapsed();
     // fall × (interval + jitter), plus one interval for the probe in progress, plus slack for a
     // busy machine.
@@ -250,11 +271,7 @@ async fn a_failing_health_check_takes_the_endpoint_out_after_fall_probes_and_ris
 
     b.set_health(200);
     let t1 = Instant::now();
-    assert!(
-        eventually(Duration::from_secs(5), async || healthy(&proxy, b.addr)
-            .await)
-        .await
-    );
+    wait_healthy(&proxy, b.addr, true).await;
     let took = t1.elapsed();
     assert!(
         took < Duration::from_millis(3 * 110 + 1000),
@@ -264,6 +281,8 @@ async fn a_failing_health_check_takes_the_endpoint_out_after_fall_probes_and_ris
     send_n(&proxy, 10).await;
     assert!(b.served() - before >= 3, "back in rotation");
 
+    // Read once: a transition and a probe are counted, and the healthy gauge set, before `/status`
+    // shows the state waited for above.
     let b_label = b.addr.to_string();
     let transitions = |event| {
         [
@@ -307,11 +326,7 @@ async fn a_tcp_check_takes_out_an_endpoint_that_refuses_connections() {
     let tcp = "[clusters.health_check]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nfall = 2\n";
     let proxy = Proxy::start(&config(&[&a, &b], "", tcp, ""), dir.path()).await;
     b.task.abort();
-    assert!(
-        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
-            .await)
-        .await
-    );
+    wait_healthy(&proxy, b.addr, false).await;
     let e = endpoint(&proxy, b.addr).await;
     assert_eq!(e["health"]["last_probe"]["result"], "connect failure");
     assert_eq!(a.probes(), 0, "a TCP check sends no request");
@@ -328,13 +343,18 @@ async fn consecutive_5xx_eject_an_endpoint_for_the_ejection_time_which_doubles_n
     let proxy = Proxy::start(&config(&[&a, &b], "", outlier, ""), dir.path()).await;
     b.set_traffic(500);
 
-    assert!(
-        eventually(Duration::from_secs(5), async || {
+    // Outlier detection judges a response before passing it on: once a request's answer is in,
+    // so is the ejection it caused, and the transition's count.
+    wait_for(
+        "b ejected",
+        WAIT,
+        async || {
             send_n(&proxy, 1).await;
-            endpoint(&proxy, b.addr).await["health"]["ejected"] == true
-        })
-        .await
-    );
+            endpoint(&proxy, b.addr).await
+        },
+        |e| e["health"]["ejected"] == true,
+    )
+    .await;
     assert_eq!(b.served(), 3, "ejected at its third 500 in a row");
     let e = endpoint(&proxy, b.addr).await;
     assert_eq!(e["healthy"], false, "{e}");
@@ -351,11 +371,7 @@ async fn consecutive_5xx_eject_an_endpoint_for_the_ejection_time_which_doubles_n
         "no request reaches the ejected endpoint"
     );
 
-    assert!(
-        eventually(Duration::from_secs(5), async || healthy(&proxy, b.addr)
-            .await)
-        .await
-    );
+    wait_healthy(&proxy, b.addr, true).await;
     let out_for = ejected_at.elapsed();
     assert!(
         out_for >= Duration::from_millis(400),
@@ -363,13 +379,16 @@ async fn consecutive_5xx_eject_an_endpoint_for_the_ejection_time_which_doubles_n
     );
 
     // Still failing: ejected again (once the pool has it back), this time for 2 × 600 ms.
-    assert!(
-        eventually(Duration::from_secs(5), async || {
+    wait_for(
+        "b ejected a second time",
+        WAIT,
+        async || {
             send_n(&proxy, 2).await;
-            endpoint(&proxy, b.addr).await["health"]["ejections"] == 2
-        })
-        .await
-    );
+            endpoint(&proxy, b.addr).await
+        },
+        |e| e["health"]["ejections"] == 2,
+    )
+    .await;
     let e = endpoint(&proxy, b.addr).await;
     assert!(e["health"]["returns_in_ms"].as_u64().unwrap() > 700, "{e}");
     let b_label = b.addr.to_string();
@@ -395,6 +414,7 @@ async fn max_ejection_percent_keeps_the_second_failing_endpoint_in() {
     let proxy = Proxy::start(&config(&[&a, &b, &c], "", outlier, ""), dir.path()).await;
     a.set_traffic(500);
     b.set_traffic(500);
+    // Ejections are decided before the response that causes them is passed on: read once.
     send_n(&proxy, 12).await;
     let (ea, eb) = (
         endpoint(&proxy, a.addr).await,
@@ -424,18 +444,15 @@ async fn panic_mode_spreads_traffic_over_all_endpoints_when_most_are_down_and_en
     let panic = async || status(&proxy).await["clusters"][0]["panic"] == true;
 
     b.set_health(503);
-    assert!(
-        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
-            .await)
-        .await
-    );
+    wait_healthy(&proxy, b.addr, false).await;
     assert!(!panic().await, "2 of 3 healthy is above 50%");
     let before = b.served();
     send_n(&proxy, 10).await;
     assert_eq!(b.served(), before, "b is out");
 
     c.set_health(503);
-    assert!(eventually(Duration::from_secs(5), async || panic().await).await);
+    wait_for("panic mode", WAIT, panic, |p| *p).await;
+    // Panic mode, the endpoints' health and the panic gauge are set together (in one `refresh`).
     assert!(!healthy(&proxy, c.addr).await);
     let before = [a.served(), b.served(), c.served()];
     assert_eq!(send_n(&proxy, 30).await, HashMap::from([(200, 30)]));
@@ -455,13 +472,9 @@ async fn panic_mode_spreads_traffic_over_all_endpoints_when_most_are_down_and_en
 
     b.set_health(200);
     c.set_health(200);
-    assert!(eventually(Duration::from_secs(5), async || !panic().await).await);
-    assert!(
-        eventually(Duration::from_secs(5), async || healthy(&proxy, b.addr)
-            .await
-            && healthy(&proxy, c.addr).await)
-        .await
-    );
+    wait_for("panic mode over", WAIT, panic, |p| !*p).await;
+    wait_healthy(&proxy, b.addr, true).await;
+    wait_healthy(&proxy, c.addr, true).await;
     assert_eq!(
         metric(&proxy, "sluicegate_cluster_panic", &[("cluster", "web")]).await,
         0.0
@@ -479,11 +492,7 @@ async fn health_survives_a_reload_and_the_old_checks_stop() {
     std::fs::write(&path, &text).unwrap();
     let proxy = Proxy::start(&text, dir.path()).await;
     b.set_health(503);
-    assert!(
-        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
-            .await)
-        .await
-    );
+    wait_healthy(&proxy, b.addr, false).await;
 
     // The new config probes rarely: b's first probe is half an interval (5 s) away.
     let slow = ACTIVE.replace("\"100ms\"", "\"10s\"");
@@ -541,11 +550,7 @@ async fn a_health_plugin_verdict_overrides_the_host_rule_and_a_trap_falls_back_t
 
     // 200 by the host's rule, but the plugin reads `x-health: down`.
     b.set_header(Some("down"));
-    assert!(
-        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
-            .await)
-        .await
-    );
+    wait_healthy(&proxy, b.addr, false).await;
     assert_eq!(
         endpoint(&proxy, b.addr).await["health"]["last_probe"]["result"],
         "status 200"
@@ -553,11 +558,9 @@ async fn a_health_plugin_verdict_overrides_the_host_rule_and_a_trap_falls_back_t
 
     // The plugin traps on every probe: the host's rule (200 passes) decides, and b comes back.
     b.set_header(Some("trap"));
-    assert!(
-        eventually(Duration::from_secs(5), async || healthy(&proxy, b.addr)
-            .await)
-        .await
-    );
+    wait_healthy(&proxy, b.addr, true).await;
+    // Read once: the plugin's fault is counted during the probe's judgement, before the state it
+    // leads to.
     let faults = proxy
         .proxy
         .runtime
@@ -573,14 +576,16 @@ async fn a_health_plugin_verdict_overrides_the_host_rule_and_a_trap_falls_back_t
     b.set_header(None);
     a.set_health(503);
     a.set_traffic(418);
-    assert!(
-        eventually(Duration::from_secs(5), async || {
+    let e = wait_for(
+        "a ejected by the plugin",
+        WAIT,
+        async || {
             send_n(&proxy, 1).await;
-            endpoint(&proxy, a.addr).await["health"]["ejected"] == true
-        })
-        .await
-    );
-    let e = endpoint(&proxy, a.addr).await;
+            endpoint(&proxy, a.addr).await
+        },
+        |e| e["health"]["ejected"] == true,
+    )
+    .await;
     assert_eq!(e["health"]["ejected"], true, "{e}");
     let before = a.served();
     assert_eq!(send_n(&proxy, 6).await, HashMap::from([(200, 6)]));
@@ -607,22 +612,14 @@ async fn panic_action_refuse_answers_503_while_too_few_endpoints_are_healthy() {
     .await;
     assert_eq!(send_n(&proxy, 4).await, HashMap::from([(200, 4)]));
     b.set_health(503);
-    assert!(
-        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
-            .await)
-        .await
-    );
+    wait_healthy(&proxy, b.addr, false).await;
     let served = a.served() + b.served();
     let (code, body) = get(&http1_client(), &proxy.url("/")).await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("panic mode"), "{body}");
     assert_eq!(a.served() + b.served(), served, "no endpoint is tried");
     b.set_health(200);
-    assert!(
-        eventually(Duration::from_secs(5), async || healthy(&proxy, b.addr)
-            .await)
-        .await
-    );
+    wait_healthy(&proxy, b.addr, true).await;
     assert_eq!(send_n(&proxy, 4).await, HashMap::from([(200, 4)]));
     proxy.stop().await;
 }
@@ -647,9 +644,11 @@ async fn a_backend_killed_under_traffic_is_taken_out_and_only_unretryable_reques
     }
     let proxy = Arc::new(Proxy::start(&text, dir.path()).await);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Answers received by all the workers, to wait on traffic rather than on time.
+    let answered = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for w in 0..6 {
-        let (proxy, stop) = (proxy.clone(), stop.clone());
+        let (proxy, stop, answered) = (proxy.clone(), stop.clone(), answered.clone());
         workers.push(tokio::spawn(async move {
             let client = http1_client();
             // Half the workers POST a body: once it is sent, a reset cannot be retried.
@@ -666,21 +665,29 @@ async fn a_backend_killed_under_traffic_is_taken_out_and_only_unretryable_reques
                         .unwrap()
                 };
                 let (code, _) = send(&client, req).await;
+                answered.fetch_add(1, Ordering::Relaxed);
                 sent += 1;
                 failed += usize::from(code != StatusCode::OK);
             }
             (post, sent, failed)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let traffic = async |what: &str, n: usize| {
+        wait_for(
+            what,
+            WAIT,
+            async || answered.load(Ordering::Relaxed),
+            |got| *got >= n,
+        )
+        .await
+    };
+    // Traffic flows to all three before the kill, and goes on after the endpoint is taken out.
+    traffic("30 answers before the kill", 30).await;
     backends[1].kill().await;
     let killed = backends[1].addr;
-    assert!(
-        eventually(Duration::from_secs(5), async || !healthy(&proxy, killed)
-            .await)
-        .await
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_healthy(&proxy, killed, false).await;
+    let out = answered.load(Ordering::Relaxed);
+    traffic("30 answers after the endpoint is out", out + 30).await;
     stop.store(true, Ordering::Relaxed);
     let (mut get_failed, mut post_failed, mut total) = (0, 0, 0);
     for w in workers {
@@ -714,14 +721,16 @@ async fn success_rate_ejection_takes_out_the_endpoint_far_below_the_cluster_mean
     let refs: Vec<&Switchable> = backends.iter().collect();
     let proxy = Proxy::start(&config(&refs, "", outlier, ""), dir.path()).await;
     let bad = backends[2].addr;
-    assert!(
-        eventually(Duration::from_secs(5), async || {
+    wait_for(
+        "the endpoint answering 500 ejected",
+        WAIT,
+        async || {
             send_n(&proxy, 25).await;
-            !healthy(&proxy, bad).await
-        })
-        .await,
-        "the endpoint answering 500 is ejected"
-    );
+            endpoint(&proxy, bad).await
+        },
+        |e| e["healthy"] == false,
+    )
+    .await;
     for b in backends.iter().filter(|b| b.addr != bad) {
         assert!(healthy(&proxy, b.addr).await, "the others stay");
     }
@@ -771,14 +780,14 @@ async fn weights_announced_in_a_probe_header_change_the_traffic_split() {
         dir.path(),
     )
     .await;
-    let announced = async |s: &Switchable, w: u64| {
-        endpoint(&proxy, s.addr).await["health"]["agent_weight"] == w
-    };
-    assert!(
-        eventually(Duration::from_secs(5), async || announced(&a, 3).await
-            && announced(&b, 1).await)
-        .await
-    );
+    wait_endpoint(&proxy, a.addr, "weight 3 announced", |e| {
+        e["health"]["agent_weight"] == 3
+    })
+    .await;
+    wait_endpoint(&proxy, b.addr, "weight 1 announced", |e| {
+        e["health"]["agent_weight"] == 1
+    })
+    .await;
     let before = (a.served(), b.served());
     send_n(&proxy, 40).await;
     let (ga, gb) = (a.served() - before.0, b.served() - before.1);
@@ -788,7 +797,10 @@ async fn weights_announced_in_a_probe_header_change_the_traffic_split() {
     );
 
     b.set_weight("3");
-    assert!(eventually(Duration::from_secs(5), async || announced(&b, 3).await).await);
+    wait_endpoint(&proxy, b.addr, "weight 3 announced", |e| {
+        e["health"]["agent_weight"] == 3
+    })
+    .await;
     let before = (a.served(), b.served());
     send_n(&proxy, 40).await;
     let (ga, gb) = (a.served() - before.0, b.served() - before.1);
@@ -814,23 +826,19 @@ async fn probes_of_a_tls_cluster_speak_tls_and_verify_the_certificate() {
         a.addr, b.addr
     );
     let proxy = Proxy::start(&text, dir.path()).await;
-    assert!(
-        eventually(Duration::from_secs(5), async || !healthy(&proxy, b.addr)
-            .await)
-        .await
-    );
+    wait_healthy(&proxy, b.addr, false).await;
     assert_eq!(
         endpoint(&proxy, b.addr).await["health"]["last_probe"]["result"],
         "protocol error",
         "a certificate for another name fails the handshake"
     );
-    assert!(
-        eventually(Duration::from_secs(5), async || {
-            endpoint(&proxy, a.addr).await["health"]["last_probe"]["passed"] == true
-        })
-        .await,
-        "the probe reached a over TLS with the configured SNI"
-    );
+    wait_endpoint(
+        &proxy,
+        a.addr,
+        "a probe that reached it over TLS with the configured SNI",
+        |e| e["health"]["last_probe"]["passed"] == true,
+    )
+    .await;
     assert!(healthy(&proxy, a.addr).await);
     proxy.stop().await;
 }

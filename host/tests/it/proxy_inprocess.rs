@@ -4,8 +4,8 @@ use crate::common;
 
 use bytes::Bytes;
 use common::{
-    Backend, Proxy, config_for, eventually, get, h2c_client, http1_client, parse_prometheus, send,
-    tally,
+    Backend, Proxy, WAIT, config_for, get, h2c_client, http1_client, scrape, send, sum, tally,
+    wait_for,
 };
 use http_body_util::Full;
 use hyper::header::HeaderValue;
@@ -31,6 +31,18 @@ fn read_log(dir: &std::path::Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("each access log line is JSON"))
         .collect()
+}
+
+/// Waits (bounded) until the access log has at least `n` lines, and returns them. A line is written
+/// when the response's body ends in the proxy, which may be after the client has the answer.
+async fn wait_log(dir: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    wait_for(
+        &format!("{n} access log lines"),
+        WAIT,
+        async || read_log(dir),
+        |log| log.len() >= n,
+    )
+    .await
 }
 
 // Plugin instances are per worker thread (as Envoy's per-worker balancers), so round-robin is exact
@@ -87,12 +99,13 @@ async fn a_killed_backend_fails_no_idempotent_request_and_the_log_shows_retries(
         }));
     }
     // Kill backend 2 while requests flow (some are in flight to it).
-    assert!(
-        eventually(Duration::from_secs(10), async || sent
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 80)
-        .await
-    );
+    wait_for(
+        "80 requests answered",
+        WAIT,
+        async || sent.load(std::sync::atomic::Ordering::Relaxed),
+        |n| *n >= 80,
+    )
+    .await;
     backends[1].kill().await;
     for w in workers {
         let failures = w.await.unwrap();
@@ -104,26 +117,13 @@ async fn a_killed_backend_fails_no_idempotent_request_and_the_log_shows_retries(
     let after_kill = backends[1].hits("/slow");
     assert!(after_kill < 320);
 
-    let retried = async || {
-        read_log(dir.path())
-            .iter()
-            .filter(|e| e["attempts"].as_u64() > Some(1))
-            .count()
-            > 0
-    };
+    // The log writer runs beside the requests: the last lines may land a moment after the last answer.
+    let log = wait_log(dir.path(), 320).await;
+    assert_eq!(log.len(), 320, "one access log line per request");
     assert!(
-        eventually(Duration::from_secs(5), retried).await,
+        log.iter().any(|e| e["attempts"].as_u64() > Some(1)),
         "the access log shows retries"
     );
-    // The log writer runs beside the requests: the last lines may land a moment after the last answer.
-    assert!(
-        eventually(Duration::from_secs(10), async || read_log(dir.path()).len()
-            >= 320)
-        .await,
-        "one access log line per request"
-    );
-    let log = read_log(dir.path());
-    assert_eq!(log.len(), 320);
     let dead = backends[1].addr.to_string();
     for e in log.iter().filter(|e| e["attempts"].as_u64() > Some(1)) {
         assert_eq!(e["status"], 200);
@@ -152,6 +152,8 @@ async fn a_post_that_was_sent_is_not_retried_but_one_that_could_not_connect_is()
     };
     let (status, body) = send(&client, post("/die-after-body")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    // Hits are counted as the backend takes the request, before it drops the connection that the
+    // proxy's 502 reports: read once.
     assert_eq!(
         common::total_hits(&backends, "/die-after-body"),
         1,
@@ -168,20 +170,17 @@ async fn a_post_that_was_sent_is_not_retried_but_one_that_could_not_connect_is()
     );
 
     // A POST whose endpoint refuses the connection was never sent: it goes to another endpoint.
+    // (`kill` returns once the listener and every connection are closed; the failed attempts above
+    // left no pooled connection.)
     backends[0].kill().await;
     backends[1].kill().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     for _ in 0..3 {
         let (status, body) = send(&client, post("/upload")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "8"));
     }
 
-    assert!(
-        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
-            == 5)
-        .await
-    );
-    let log = read_log(dir.path());
+    let log = wait_log(dir.path(), 5).await;
+    assert_eq!(log.len(), 5, "{log:?}");
     assert_eq!(log[0]["method"], "POST");
     assert_eq!(log[0]["attempts"], 1);
     assert_eq!(log[0]["reason"], "upstream reset");
@@ -214,20 +213,38 @@ async fn metrics_parse_and_match_the_requests_sent() {
             StatusCode::SERVICE_UNAVAILABLE
         );
     }
-    let (status, metrics) = get(&client, &proxy.admin_url("/metrics")).await;
-    assert_eq!(status, StatusCode::OK);
-    let samples = parse_prometheus(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
-    let requests = |cluster: &str, class: &str| -> f64 {
-        samples
-            .iter()
-            .filter(|s| {
-                s.name == "sluicegate_requests_total"
-                    && s.label("cluster") == Some(cluster)
-                    && s.label("class") == Some(class)
-            })
-            .map(|s| s.value)
-            .sum()
+    // Requests are counted when the response's body ends in the proxy, which may be after the
+    // client has read it: wait until every request is counted, then check the figures.
+    let requests = |samples: &[common::Sample], cluster: &str, class: &str| {
+        sum(
+            samples,
+            "sluicegate_requests_total",
+            &[("cluster", cluster), ("class", class)],
+        )
     };
+    let duration_count = |samples: &[common::Sample]| {
+        sum(
+            samples,
+            "sluicegate_request_duration_seconds_count",
+            &[("cluster", "web")],
+        )
+    };
+    wait_for(
+        "30 web 2xx, 4 empty 5xx and 30 web durations counted",
+        WAIT,
+        async || {
+            let samples = scrape(proxy.admin).await;
+            (
+                requests(&samples, "web", "2xx"),
+                requests(&samples, "empty", "5xx"),
+                duration_count(&samples),
+            )
+        },
+        |(ok, refused, durations)| *ok >= 30.0 && *refused >= 4.0 && *durations >= 30.0,
+    )
+    .await;
+    let samples = scrape(proxy.admin).await;
+    let requests = |cluster: &str, class: &str| requests(&samples, cluster, class);
     assert_eq!(requests("web", "2xx"), 30.0);
     assert_eq!(requests("empty", "5xx"), 4.0);
     assert_eq!(requests("web", "5xx"), 0.0);
@@ -250,13 +267,12 @@ async fn metrics_parse_and_match_the_requests_sent() {
         })
         .unwrap();
     assert_eq!(count.value, 30.0);
-    let calls: f64 = samples
-        .iter()
-        .filter(|s| {
-            s.name == "sluicegate_plugin_calls_total" && s.label("plugin") == Some("round-robin")
-        })
-        .map(|s| s.value)
-        .sum();
+    // Plugin calls are counted as the balancer picks, before the request is sent.
+    let calls = sum(
+        &samples,
+        "sluicegate_plugin_calls_total",
+        &[("plugin", "round-robin")],
+    );
     // Round-robin picks ahead, 64 per call: the 30 first attempts took one call per worker.
     assert!(
         (1.0..30.0).contains(&calls),
@@ -419,12 +435,8 @@ address = "{backend}"
         let (got, body) = get(&client, &proxy.url(path)).await;
         assert_eq!((got, body.trim()), (status, reason), "{path}");
     }
-    assert!(
-        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
-            == 4)
-        .await
-    );
-    let log = read_log(dir.path());
+    let log = wait_log(dir.path(), 4).await;
+    assert_eq!(log.len(), 4, "{log:?}");
     for ((_, status, reason), e) in cases.iter().zip(&log) {
         assert_eq!(
             (e["status"].as_u64(), e["reason"].as_str()),
@@ -432,7 +444,21 @@ address = "{backend}"
         );
     }
     assert_eq!(log[2]["cluster"], "down");
-    assert_eq!(backend.hits("/slow"), 1, "timeouts are not retried");
+    assert_eq!(
+        log[3]["attempts"], 1,
+        "timeouts are not retried: {}",
+        log[3]
+    );
+    // The proxy gave up after 200 ms without an answer: on a loaded machine the backend may count
+    // the request only after that.
+    let hits = wait_for(
+        "the backend counting the timed-out request",
+        WAIT,
+        async || backend.hits("/slow"),
+        |n| *n >= 1,
+    )
+    .await;
+    assert_eq!(hits, 1, "timeouts are not retried");
     proxy.stop().await;
 }
 
@@ -561,14 +587,16 @@ async fn a_client_that_goes_away_is_logged_as_499() {
     conn.write_all(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: example\r\n\r\n")
         .await
         .unwrap();
-    assert!(eventually(Duration::from_secs(5), async || backend.hits("/slow") == 1).await);
+    wait_for(
+        "the backend taking the request",
+        WAIT,
+        async || backend.hits("/slow"),
+        |n| *n == 1,
+    )
+    .await;
     drop(conn);
-    assert!(
-        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
-            == 1)
-        .await
-    );
-    let log = read_log(dir.path());
+    let log = wait_log(dir.path(), 1).await;
+    assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0]["status"], 499);
     assert_eq!(log[0]["reason"], "client closed the request");
     proxy.stop().await;
@@ -603,12 +631,9 @@ async fn configured_statuses_are_retried_within_the_budget() {
     }
     statuses.sort();
     assert_eq!(statuses, [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE]);
-    assert!(
-        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
-            == 6)
-        .await
-    );
-    let attempts: Vec<u64> = read_log(dir.path())
+    let log = wait_log(dir.path(), 6).await;
+    assert_eq!(log.len(), 6, "{log:?}");
+    let attempts: Vec<u64> = log
         .iter()
         .map(|e| e["attempts"].as_u64().unwrap())
         .collect();
@@ -750,8 +775,8 @@ async fn worker_threads_each_serve_a_share_of_the_connections() {
         let status = request_on_new_connection(addr).await;
         assert_eq!(status, "HTTP/1.1 200 OK");
     }
-    let (_, metrics) = get(&http1_client(), &format!("http://{admin}/metrics")).await;
-    let samples = parse_prometheus(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    // Each worker counts a connection as it accepts it, before serving the request: read once.
+    let samples = scrape(admin).await;
     let per_worker: Vec<f64> = ["0", "1", "2"]
         .iter()
         .map(|w| {
@@ -865,6 +890,7 @@ async fn stalled_heads_are_cut_at_the_header_timeout_and_slow_responses_are_not(
     assert!(out.starts_with(b"HTTP/1.1 200 OK"), "{out:?}");
     c.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     assert_eq!(until_closed(&mut c).await, "");
+    // Counted as the backend took the request, before its answer (which the client read).
     assert_eq!(backend.hits("/slow"), 1);
     proxy.stop().await;
 }

@@ -4,7 +4,7 @@
 use crate::common;
 use crate::tls_support;
 
-use common::{Proxy, eventually, get, http1_client, parse_prometheus};
+use common::{Proxy, WAIT, wait_for};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -91,8 +91,7 @@ async fn exchange(addr: SocketAddr, msg: &str) -> std::io::Result<String> {
 }
 
 async fn metrics(proxy: &Proxy) -> Vec<common::Sample> {
-    let (_, text) = get(&http1_client(), &proxy.admin_url("/metrics")).await;
-    parse_prometheus(&text).unwrap()
+    common::scrape(proxy.admin).await
 }
 
 fn read_log(dir: &std::path::Path) -> Vec<serde_json::Value> {
@@ -101,6 +100,18 @@ fn read_log(dir: &std::path::Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("each access log line is JSON"))
         .collect()
+}
+
+/// Waits (bounded) until the access log has at least `n` lines, and returns them: a connection's
+/// line is written after both its sides are closed, which may be after the client saw the end.
+async fn wait_log(dir: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    wait_for(
+        &format!("{n} access log lines"),
+        WAIT,
+        async || read_log(dir),
+        |log| log.len() >= n,
+    )
+    .await
 }
 
 const TCP_LISTENER: &str =
@@ -135,6 +146,8 @@ async fn tcp_connections_are_spread_round_robin_over_three_echo_backends() {
         "{tally:?}"
     );
 
+    // Read once: the connection is counted before the copy starts, and each direction's bytes as
+    // they are written on, before the FIN that ends the client's read is passed on.
     let samples = metrics(&proxy).await;
     let count = |name: &str, endpoint: SocketAddr, direction: Option<&str>| {
         samples
@@ -159,13 +172,8 @@ async fn tcp_connections_are_spread_round_robin_over_three_echo_backends() {
     assert_eq!(up, (10 * 6 + 20 * 7) as f64);
     assert_eq!(down, up + 30.0 * 7.0);
 
-    assert!(
-        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
-            == 30)
-        .await,
-        "one log line per connection"
-    );
-    let log = read_log(dir.path());
+    let log = wait_log(dir.path(), 30).await;
+    assert_eq!(log.len(), 30, "one log line per connection");
     let first = &log[0];
     assert_eq!(first["protocol"], "tcp");
     assert_eq!(first["cluster"], "echo");
@@ -203,6 +211,7 @@ async fn a_dead_backend_is_skipped_by_connect_retries() {
     assert_eq!(tally.values().sum::<usize>(), 30);
     assert!(tally["1"] >= 10 && tally["3"] >= 10, "{tally:?}");
 
+    // Read once: a failed connect is counted before the next attempt, whose answer the client read.
     let failures: f64 = metrics(&proxy)
         .await
         .iter()
@@ -216,12 +225,9 @@ async fn a_dead_backend_is_skipped_by_connect_retries() {
         failures >= 10.0,
         "the dead endpoint was tried and failed: {failures}"
     );
-    assert!(
-        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
-            == 30)
-        .await
-    );
-    let retried = read_log(dir.path())
+    let log = wait_log(dir.path(), 30).await;
+    assert_eq!(log.len(), 30, "one log line per connection");
+    let retried = log
         .into_iter()
         .find(|e| e["attempts"] == 2)
         .expect("a connection that was retried");
@@ -324,12 +330,8 @@ async fn sni_passthrough_routes_two_names_to_two_tls_backends_untouched() {
     let refused = tls_connect(config.clone(), proxy.addr, "c.example.com").await;
     assert!(refused.is_err(), "an unrouted name gets no handshake");
 
-    assert!(
-        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
-            == 4)
-        .await
-    );
-    let log = read_log(dir.path());
+    let log = wait_log(dir.path(), 4).await;
+    assert_eq!(log.len(), 4, "{log:?}");
     let a_entry = log.iter().find(|e| e["sni"] == "a.example.com").unwrap();
     assert_eq!(a_entry["protocol"], "tls-passthrough");
     assert_eq!(a_entry["cluster"], "a");
@@ -394,6 +396,7 @@ async fn a_garbage_client_hello_is_refused_without_affecting_others() {
         "backend-a: three\n"
     );
 
+    // Read once: a refusal is counted before the connection is closed, which the client saw.
     let refused: f64 = metrics(&proxy)
         .await
         .iter()
@@ -500,6 +503,7 @@ async fn behind_a_trusted_balancer_the_client_comes_from_its_proxy_header() {
     )
     .await;
     assert_eq!(out, "");
+    // Read once: the refusal is counted before the connection is closed, which ended `send_all`.
     let refused: f64 = metrics(&proxy)
         .await
         .iter()
@@ -573,6 +577,7 @@ async fn connect_failures_eject_an_endpoint_through_outlier_detection() {
             .expect("no connection fails");
         assert!(answer.starts_with("x from "), "{answer}");
     }
+    // Read once: failed connects are counted before the retry, whose answer the client read.
     let failures: f64 = metrics(&proxy)
         .await
         .iter()

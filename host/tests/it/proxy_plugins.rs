@@ -5,11 +5,10 @@
 use crate::common;
 
 use bytes::Bytes;
-use common::{Backend, Proxy, eventually, get, http1_client, parse_prometheus, send};
+use common::{Backend, Proxy, WAIT, get, http1_client, parse_prometheus, send, wait_for};
 use http_body_util::Full;
 use hyper::{Request, StatusCode};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Builds the test plugin once per test binary.
 fn faults_plugin() -> PathBuf {
@@ -120,7 +119,8 @@ address = "{}"
         (StatusCode::IM_A_TEAPOT, "short and stout".into())
     );
 
-    // Counted: faults per plugin (runtime) and fallbacks per kind (proxy).
+    // Counted: faults per plugin (runtime) and fallbacks per kind (proxy). Both are counted as the
+    // plugin is called, before the answer the client has read: read once.
     let (_, metrics) = get(&client, &proxy.admin_url("/metrics")).await;
     let samples = parse_prometheus(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
     let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
@@ -167,12 +167,15 @@ address = "{}"
     assert!(faults["faults"].as_u64() >= Some(3), "{faults}");
     assert_eq!(status["clusters"][0]["balancer"], "faults");
 
-    assert!(
-        eventually(Duration::from_secs(5), async || read_log(dir.path()).len()
-            == 12)
-        .await
-    );
-    let log = read_log(dir.path());
+    // A line is written when the response's body ends in the proxy, maybe after the client read it.
+    let log = wait_for(
+        "12 access log lines",
+        WAIT,
+        async || read_log(dir.path()),
+        |log| log.len() >= 12,
+    )
+    .await;
+    assert_eq!(log.len(), 12, "{log:?}");
     let router_fault = log.iter().find(|e| e["path"] == "/router-trap").unwrap();
     assert_eq!(router_fault["reason"], "router fault: faults");
     let denied = log.iter().find(|e| e["path"] == "/filter-deny").unwrap();

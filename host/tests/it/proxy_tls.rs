@@ -73,13 +73,15 @@ async fn https_speaks_h2_and_http1_by_alpn_and_forwards_proto_https() {
         plain.is_err(),
         "plain HTTP must not be served on an https listener"
     );
-    let (_, text) = common::get(&client, &proxy.admin_url("/metrics")).await;
-    let failures: f64 = common::parse_prometheus(&text)
-        .unwrap()
-        .iter()
-        .filter(|s| s.name == "sluicegate_tls_handshake_failures_total")
-        .map(|s| s.value)
-        .sum();
+    // The connection's task counts the failure after rustls has given up on the handshake, which
+    // may be after the client saw its error: wait for it.
+    let failures = common::wait_metric(
+        proxy.admin,
+        "sluicegate_tls_handshake_failures_total",
+        &[],
+        1.0,
+    )
+    .await;
     assert_eq!(
         failures, 1.0,
         "the plain request counts as a failed handshake"
@@ -164,16 +166,17 @@ async fn certificate_files_replaced_while_clients_connect_are_served_without_a_f
         }));
     }
     // Let some handshakes happen on the old certificate, then swap the files.
-    assert!(
-        common::eventually(Duration::from_secs(10), async || handshakes
-            .load(Ordering::Relaxed)
-            > 20)
-        .await
-    );
+    common::wait_for(
+        "handshakes on the old certificate",
+        common::WAIT,
+        async || handshakes.load(Ordering::Relaxed),
+        |n| *n > 20,
+    )
+    .await;
     replace_atomically(&new.cert, &old.cert);
     replace_atomically(&new.key, &old.key);
     let new_der = new.der.clone();
-    let served_new = common::eventually(Duration::from_secs(10), async || {
+    let served_new = common::eventually(common::WAIT, async || {
         let tls = tls_connect(config.clone(), addr, "a.example.com")
             .await
             .unwrap();
@@ -186,12 +189,13 @@ async fn certificate_files_replaced_while_clients_connect_are_served_without_a_f
     );
     // Keep the clients going a little on the new certificate.
     let after = handshakes.load(Ordering::Relaxed);
-    assert!(
-        common::eventually(Duration::from_secs(10), async || handshakes
-            .load(Ordering::Relaxed)
-            > after + 20)
-        .await
-    );
+    common::wait_for(
+        "handshakes on the new certificate",
+        common::WAIT,
+        async || handshakes.load(Ordering::Relaxed),
+        |n| *n > after + 20,
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let mut firsts = Vec::new();
     for c in clients {
@@ -401,7 +405,7 @@ async fn a_config_reload_naming_other_certificate_files_is_followed() {
     sluicegate::reload::reload(&proxy.proxy, &path)
         .await
         .unwrap();
-    let served = common::eventually(Duration::from_secs(10), async || {
+    let served = common::eventually(common::WAIT, async || {
         https_get(&ca, b"h2", proxy.addr, "a.example.com", "/")
             .await
             .leaf
