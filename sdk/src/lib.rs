@@ -87,6 +87,15 @@
 //! Build it with `sluicegate plugin build path/to/least-loaded -o least-loaded.wasm` and copy
 //! the file into the proxy's plugin directory.
 //!
+//! # Health and panic mode
+//! A balancer picks only endpoints whose [`Endpoint::healthy`] is set, and answers `None` when
+//! none is (the proxy then answers 503), as `LeastLoaded` above does. The flag is authoritative:
+//! panic mode belongs to the proxy, which decides it from the cluster's `panic_threshold` and,
+//! while the cluster is in panic, sends every endpoint as healthy (with `panic_action =
+//! "spread"`, the default; with `"refuse"` it answers 503 without asking the balancer). So a
+//! balancer never falls back to unhealthy endpoints on its own: that would override a cluster
+//! configured never to panic (`panic_threshold = 0`).
+//!
 //! # Costs
 //! Every [`Request`] accessor crosses into the proxy and copies one field: read what you need,
 //! once. Derive tables in [`Balancer::pool_changed`], which runs only when the pool changes. A

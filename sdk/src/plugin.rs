@@ -25,7 +25,10 @@ pub trait Balancer {
     fn pool_changed(&mut self, endpoints: &[Endpoint]);
 
     /// Picks an endpoint for a request, or `None` when none can be chosen (the proxy answers 503).
-    /// An id that is not in the pool is a plugin fault. Prefer endpoints not in `ctx.tried`.
+    /// An id that is not in the pool is a plugin fault. Pick only endpoints marked
+    /// [`healthy`](crate::Endpoint::healthy), and answer `None` when none is: the flag is
+    /// authoritative, and panic mode is the proxy's (it then marks every endpoint healthy).
+    /// Prefer endpoints not in `ctx.tried`.
     fn pick(&mut self, req: &Request<'_>, ctx: &PickContext) -> Option<EndpointId>;
 
     /// Picks for the next `count` first attempts at once (at most `count` ids, used in order, one
@@ -34,7 +37,8 @@ pub trait Balancer {
     /// of once per request; it drops unused ids when the pool changes or the plugin is reloaded,
     /// and calls [`pick`](Balancer::pick) for retries. The default, an empty list, means "call
     /// `pick` for every request": keep it if the choice reads the request, the in-flight counts, the
-    /// latency or the clock.
+    /// latency or the clock. Only healthy endpoints, as for `pick`: with none healthy, answer an
+    /// empty list (and `None` from `pick`).
     fn pick_ahead(&mut self, count: u32) -> Vec<EndpointId> {
         let _ = count;
         Vec::new()

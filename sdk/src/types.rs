@@ -14,7 +14,11 @@ pub struct Endpoint {
     pub address: String,
     /// Relative weight, at least 1.
     pub weight: u32,
-    /// Whether the proxy currently considers the endpoint healthy.
+    /// Whether the proxy currently considers the endpoint healthy, and so whether a balancer may
+    /// pick it. Authoritative: pick only healthy endpoints, and answer `None` when none is (the
+    /// proxy answers 503). Panic mode is the proxy's alone: while the cluster is in panic (below
+    /// its `panic_threshold`, with the default `panic_action = "spread"`) the proxy sends every
+    /// endpoint with `healthy` set, so a balancer never falls back to unhealthy endpoints itself.
     pub healthy: bool,
     /// Free-form `key = value` pairs from the config (zone, version, ...).
     pub metadata: Vec<(String, String)>,

@@ -8,8 +8,10 @@
 //! - On a retry, endpoints already tried are skipped: the value goes to its next-highest
 //!   scoring endpoint, which is again stable.
 //! - Requests without the header fall back to round-robin.
-//! - Unhealthy endpoints are skipped; when none is healthy every endpoint is a candidate
-//!   (panic mode, as the default balancer does). An empty pool gives `None` (503).
+//! - Only endpoints the proxy sends as healthy are candidates: when none is healthy (or the pool
+//!   is empty) a pick gives `None` and the proxy answers 503. `healthy` is authoritative: panic
+//!   mode is the proxy's alone, and while a cluster is in panic it sends every endpoint as
+//!   healthy, so a balancer never needs a fall-back of its own.
 
 use serde::Deserialize;
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};
@@ -26,7 +28,7 @@ struct Settings {
 #[derive(Debug)]
 pub struct HeaderHash {
     header: String,
-    /// The healthy endpoints' ids (all of them when none is healthy).
+    /// The healthy endpoints' ids (none when none is healthy).
     candidates: Vec<EndpointId>,
     /// Round-robin cursor for requests without the header.
     next: usize,
@@ -100,9 +102,6 @@ impl Balancer for HeaderHash {
             .filter(|e| e.healthy)
             .map(|e| e.id)
             .collect();
-        if self.candidates.is_empty() {
-            self.candidates = endpoints.iter().map(|e| e.id).collect();
-        }
     }
 
     fn pick(&mut self, req: &Request, ctx: &PickContext) -> Option<EndpointId> {
@@ -204,15 +203,52 @@ mod tests {
     }
 
     #[test]
-    fn panic_mode_and_empty_pool() {
-        let pool = TestPool::new()
-            .unhealthy("10.0.0.1:80", 1)
-            .unhealthy("10.0.0.2:80", 1);
+    fn no_healthy_endpoint_gives_none() {
+        let pools = [
+            ("one", pool_of(1)),
+            (
+                "weighted",
+                TestPool::new().endpoint("a:1", 1).endpoint("b:1", 4),
+            ),
+            ("many", pool_of(12)),
+            ("empty", TestPool::new()),
+        ];
+        // With the header (rendezvous) and without it (round-robin).
+        let requests = [user("alice"), user("bob"), TestRequest::get("/")];
+        for (name, healthy) in &pools {
+            let mut pool = healthy.clone();
+            let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
+            for id in &ids {
+                pool.set_healthy(*id, false);
+            }
+            // A fresh instance, and one that served the same endpoints healthy first.
+            let mut fresh = BalancerHarness::<HeaderHash>::start(SETTINGS, &pool).unwrap();
+            let mut was_healthy = BalancerHarness::<HeaderHash>::start(SETTINGS, healthy).unwrap();
+            for req in &requests {
+                was_healthy.pick(req);
+            }
+            was_healthy.set_pool(&pool);
+            for lb in [&mut fresh, &mut was_healthy] {
+                for req in &requests {
+                    assert_eq!(lb.pick(req), None, "{name}: first try");
+                    assert_eq!(
+                        lb.pick_retry(req, 2, &ids[..ids.len().min(1)]),
+                        None,
+                        "{name}"
+                    );
+                    assert_eq!(lb.pick_retry(req, 3, &ids), None, "{name}: all tried");
+                }
+            }
+        }
+        // One back to health takes every value and every retry.
+        let mut pool = pool_of(3);
+        pool.set_healthy(0, false);
+        pool.set_healthy(2, false);
         let mut lb = BalancerHarness::<HeaderHash>::start(SETTINGS, &pool).unwrap();
-        assert!(lb.pick(&user("alice")).is_some());
-        lb.set_pool(&TestPool::new());
-        assert_eq!(lb.pick(&user("alice")), None);
-        assert_eq!(lb.pick(&TestRequest::get("/")), None);
+        for req in &requests {
+            assert_eq!(lb.pick(req), Some(1));
+            assert_eq!(lb.pick_retry(req, 2, &[1]), Some(1));
+        }
     }
 
     #[test]

@@ -7,9 +7,14 @@
 //! - [`Pool`]: the pool in a push-order-independent order, telling whether derived tables must be rebuilt;
 //! - [`choose`]: walks a hashing balancer's candidate sequence skipping unhealthy, tried and
 //!   (with bounded load) overloaded endpoints;
-//! - [`candidates`], [`consider`], [`random_below`], [`random_sample`]: the healthy endpoints (all of
-//!   them in panic mode), untried ones first, and fair random draws among them;
+//! - [`candidates`], [`consider`], [`random_below`], [`random_sample`]: the healthy endpoints,
+//!   untried ones first, and fair random draws among them;
 //! - [`no_settings`]: the settings check of balancers that take none, without a TOML parser.
+//!
+//! Health: `healthy` as the proxy sends it is authoritative, and nothing here picks an unhealthy
+//! endpoint. Panic mode is the proxy's alone (while a cluster is in panic it sends every endpoint
+//! as healthy); a pool with no healthy endpoint has no candidate, so its balancer answers `None`
+//! and the proxy answers 503.
 //!
 //! It is a plain library (not a plugin): the plugins link it in.
 

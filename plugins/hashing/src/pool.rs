@@ -1,6 +1,11 @@
 //! The pool as the default balancers keep it: members in an order that does not depend on the
 //! order the proxy pushed them in (so two instances build identical tables), and the candidate
-//! rules every balancer shares (healthy ones; all of them in panic mode; untried ones first).
+//! rules every balancer shares (healthy ones only; untried ones first).
+//!
+//! `healthy` as the proxy sends it is authoritative. Panic mode is the proxy's alone: while a
+//! cluster is in panic it sends every endpoint as healthy, and otherwise (including with
+//! `panic_threshold = 0`) a pool with no healthy member has no candidate, so a pick answers
+//! `None` and the proxy answers 503.
 
 use sluicegate_sdk::{Endpoint, EndpointId, PickContext};
 
@@ -14,7 +19,7 @@ pub struct Member {
     pub address: String,
     /// Relative weight, at least 1.
     pub weight: u32,
-    /// Whether the proxy considers it healthy.
+    /// Whether the proxy considers it healthy: only healthy members are ever picked.
     pub healthy: bool,
 }
 
@@ -29,11 +34,13 @@ impl Member {
     }
 }
 
-/// The whole pool, sorted by address then id, with the panic flag (no member healthy).
+/// The whole pool, healthy or not (tables built over it do not move when health flaps), sorted
+/// by address then id.
 #[derive(Clone, Debug, Default)]
 pub struct Pool {
     members: Vec<Member>,
-    panic: bool,
+    /// How many members are healthy.
+    healthy: usize,
 }
 
 impl Pool {
@@ -47,7 +54,7 @@ impl Pool {
                 .iter()
                 .zip(&self.members)
                 .all(|(a, b)| (a.id, &a.address, a.weight) == (b.id, &b.address, b.weight));
-        self.panic = !members.is_empty() && !members.iter().any(|m| m.healthy);
+        self.healthy = members.iter().filter(|m| m.healthy).count();
         self.members = members;
         !same_shape
     }
@@ -57,30 +64,27 @@ impl Pool {
         &self.members
     }
 
-    /// Whether no member is healthy, so every member is a candidate.
-    pub fn in_panic_mode(&self) -> bool {
-        self.panic
+    /// Whether any member is healthy, i.e. whether a pick can find one at all.
+    pub fn any_healthy(&self) -> bool {
+        self.healthy > 0
     }
 
-    /// Whether member `index` may be picked as far as health goes.
+    /// Whether member `index` may be picked as far as health goes: whether it is healthy. (In
+    /// panic mode the proxy itself marks every member healthy.)
     pub fn usable(&self, index: usize) -> bool {
-        self.panic || self.members[index].healthy
+        self.members[index].healthy
     }
 }
 
-/// The candidates of a pool: its healthy members, or all of them when none is healthy (panic
-/// mode: a possibly stale health view beats a certain 503). Also returns whether that happened.
-pub fn candidates(endpoints: &[Endpoint]) -> (Vec<Member>, bool) {
-    let healthy: Vec<Member> = endpoints
+/// The candidates of a pool: its healthy members, and only those. When none is healthy there
+/// is none, and a pick answers `None` (503): panic mode is the proxy's to decide, and while it
+/// is on the proxy sends every endpoint as healthy.
+pub fn candidates(endpoints: &[Endpoint]) -> Vec<Member> {
+    endpoints
         .iter()
         .filter(|e| e.healthy)
         .map(Member::of)
-        .collect();
-    if healthy.is_empty() && !endpoints.is_empty() {
-        (endpoints.iter().map(Member::of).collect(), true)
-    } else {
-        (healthy, false)
-    }
+        .collect()
 }
 
 /// Whether `member` should be considered for this pick: untried members only, unless every one
@@ -176,7 +180,7 @@ mod tests {
         let pool = (0..10).fold(TestPool::new(), |p, i| {
             p.endpoint(&format!("10.0.0.{i}:80"), 1)
         });
-        let (list, _) = candidates(pool.endpoints());
+        let list = candidates(pool.endpoints());
         let first = PickContext {
             attempt: 1,
             tried: vec![],
@@ -207,18 +211,38 @@ mod tests {
     }
 
     #[test]
-    fn panic_mode_only_when_no_member_is_healthy() {
+    fn candidates_are_the_healthy_members_only() {
         let mut p = TestPool::new().endpoint("a:1", 1).unhealthy("b:1", 1);
-        assert_eq!(candidates(p.endpoints()).0.len(), 1);
+        let ids = |list: Vec<Member>| list.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(candidates(p.endpoints())), [0]);
+        // None healthy: no candidate, never a fall-back to the unhealthy ones.
         p.set_healthy(0, false);
-        let (all, panic) = candidates(p.endpoints());
-        assert!(panic && all.len() == 2);
-        assert_eq!(candidates(&[]), (vec![], false));
+        assert!(candidates(p.endpoints()).is_empty());
+        assert!(candidates(&[]).is_empty());
+        // What the proxy sends in panic mode: every endpoint marked healthy.
+        p.set_healthy(0, true);
+        p.set_healthy(1, true);
+        assert_eq!(ids(candidates(p.endpoints())), [0, 1]);
+    }
+
+    #[test]
+    fn a_pool_with_no_healthy_member_has_none_usable() {
+        let mut p = TestPool::new().unhealthy("a:1", 1).unhealthy("b:1", 2);
+        let mut pool = Pool::default();
+        pool.update(p.endpoints());
+        assert!(!pool.any_healthy());
+        assert!((0..2).all(|i| !pool.usable(i)));
+        p.set_healthy(1, true);
+        assert!(!pool.update(p.endpoints()), "health alone does not rebuild");
+        assert!(pool.any_healthy());
+        assert_eq!((0..2).filter(|i| pool.usable(*i)).collect::<Vec<_>>(), [1]);
+        pool.update(&[]);
+        assert!(!pool.any_healthy());
     }
 
     #[test]
     fn consider_skips_tried_unless_all_were() {
-        let (list, _) = candidates(
+        let list = candidates(
             TestPool::new()
                 .endpoint("a:1", 1)
                 .endpoint("b:1", 1)

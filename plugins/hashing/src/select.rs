@@ -1,7 +1,7 @@
 //! Turning a hashing balancer's candidate sequence (ring walk, Maglev table walk, rendezvous
-//! ranking) into one pick: skip unhealthy and tried members and, with bounded load, the members
-//! that would go over ceil(factor × mean in-flight) (Mirrokni, Thorup and Zadimoghaddam,
-//! "Consistent Hashing with Bounded Loads", 2018; HAProxy's `hash-balance-factor`).
+//! ranking) into one pick: skip unhealthy (never picked) and tried members and, with bounded
+//! load, the members that would go over ceil(factor × mean in-flight) (Mirrokni, Thorup and
+//! Zadimoghaddam, "Consistent Hashing with Bounded Loads", 2018; HAProxy's `hash-balance-factor`).
 
 use sluicegate_sdk::{EndpointId, PickContext, host};
 
@@ -52,10 +52,11 @@ impl Load {
 }
 
 /// Picks from `walk`, a deterministic sequence of member indices (repeats allowed) in order of
-/// preference for this request. Returns the first usable (healthy, or any in panic mode),
-/// untried member with room under the bound. When there is none: the first usable untried one
-/// regardless of load, then the first usable one even if tried. Members the walk never reaches
-/// are considered after it, in pool order. `None` only for an empty pool.
+/// preference for this request. Returns the first healthy, untried member with room under the
+/// bound. When there is none: the first healthy untried one regardless of load, then the first
+/// healthy one even if tried. Members the walk never reaches are considered after it, in pool
+/// order. Unhealthy members are never picked: `None` when no member is healthy (or the pool is
+/// empty), and the proxy answers 503 (in panic mode it sends every member as healthy).
 ///
 /// The walk stops as soon as a member qualifies, or once every member has been seen.
 pub fn choose(
@@ -64,6 +65,9 @@ pub fn choose(
     ctx: &PickContext,
     balance_factor: Option<f64>,
 ) -> Option<EndpointId> {
+    if !pool.any_healthy() {
+        return None;
+    }
     let members = pool.members();
     let load = balance_factor.map(|f| Load::read(pool, f));
     let mut seen = vec![false; members.len()];
@@ -125,6 +129,42 @@ mod tests {
         // A walk that misses members still ends on one.
         assert_eq!(choose(&pool, [1].into_iter(), &first, None), Some(0));
         assert_eq!(choose(&Pool::default(), [].into_iter(), &first, None), None);
+    }
+
+    #[test]
+    fn no_healthy_member_gives_none() {
+        testing::reset();
+        let ctxs = [
+            PickContext::default(),
+            PickContext {
+                attempt: 2,
+                tried: vec![1],
+            },
+            PickContext {
+                attempt: 4,
+                tried: vec![0, 1, 2],
+            },
+        ];
+        let p = TestPool::new()
+            .unhealthy("a:1", 1)
+            .unhealthy("b:1", 3)
+            .unhealthy("c:1", 2);
+        let pool = pool_of(&p);
+        for ctx in &ctxs {
+            for factor in [None, Some(1.0), Some(1.25)] {
+                let walk = [2, 0, 1, 1, 2].into_iter();
+                assert_eq!(choose(&pool, walk, ctx, factor), None, "{ctx:?} {factor:?}");
+                assert_eq!(choose(&pool, [].into_iter(), ctx, factor), None);
+            }
+        }
+        // One back to health: the only member ever picked, tried or not.
+        let mut p = p;
+        p.set_healthy(1, true);
+        let pool = pool_of(&p);
+        for ctx in &ctxs {
+            let walk = [2, 0, 1].into_iter();
+            assert_eq!(choose(&pool, walk, ctx, Some(1.0)), Some(1), "{ctx:?}");
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - when an endpoint leaves or turns unhealthy only its clients move, and they come back when it
 //!   returns; a retry goes to the client's next-highest endpoint, which is just as stable.
 //!
-//! Panic mode (no endpoint healthy) ranks all of them; an empty pool gives `None` (503).
+//! Only endpoints the proxy sends as healthy are picked: with none healthy (or an empty pool) a
+//! pick gives `None` (503). Panic mode is the proxy's, which then sends all of them as healthy.
 //! Endpoint hashes are computed in `pool_changed`; a pick costs one hash mix per endpoint (and a
 //! logarithm when the weights differ) and allocates nothing: only a retry whose first choice was
 //! tried ranks them all.
@@ -36,13 +37,6 @@ pub struct IpHash {
     member_hashes: Vec<u64>,
     /// Whether every member has the same weight: then `u` alone orders the scores.
     same_weights: bool,
-}
-
-impl IpHash {
-    /// Whether no endpoint is healthy, so every endpoint is ranked.
-    pub fn in_panic_mode(&self) -> bool {
-        self.pool.in_panic_mode()
-    }
 }
 
 /// Maps a 64-bit hash to a uniform value in (0, 1).
@@ -312,12 +306,54 @@ mod tests {
     }
 
     #[test]
-    fn panic_mode_and_empty_pool() {
-        let pool = TestPool::new().unhealthy("a:1", 1).unhealthy("b:1", 1);
+    fn no_healthy_endpoint_gives_none() {
+        let pools = [
+            ("one", pool_of(1)),
+            (
+                "weighted",
+                TestPool::new().endpoint("a:1", 1).endpoint("b:1", 3),
+            ),
+            ("many", pool_of(16)),
+            ("empty", TestPool::new()),
+        ];
+        let settings = ["", "trusted_proxies = [\"10.0.0.0/8\"]"];
+        let ips = clients(50);
+        for settings in settings {
+            for (name, healthy) in &pools {
+                let mut pool = healthy.clone();
+                let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
+                for id in &ids {
+                    pool.set_healthy(*id, false);
+                }
+                let case = format!("{settings:?}, {name}");
+                // A fresh instance, and one that served the same endpoints healthy first.
+                let mut fresh = BalancerHarness::<IpHash>::start(settings, &pool).unwrap();
+                let mut was_healthy = BalancerHarness::<IpHash>::start(settings, healthy).unwrap();
+                for ip in &ips[..5] {
+                    was_healthy.pick(&TestRequest::get("/").client_ip(*ip));
+                }
+                was_healthy.set_pool(&pool);
+                for lb in [&mut fresh, &mut was_healthy] {
+                    for ip in &ips {
+                        let req = TestRequest::get("/")
+                            .client_ip(*ip)
+                            .header("x-forwarded-for", "192.0.2.7");
+                        assert_eq!(lb.pick(&req), None, "{case}: first try");
+                        let first = &ids[..ids.len().min(1)];
+                        assert_eq!(lb.pick_retry(&req, 2, first), None, "{case}");
+                        assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{case}: all tried");
+                    }
+                }
+            }
+        }
+        // One back to health takes every client, and their retries too.
+        let mut pool = pool_of(4);
+        for id in [0, 1, 3] {
+            pool.set_healthy(id, false);
+        }
         let mut lb = BalancerHarness::<IpHash>::start("", &pool).unwrap();
-        assert!(lb.plugin().in_panic_mode());
-        assert_eq!(picks(&mut lb, &clients(100)).len(), 100);
-        lb.set_pool(&TestPool::new());
-        assert_eq!(lb.pick(&TestRequest::get("/")), None);
+        assert!(picks(&mut lb, &ips).iter().all(|id| *id == 2));
+        let req = TestRequest::get("/").client_ip(ips[0]);
+        assert_eq!(lb.pick_retry(&req, 2, &[2]), Some(2));
     }
 }

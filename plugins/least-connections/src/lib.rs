@@ -8,9 +8,10 @@
 //!   loaded one ("power of two choices"): O(choices) host calls per pick instead of one per
 //!   endpoint, for large pools, and no herd on the single least-loaded endpoint when several
 //!   proxies share a stale view.
-//! - Retries skip endpoints already tried while another is left; panic mode (no endpoint healthy)
-//!   picks among all; an empty pool gives `None` (503). The candidate list is rebuilt only in
-//!   `pool_changed`.
+//! - Retries skip endpoints already tried while another is left. Only endpoints the proxy sends
+//!   as healthy are candidates: with none healthy (or an empty pool) a pick gives `None` (503);
+//!   panic mode is the proxy's, which then sends all as healthy. The candidate list is rebuilt
+//!   only in `pool_changed`.
 
 use sluicegate_plugin_hashing::{Member, candidates, consider, draw};
 use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request, host};
@@ -47,16 +48,8 @@ pub struct LeastConnections {
     mode: Mode,
     choices: usize,
     list: Vec<Member>,
-    panic: bool,
     /// Where the next `least` scan starts, for round-robin among ties.
     next: usize,
-}
-
-impl LeastConnections {
-    /// Whether no endpoint is healthy, so picks spread over all of them.
-    pub fn in_panic_mode(&self) -> bool {
-        self.panic
-    }
 }
 
 /// Whether load `a` (in flight, weight) is strictly lower than `b`.
@@ -74,13 +67,12 @@ impl Balancer for LeastConnections {
             mode: s.mode,
             choices: s.choices as usize,
             list: Vec::new(),
-            panic: false,
             next: 0,
         })
     }
 
     fn pool_changed(&mut self, endpoints: &[Endpoint]) {
-        (self.list, self.panic) = candidates(endpoints);
+        self.list = candidates(endpoints);
     }
 
     fn pick(&mut self, _req: &Request, ctx: &PickContext) -> Option<EndpointId> {
@@ -231,14 +223,66 @@ mod tests {
     }
 
     #[test]
-    fn panic_mode_and_empty_pool() {
+    fn no_healthy_endpoint_gives_none() {
         testing::reset();
-        let pool = TestPool::new().unhealthy("a:1", 1).unhealthy("b:1", 1);
+        let req = TestRequest::get("/");
+        let pools = [
+            ("one", TestPool::new().endpoint("a:1", 1)),
+            ("two", TestPool::new().endpoint("a:1", 1).endpoint("b:1", 3)),
+            (
+                "many",
+                (0..16).fold(TestPool::new(), |p, i| {
+                    p.endpoint(&format!("h{i}:1"), 1 + i % 4)
+                }),
+            ),
+            ("empty", TestPool::new()),
+        ];
+        for settings in [
+            "",
+            "mode = \"least\"",
+            "mode = \"p2c\"",
+            "mode = \"p2c\"\nchoices = 5",
+        ] {
+            for (name, healthy) in &pools {
+                let mut pool = healthy.clone();
+                let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
+                for id in &ids {
+                    pool.set_healthy(*id, false);
+                    testing::set_in_flight(*id, *id % 3);
+                }
+                let case = format!("{settings:?}, {name}");
+                // A fresh instance, and one that served the same endpoints healthy first.
+                let mut fresh =
+                    BalancerHarness::<LeastConnections>::start(settings, &pool).unwrap();
+                let mut was_healthy =
+                    BalancerHarness::<LeastConnections>::start(settings, healthy).unwrap();
+                was_healthy.spread(&req, 5);
+                was_healthy.set_pool(&pool);
+                for lb in [&mut fresh, &mut was_healthy] {
+                    assert_eq!(lb.pick(&req), None, "{case}: first try");
+                    assert_eq!(
+                        lb.pick_retry(&req, 2, &ids[..ids.len().min(1)]),
+                        None,
+                        "{case}"
+                    );
+                    assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{case}: all tried");
+                }
+            }
+        }
+        // One back to health takes every pick, however loaded and even once tried.
+        let mut pool = TestPool::new().unhealthy("a:1", 1).endpoint("b:1", 1);
+        testing::set_in_flight(1, 50);
+        for settings in ["", "mode = \"p2c\""] {
+            let mut lb = BalancerHarness::<LeastConnections>::start(settings, &pool).unwrap();
+            assert_eq!(
+                lb.spread(&req, 10).into_iter().collect::<Vec<_>>(),
+                [(1, 10)]
+            );
+            assert_eq!(lb.pick_retry(&req, 2, &[1]), Some(1));
+        }
+        pool.set_healthy(1, false);
         let mut lb = BalancerHarness::<LeastConnections>::start("", &pool).unwrap();
-        assert!(lb.plugin().in_panic_mode());
-        assert_eq!(lb.spread(&TestRequest::get("/"), 10).len(), 2);
-        lb.set_pool(&TestPool::new());
-        assert_eq!(lb.pick(&TestRequest::get("/")), None);
+        assert_eq!(lb.pick(&req), None);
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //!   the table from the key's slot, a deterministic sequence that spreads the skipped endpoint's
 //!   keys over the others in proportion to their shares.
 //! - Keys and bounded load work as in `ring-hash` (shared code). The table is built over all
-//!   endpoints and rebuilt only when membership or a weight changes. Panic mode (no endpoint
-//!   healthy) walks over all; an empty pool gives `None` (503).
+//!   endpoints and rebuilt only when membership or a weight changes. Only endpoints the proxy
+//!   sends as healthy are picked: with none healthy (or an empty pool) a pick gives `None` (503).
+//!   Panic mode is the proxy's, which then sends all of them as healthy.
 
 use std::collections::BTreeMap;
 
@@ -361,11 +362,64 @@ mod tests {
     }
 
     #[test]
-    fn panic_mode_and_empty_pool() {
-        let pool = TestPool::new().unhealthy("a:1", 1).unhealthy("b:1", 1);
+    fn no_healthy_endpoint_gives_none() {
+        testing::reset();
+        let pools = [
+            ("one", pool_of(1)),
+            (
+                "weighted",
+                TestPool::new().endpoint("a:1", 1).endpoint("b:1", 3),
+            ),
+            ("many", pool_of(16)),
+            ("empty", TestPool::new()),
+        ];
+        let settings = [
+            "",
+            BY_USER,
+            "key = \"path\"\ntable_size = 1009",
+            "key = \"cookie:session\"\nbounded_load = 1.25",
+            "key = \"header:x-user\"\nbounded_load = 1.0",
+        ];
+        for settings in settings {
+            for (name, healthy) in &pools {
+                let mut pool = healthy.clone();
+                let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
+                for id in &ids {
+                    pool.set_healthy(*id, false);
+                    testing::set_in_flight(*id, *id % 4);
+                }
+                let case = format!("{settings:?}, {name}");
+                // A fresh instance, and one that served the same endpoints healthy first.
+                let mut fresh = BalancerHarness::<Maglev>::start(settings, &pool).unwrap();
+                let mut was_healthy = BalancerHarness::<Maglev>::start(settings, healthy).unwrap();
+                was_healthy.spread(&user(1), 3);
+                was_healthy.set_pool(&pool);
+                for lb in [&mut fresh, &mut was_healthy] {
+                    for i in 0..50 {
+                        let req = TestRequest::get(&format!("/p{i}"))
+                            .header("x-user", &format!("user-{i}"))
+                            .cookie("session", &format!("s{i}"));
+                        assert_eq!(lb.pick(&req), None, "{case}: first try");
+                        let first = &ids[..ids.len().min(1)];
+                        assert_eq!(lb.pick_retry(&req, 2, first), None, "{case}");
+                        assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{case}: all tried");
+                    }
+                }
+            }
+        }
+        // One back to health takes every key, and the retries too.
+        let mut pool = pool_of(4);
+        for id in [0, 1, 3] {
+            pool.set_healthy(id, false);
+        }
         let mut lb = BalancerHarness::<Maglev>::start(BY_USER, &pool).unwrap();
-        assert_eq!(picks(&mut lb, 100).len(), 100);
-        lb.set_pool(&TestPool::new());
+        assert!(picks(&mut lb, 200).iter().all(|id| *id == 2));
+        assert_eq!(lb.pick_retry(&user(0), 2, &[2]), Some(2));
+    }
+
+    #[test]
+    fn empty_pool_gives_none() {
+        let mut lb = BalancerHarness::<Maglev>::start(BY_USER, &TestPool::new()).unwrap();
         assert_eq!(lb.pick(&TestRequest::get("/")), None);
     }
 }

@@ -12,8 +12,9 @@
 //!   the in-flight term then shares load among them. Ejecting it is the proxy's passive health
 //!   checking's job; this plugin only skips what the proxy reports unhealthy.
 //!
-//! Retries skip endpoints already tried while another is left; panic mode (no endpoint healthy)
-//! draws among all; an empty pool gives `None` (503). The candidate list is rebuilt only in
+//! Retries skip endpoints already tried while another is left. Only endpoints the proxy sends as
+//! healthy are drawn: with none healthy (or an empty pool) a pick gives `None` (503); panic mode
+//! is the proxy's, which then sends all as healthy. The candidate list is rebuilt only in
 //! `pool_changed`; a pick makes 2 host calls per drawn candidate.
 
 use sluicegate_plugin_hashing::{Member, candidates, draw};
@@ -45,14 +46,6 @@ pub struct PeakEwma {
     choices: usize,
     floor: u64,
     list: Vec<Member>,
-    panic: bool,
-}
-
-impl PeakEwma {
-    /// Whether no endpoint is healthy, so picks draw from all of them.
-    pub fn in_panic_mode(&self) -> bool {
-        self.panic
-    }
 }
 
 impl Balancer for PeakEwma {
@@ -68,12 +61,11 @@ impl Balancer for PeakEwma {
             choices: s.choices as usize,
             floor: u64::from(s.latency_floor_micros),
             list: Vec::new(),
-            panic: false,
         })
     }
 
     fn pool_changed(&mut self, endpoints: &[Endpoint]) {
-        (self.list, self.panic) = candidates(endpoints);
+        self.list = candidates(endpoints);
     }
 
     fn pick(&mut self, _req: &Request, ctx: &PickContext) -> Option<EndpointId> {
@@ -229,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn skips_unhealthy_and_tried_panics_when_none_is_healthy() {
+    fn skips_unhealthy_and_tried_gives_none_when_none_is_healthy() {
         testing::reset();
         let mut pool = pool_of(3);
         pool.set_healthy(1, false);
@@ -242,12 +234,52 @@ mod tests {
             pool.set_healthy(id, false);
         }
         lb.set_pool(&pool);
-        assert!(lb.plugin().in_panic_mode());
-        assert_eq!(lb.spread(&req, 300).len(), 3);
+        assert!(lb.spread(&req, 300).is_empty());
         lb.set_pool(&TestPool::new());
         assert_eq!(lb.pick(&req), None);
         for bad in ["choices = 1", "latency_floor_micros = 0", "decay = 3"] {
             assert!(BalancerHarness::<PeakEwma>::init(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_healthy_endpoint_gives_none() {
+        testing::reset();
+        let req = TestRequest::get("/");
+        let pools = [
+            ("one", pool_of(1)),
+            (
+                "weighted",
+                TestPool::new().endpoint("a:1", 1).endpoint("b:1", 3),
+            ),
+            ("many", pool_of(16)),
+            ("empty", TestPool::new()),
+        ];
+        for settings in ["", "choices = 3", "choices = 20\nlatency_floor_micros = 1"] {
+            for (name, healthy) in &pools {
+                let mut pool = healthy.clone();
+                let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
+                for id in &ids {
+                    pool.set_healthy(*id, false);
+                    testing::set_latency(*id, 1_000 * (id + 1));
+                }
+                let case = format!("{settings:?}, {name}");
+                // A fresh instance, and one that served the same endpoints healthy first.
+                let mut fresh = BalancerHarness::<PeakEwma>::start(settings, &pool).unwrap();
+                let mut was_healthy =
+                    BalancerHarness::<PeakEwma>::start(settings, healthy).unwrap();
+                was_healthy.spread(&req, 5);
+                was_healthy.set_pool(&pool);
+                for lb in [&mut fresh, &mut was_healthy] {
+                    assert_eq!(lb.pick(&req), None, "{case}: first try");
+                    assert_eq!(
+                        lb.pick_retry(&req, 2, &ids[..ids.len().min(1)]),
+                        None,
+                        "{case}"
+                    );
+                    assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{case}: all tried");
+                }
+            }
         }
     }
 }

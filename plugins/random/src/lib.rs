@@ -4,8 +4,9 @@
 //!
 //! - Cumulative weights are built in `pool_changed`, so a first try is one draw and a binary search.
 //! - Retries draw among the endpoints not yet tried (weighted likewise) while any is left.
-//! - Panic mode: when no endpoint is healthy, all of them are drawn from. An empty pool gives
-//!   `None` (503). It takes no settings.
+//! - Only endpoints the proxy sends as healthy are drawn: with none healthy (or an empty pool) a
+//!   pick gives `None` (503). Panic mode is the proxy's: it then sends all as healthy. It takes
+//!   no settings.
 //! - First tries read nothing of the request: they are drawn ahead (`pick_ahead`), many per call.
 
 use sluicegate_plugin_hashing::{Member, candidates, consider, no_settings, random_below};
@@ -17,15 +18,9 @@ pub struct Random {
     list: Vec<Member>,
     /// `cumulative[i]` = sum of the weights of `list[..=i]`.
     cumulative: Vec<u64>,
-    panic: bool,
 }
 
 impl Random {
-    /// Whether no endpoint is healthy, so picks spread over all of them.
-    pub fn in_panic_mode(&self) -> bool {
-        self.panic
-    }
-
     /// One draw among all candidates, by weight.
     fn draw(&self) -> Option<EndpointId> {
         let total = *self.cumulative.last()?;
@@ -42,7 +37,7 @@ impl Balancer for Random {
     }
 
     fn pool_changed(&mut self, endpoints: &[Endpoint]) {
-        (self.list, self.panic) = candidates(endpoints);
+        self.list = candidates(endpoints);
         self.cumulative = self
             .list
             .iter()
@@ -126,20 +121,57 @@ mod tests {
     }
 
     #[test]
-    fn skips_unhealthy_panics_when_none_is_healthy() {
+    fn skips_unhealthy_gives_none_when_none_is_healthy() {
         testing::reset();
         let mut pool = pool_with(&[1, 1, 1]);
         pool.set_healthy(1, false);
         let mut lb = BalancerHarness::<Random>::start("", &pool).unwrap();
         let counts = lb.spread(&TestRequest::get("/"), 10_000);
         assert_shares(&counts, &[(0, 1), (2, 1)]);
+        // The last healthy one takes every retry, even once tried.
         pool.set_healthy(0, false);
+        lb.set_pool(&pool);
+        assert_eq!(lb.pick_retry(&TestRequest::get("/"), 2, &[2]), Some(2));
         pool.set_healthy(2, false);
         lb.set_pool(&pool);
-        assert!(lb.plugin().in_panic_mode());
-        assert_eq!(lb.spread(&TestRequest::get("/"), 300).len(), 3);
+        assert!(lb.spread(&TestRequest::get("/"), 300).is_empty());
         lb.set_pool(&TestPool::new());
         assert_eq!(lb.pick(&TestRequest::get("/")), None);
         assert!(BalancerHarness::<Random>::init("seed = 4").is_err());
+    }
+
+    #[test]
+    fn no_healthy_endpoint_gives_none() {
+        testing::reset();
+        let req = TestRequest::get("/");
+        let cases: [(&str, &[u32]); 4] = [
+            ("one", &[1]),
+            ("weighted", &[1, 2, 3, 4]),
+            ("many", &[3; 30]),
+            ("empty", &[]),
+        ];
+        for (name, weights) in cases {
+            let healthy = pool_with(weights);
+            let mut pool = healthy.clone();
+            let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
+            for id in &ids {
+                pool.set_healthy(*id, false);
+            }
+            // A fresh instance, and one that served the same endpoints healthy first.
+            let mut fresh = BalancerHarness::<Random>::start("", &pool).unwrap();
+            let mut was_healthy = BalancerHarness::<Random>::start("", &healthy).unwrap();
+            was_healthy.spread(&req, 10);
+            was_healthy.set_pool(&pool);
+            for lb in [&mut fresh, &mut was_healthy] {
+                assert_eq!(lb.plugin_mut().pick_ahead(64), [], "{name}: pick_ahead");
+                assert_eq!(lb.pick(&req), None, "{name}: first try");
+                assert_eq!(
+                    lb.pick_retry(&req, 2, &ids[..ids.len().min(1)]),
+                    None,
+                    "{name}"
+                );
+                assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{name}: all tried");
+            }
+        }
     }
 }

@@ -3,9 +3,9 @@
 //! - Picks cycle through the healthy endpoints in pool order, one step per request.
 //! - On a retry, endpoints in `ctx.tried` are skipped when another candidate is available
 //!   (when every candidate was tried, it picks the next one in turn rather than failing).
-//! - Panic mode: when no endpoint is healthy, it picks among all endpoints, on the reasoning
-//!   that a possibly stale health view is better than a certain 503.
-//! - An empty pool gives `None` (the proxy answers 503).
+//! - Only endpoints the proxy sends as healthy are picked: when none is healthy (or the pool is
+//!   empty) a pick gives `None` and the proxy answers 503. Panic mode is the proxy's alone: while
+//!   a cluster is in panic it sends every endpoint as healthy, so the rotation covers them all.
 //!
 //! The candidate list is built in `pool_changed`; a pick only advances a cursor. First attempts
 //! read nothing of the request, so they are picked ahead (`pick_ahead`), many per call.
@@ -16,20 +16,13 @@ use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};
 /// Round-robin state: the candidates for the current pool and the cursor.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
-    /// The healthy endpoints, or every endpoint in panic mode.
+    /// The healthy endpoints (none when none is healthy).
     candidates: Vec<EndpointId>,
-    /// Whether no endpoint is healthy, so `candidates` holds all of them.
-    panic: bool,
     /// Index into `candidates` of the next pick (taken modulo the length, which may change).
     next: usize,
 }
 
 impl RoundRobin {
-    /// Whether the current pool has no healthy endpoint, so picks spread over all of them.
-    pub fn in_panic_mode(&self) -> bool {
-        self.panic
-    }
-
     /// Moves the cursor one step; the index of the candidate whose turn it was (`None`: none).
     fn advance(&mut self) -> Option<usize> {
         let n = self.candidates.len();
@@ -63,10 +56,6 @@ impl Balancer for RoundRobin {
             .filter(|e| e.healthy)
             .map(|e| e.id)
             .collect();
-        self.panic = self.candidates.is_empty() && !endpoints.is_empty();
-        if self.panic {
-            self.candidates = endpoints.iter().map(|e| e.id).collect();
-        }
     }
 
     fn pick(&mut self, _req: &Request, ctx: &PickContext) -> Option<EndpointId> {
@@ -150,7 +139,6 @@ mod tests {
             spread.into_iter().collect::<Vec<_>>(),
             [(0, 100), (1, 100), (3, 100)]
         );
-        assert!(!lb.plugin().in_panic_mode());
     }
 
     #[test]
@@ -185,22 +173,68 @@ mod tests {
         assert!(matches!(picked, Some(0 | 1)));
     }
 
-    #[test]
-    fn panic_mode_picks_among_all_when_none_is_healthy() {
-        let pool = TestPool::new()
-            .unhealthy("10.0.0.1:80", 1)
-            .unhealthy("10.0.0.2:80", 1);
-        let mut lb = BalancerHarness::<RoundRobin>::start("", &pool).unwrap();
-        assert!(lb.plugin().in_panic_mode());
-        let spread = lb.spread(&TestRequest::get("/"), 10);
-        assert_eq!(spread.into_iter().collect::<Vec<_>>(), [(0, 5), (1, 5)]);
+    /// Pools in which no endpoint is healthy (the proxy's panic mode is off, or refuses).
+    fn unhealthy_pools() -> Vec<(&'static str, TestPool)> {
+        let many = (0..12).fold(TestPool::new(), |p, i| {
+            p.unhealthy(&format!("10.0.1.{i}:80"), 1 + i % 3)
+        });
+        vec![
+            ("one", TestPool::new().unhealthy("10.0.0.1:80", 1)),
+            (
+                "two",
+                pool_of(0)
+                    .unhealthy("10.0.0.1:80", 1)
+                    .unhealthy("10.0.0.2:80", 1),
+            ),
+            ("twelve", many),
+            ("empty", TestPool::new()),
+        ]
     }
 
     #[test]
-    fn empty_pool_gives_none() {
-        let mut lb = BalancerHarness::<RoundRobin>::start("", &TestPool::new()).unwrap();
-        assert_eq!(lb.pick(&TestRequest::get("/")), None);
-        assert!(!lb.plugin().in_panic_mode());
+    fn no_healthy_endpoint_gives_none() {
+        let req = TestRequest::get("/");
+        for (name, pool) in unhealthy_pools() {
+            let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
+            // A fresh instance, and one that served the same endpoints healthy first.
+            let mut fresh = BalancerHarness::<RoundRobin>::start("", &pool).unwrap();
+            let mut healed = pool.clone();
+            for id in &ids {
+                healed.set_healthy(*id, true);
+            }
+            let mut was_healthy = BalancerHarness::<RoundRobin>::start("", &healed).unwrap();
+            was_healthy.spread(&req, 5);
+            was_healthy.set_pool(&pool);
+            for lb in [&mut fresh, &mut was_healthy] {
+                assert_eq!(lb.plugin_mut().pick_ahead(64), [], "{name}: pick_ahead");
+                assert_eq!(lb.pick(&req), None, "{name}: first try");
+                assert_eq!(
+                    lb.pick_retry(&req, 2, &ids[..ids.len().min(1)]),
+                    None,
+                    "{name}"
+                );
+                assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{name}: all tried");
+                assert!(lb.spread(&req, 50).is_empty(), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_healthy_are_picked_however_few() {
+        // One healthy endpoint among unhealthy ones gets every pick, first tries and retries,
+        // even when it was already tried: the unhealthy ones are never a fall-back.
+        let pool = TestPool::new()
+            .unhealthy("10.0.0.1:80", 1)
+            .endpoint("10.0.0.2:80", 1)
+            .unhealthy("10.0.0.3:80", 1);
+        let mut lb = BalancerHarness::<RoundRobin>::start("", &pool).unwrap();
+        let req = TestRequest::get("/");
+        assert_eq!(
+            lb.spread(&req, 10).into_iter().collect::<Vec<_>>(),
+            [(1, 10)]
+        );
+        assert_eq!(lb.pick_retry(&req, 2, &[1]), Some(1));
+        assert_eq!(lb.pick_retry(&req, 3, &[0, 1, 2]), Some(1));
     }
 
     #[test]

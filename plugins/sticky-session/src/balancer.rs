@@ -1,5 +1,10 @@
 //! The balancer half: follows the cookie to its endpoint when that endpoint can serve, else
 //! round-robin over the healthy untried endpoints (the filter then re-pins the client).
+//!
+//! Only endpoints the proxy sends as healthy are picked, whatever the cookie says: a cookie
+//! naming an unhealthy endpoint is not followed, and with no healthy endpoint a pick gives `None`
+//! (the proxy answers 503). Panic mode is the proxy's alone: while a cluster is in panic it sends
+//! every endpoint as healthy, and cookies are then followed to any of them.
 
 use std::collections::HashMap;
 
@@ -11,22 +16,15 @@ use crate::Settings;
 #[derive(Debug)]
 pub struct StickyBalancer {
     settings: Settings,
-    /// Cookie value -> endpoint, for every endpoint that may be picked now.
+    /// Cookie value -> endpoint, for every endpoint that may be picked now (the healthy ones).
     by_value: HashMap<String, EndpointId>,
-    /// The endpoints picks choose from: the healthy ones, or all of them when none is healthy.
+    /// The endpoints picks choose from: the healthy ones (none when none is healthy).
     candidates: Vec<EndpointId>,
-    /// Whether no endpoint is healthy, so `candidates` holds all of them.
-    panic: bool,
     /// Index into `candidates` of the next fallback pick.
     next: usize,
 }
 
 impl StickyBalancer {
-    /// Whether the current pool has no healthy endpoint, so picks spread over all of them.
-    pub fn in_panic_mode(&self) -> bool {
-        self.panic
-    }
-
     /// The cookie value that pins a client to `id` (what the filter half sets).
     pub fn cookie_value(&self, id: EndpointId) -> String {
         self.settings.cookie_value(id)
@@ -62,7 +60,6 @@ impl Balancer for StickyBalancer {
             settings: Settings::parse(config)?,
             by_value: HashMap::new(),
             candidates: Vec::new(),
-            panic: false,
             next: 0,
         })
     }
@@ -73,10 +70,6 @@ impl Balancer for StickyBalancer {
             .filter(|e| e.healthy)
             .map(|e| e.id)
             .collect();
-        self.panic = self.candidates.is_empty() && !endpoints.is_empty();
-        if self.panic {
-            self.candidates = endpoints.iter().map(|e| e.id).collect();
-        }
         self.by_value = self
             .candidates
             .iter()
@@ -89,6 +82,7 @@ impl Balancer for StickyBalancer {
             Some(Some(id)) => Some(id),
             Some(None) => {
                 // A cookie that cannot be followed: its endpoint left, is down, or just failed.
+                // Another healthy endpoint, or none at all: never the unhealthy one.
                 host::counter_add("sticky_repin", 1);
                 self.round_robin(ctx)
             }

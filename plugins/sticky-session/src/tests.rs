@@ -263,19 +263,80 @@ fn local_answers_and_other_clusters_are_left_alone() {
 }
 
 #[test]
-fn panic_mode_still_follows_the_cookie() {
-    let pool = TestPool::new()
-        .unhealthy("10.0.0.1:80", 1)
-        .unhealthy("10.0.0.2:80", 1)
-        .unhealthy("10.0.0.3:80", 1);
+fn no_healthy_endpoint_gives_none_whatever_the_cookie() {
+    let pools = [
+        ("one", pool_of(1)),
+        ("three", pool_of(3)),
+        (
+            "weighted",
+            TestPool::new()
+                .endpoint("10.0.1.1:80", 1)
+                .endpoint("10.0.1.2:80", 5),
+        ),
+        ("empty", TestPool::new()),
+    ];
+    for settings in [
+        SETTINGS,
+        "secret = \"k\"\ncookie = \"lb\"\ncluster = \"web\"\n",
+    ] {
+        let cookie = Settings::parse(settings).unwrap().cookie;
+        for (name, healthy) in &pools {
+            let mut pool = healthy.clone();
+            let ids: Vec<u32> = pool.endpoints().iter().map(|e| e.id).collect();
+            for id in &ids {
+                pool.set_healthy(*id, false);
+            }
+            let case = format!("{settings:?}, {name}");
+            // A fresh instance, and one that served the same endpoints healthy first.
+            let fresh = balancer(settings, &pool);
+            let mut was_healthy = balancer(settings, healthy);
+            was_healthy.spread(&TestRequest::get("/"), 4);
+            was_healthy.set_pool(&pool);
+            // No cookie, a cookie pinning each endpoint (now unhealthy), and a stale one.
+            let mut requests = vec![TestRequest::get("/")];
+            for id in ids.iter().copied().chain([7]) {
+                let value = fresh.plugin().cookie_value(id);
+                requests.push(TestRequest::get("/").cookie(&cookie, &value));
+            }
+            requests.push(TestRequest::get("/").cookie(&cookie, "garbage"));
+            for mut lb in [fresh, was_healthy] {
+                for req in &requests {
+                    assert_eq!(lb.pick(req), None, "{case}: first try");
+                    let first = &ids[..ids.len().min(1)];
+                    assert_eq!(lb.pick_retry(req, 2, first), None, "{case}");
+                    assert_eq!(lb.pick_retry(req, 3, &ids), None, "{case}: all tried");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_cookie_pinning_an_unhealthy_endpoint_moves_to_a_healthy_one_only() {
+    let mut pool = pool_of(3);
+    pool.set_healthy(0, false);
+    pool.set_healthy(2, false);
     let mut lb = balancer(SETTINGS, &pool);
-    assert!(lb.plugin().in_panic_mode());
+    let pinned = with_cookie(&lb.plugin().cookie_value(2));
+    for _ in 0..5 {
+        assert_eq!(lb.pick(&pinned), Some(1));
+    }
+    // The healthy one was tried already: it is still the only answer, never the pinned one.
+    assert_eq!(lb.pick_retry(&pinned, 2, &[1]), Some(1));
+    assert_eq!(lb.pick_retry(&pinned, 3, &[1, 2]), Some(1));
+}
+
+#[test]
+fn proxy_panic_mode_marks_all_healthy_and_the_cookie_is_followed() {
+    // The proxy's panic mode (below `panic_threshold`) sends every endpoint as healthy, even
+    // those its checks count as down: the balancer then follows cookies to any of them.
+    let pool = pool_of(3);
+    let mut lb = balancer(SETTINGS, &pool);
     let value = lb.plugin().cookie_value(2);
     for _ in 0..5 {
         assert_eq!(lb.pick(&with_cookie(&value)), Some(2));
     }
     assert_eq!(lb.spread(&TestRequest::get("/"), 9).len(), 3);
-    assert!(lb.pick(&TestRequest::get("/")).is_some());
     let mut empty = balancer(SETTINGS, &TestPool::new());
     assert_eq!(empty.pick(&with_cookie(&value)), None);
 }

@@ -5,8 +5,8 @@
 //!
 //! - Retries skip endpoints already tried while another is left (they are left out of that
 //!   pick, as nginx does, so their `current` does not move).
-//! - Panic mode: when no endpoint is healthy, all of them are candidates. An empty pool gives
-//!   `None` (503).
+//! - Only endpoints the proxy sends as healthy are candidates: with none healthy (or an empty
+//!   pool) a pick gives `None` (503). Panic mode is the proxy's: it then sends all as healthy.
 //! - The candidate list is rebuilt (and the `current` values reset) only in `pool_changed`.
 //!   It takes no settings.
 //! - First attempts read nothing of the request: they are picked ahead (`pick_ahead`), the same
@@ -20,15 +20,9 @@ use sluicegate_sdk::{Balancer, Endpoint, EndpointId, PickContext, Request};
 pub struct WeightedRoundRobin {
     list: Vec<Member>,
     current: Vec<i64>,
-    panic: bool,
 }
 
 impl WeightedRoundRobin {
-    /// Whether no endpoint is healthy, so picks spread over all of them.
-    pub fn in_panic_mode(&self) -> bool {
-        self.panic
-    }
-
     /// One step of the smooth weighted round-robin among the candidates `ctx` leaves.
     fn choose(&mut self, ctx: &PickContext) -> Option<EndpointId> {
         let keep = consider(&self.list, ctx);
@@ -54,7 +48,7 @@ impl Balancer for WeightedRoundRobin {
     }
 
     fn pool_changed(&mut self, endpoints: &[Endpoint]) {
-        (self.list, self.panic) = candidates(endpoints);
+        self.list = candidates(endpoints);
         self.current = vec![0; self.list.len()];
     }
 
@@ -199,14 +193,45 @@ mod tests {
     }
 
     #[test]
-    fn panic_mode_and_empty_pool() {
-        let pool = TestPool::new().unhealthy("a:1", 2).unhealthy("b:1", 1);
+    fn no_healthy_endpoint_gives_none() {
+        let req = TestRequest::get("/");
+        let cases: [(&str, &[u32]); 4] = [
+            ("one", &[1]),
+            ("weighted", &[2, 1]),
+            ("many", &[5, 1, 1, 3, 7, 2, 2, 9]),
+            ("empty", &[]),
+        ];
+        for (name, weights) in cases {
+            let healthy = pool_with(weights);
+            let mut pool = healthy.clone();
+            let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
+            for id in &ids {
+                pool.set_healthy(*id, false);
+            }
+            // A fresh instance, and one that served the same endpoints healthy first.
+            let mut fresh = BalancerHarness::<WeightedRoundRobin>::start("", &pool).unwrap();
+            let mut was_healthy =
+                BalancerHarness::<WeightedRoundRobin>::start("", &healthy).unwrap();
+            was_healthy.spread(&req, 7);
+            was_healthy.set_pool(&pool);
+            for lb in [&mut fresh, &mut was_healthy] {
+                assert_eq!(lb.plugin_mut().pick_ahead(64), [], "{name}: pick_ahead");
+                assert_eq!(lb.pick(&req), None, "{name}: first try");
+                assert_eq!(
+                    lb.pick_retry(&req, 2, &ids[..ids.len().min(1)]),
+                    None,
+                    "{name}"
+                );
+                assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{name}: all tried");
+            }
+        }
+        // One back to health takes every pick, tried or not.
+        let mut pool = pool_with(&[2, 1, 3]);
+        pool.set_healthy(0, false);
+        pool.set_healthy(2, false);
         let mut lb = BalancerHarness::<WeightedRoundRobin>::start("", &pool).unwrap();
-        assert!(lb.plugin().in_panic_mode());
-        let spread = lb.spread(&TestRequest::get("/"), 30);
-        assert_eq!(spread.into_iter().collect::<Vec<_>>(), [(0, 20), (1, 10)]);
-        lb.set_pool(&TestPool::new());
-        assert_eq!(lb.pick(&TestRequest::get("/")), None);
+        assert_eq!(lb.spread(&req, 9).into_iter().collect::<Vec<_>>(), [(1, 9)]);
+        assert_eq!(lb.pick_retry(&req, 2, &[1]), Some(1));
     }
 
     #[test]
