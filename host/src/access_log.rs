@@ -34,8 +34,10 @@ pub struct Entry<'a> {
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub tried: &'a [&'a str],
     /// Time to the upstream's response headers, in milliseconds.
+    #[serde(serialize_with = "millis_opt")]
     pub upstream_ms: Option<f64>,
     /// Total time, to the end of the response body, in milliseconds.
+    #[serde(serialize_with = "millis")]
     pub total_ms: f64,
     /// Why the proxy answered by itself.
     pub reason: Option<&'a str>,
@@ -101,6 +103,23 @@ impl AccessLog {
     }
 }
 
+/// Writes a duration in milliseconds with at most 3 decimals (microseconds): `0.323`, not the
+/// `0.32310900000000004` that `as_secs_f64() * 1e3` gives. Rounding to a whole number of
+/// microseconds and dividing by 1000 gives the double nearest that decimal, which serde_json's
+/// shortest round-trip printing writes with no more digits. For `#[serde(serialize_with)]`; a
+/// handful of float operations, next to the formatting they shorten.
+pub fn millis<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((ms * 1e3).round() / 1e3)
+}
+
+/// [`millis`] for a duration that may be missing (`null`).
+pub fn millis_opt<S: serde::Serializer>(ms: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => millis(ms, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// `now` as RFC 3339 UTC with milliseconds (`2024-05-01T12:00:00.123Z`).
 pub fn rfc3339_now() -> String {
     let d = SystemTime::now()
@@ -133,11 +152,70 @@ fn rfc3339(secs: u64, millis: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn formats_rfc3339() {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400 + 3661, 5), "2000-02-29T01:01:01.005Z");
         assert_eq!(rfc3339(1_700_000_000, 999), "2023-11-14T22:13:20.999Z");
+    }
+
+    fn entry(upstream: Option<Duration>, total: Duration) -> String {
+        // As the proxy fills them in.
+        serde_json::to_string(&Entry {
+            time: rfc3339(0, 0),
+            request_id: "r",
+            client: "127.0.0.1:1".into(),
+            method: "GET",
+            host: "h",
+            path: "/",
+            status: 200,
+            cluster: None,
+            endpoint: None,
+            attempts: 1,
+            tried: &[],
+            upstream_ms: upstream.map(|d| d.as_secs_f64() * 1e3),
+            total_ms: total.as_secs_f64() * 1e3,
+            reason: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn durations_are_written_in_milliseconds_with_at_most_three_decimals() {
+        let line = entry(
+            Some(Duration::from_nanos(323_109)),
+            Duration::from_nanos(1_234_567_891),
+        );
+        assert!(
+            line.contains(r#""upstream_ms":0.323,"total_ms":1234.568,"#),
+            "{line}"
+        );
+        // Whole numbers of milliseconds, sub-microsecond and missing ones.
+        let line = entry(None, Duration::from_millis(7));
+        assert!(
+            line.contains(r#""upstream_ms":null,"total_ms":7.0,"#),
+            "{line}"
+        );
+        let line = entry(Some(Duration::from_nanos(499)), Duration::from_nanos(1_600));
+        assert!(
+            line.contains(r#""upstream_ms":0.0,"total_ms":0.002,"#),
+            "{line}"
+        );
+        // Every duration up to a second, by steps that hit many binary fractions: no more than
+        // 3 decimals, and within half a microsecond.
+        for nanos in (0..1_000_000_000u64).step_by(999_983) {
+            let d = Duration::from_nanos(nanos);
+            let v: serde_json::Value = serde_json::from_str(&entry(Some(d), d)).unwrap();
+            let text = v["total_ms"].to_string();
+            let decimals = text.split_once('.').map_or(0, |(_, f)| f.len());
+            assert!(decimals <= 3, "{nanos} ns: {text}");
+            let ms = v["total_ms"].as_f64().unwrap();
+            assert!(
+                (ms * 1e6 - nanos as f64).abs() <= 500.0 + 1e-6,
+                "{nanos} ns: {text}"
+            );
+        }
     }
 }

@@ -100,7 +100,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+    // Read as every reload reads it (relative paths in it must resolve the same way each time).
+    let path = sluicegate::reload::config_path(&path);
+    let config = sluicegate::reload::load(&path)?;
     let workers = config.workers.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -123,7 +125,7 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
 }
 
 fn check(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+    let config = sluicegate::reload::load(&path)?;
     let runtime = sluicegate::plugin::PluginRuntime::new(runtime_options(&config))?;
     if let Some(dir) = &config.plugins.dir {
         for entry in std::fs::read_dir(dir)

@@ -8,7 +8,7 @@
 //! start: changing them needs a restart (a reload that changes them logs a warning), except for
 //! listener certificates and L4 clusters and SNI routes, which follow the reloaded config.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::gateway::Gateway;
 use crate::proxy::Proxy;
 use notify::{RecursiveMode, Watcher};
@@ -16,6 +16,36 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// The config file's path as every load uses it: made absolute once, against the working directory.
+/// Relative paths in the file (plugin directory, access log, certificates) are taken from its
+/// directory as the path spells it, so a relative `--config` read once as given and then as the
+/// watcher's absolute path gave two configs (`examples/plugins`, `/srv/examples/plugins`) whose
+/// restart-only settings seemed to differ on every reload.
+pub fn config_path(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Reads and validates the config file at `path`: the one way to, at start and at every reload.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    Config::load(&config_path(path))
+}
+
+/// The settings `new` changes that only a restart applies.
+pub fn restart_only_changes(new: &Config, old: &Config) -> Vec<&'static str> {
+    [
+        (
+            !crate::config::listeners_restart_equal(&new.listeners, &old.listeners),
+            "listeners",
+        ),
+        (new.admin != old.admin, "admin"),
+        (new.access_log != old.access_log, "access log"),
+        (new.plugins != old.plugins, "plugins"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, what)| changed.then_some(what))
+    .collect()
+}
 
 /// Keeps the config watcher alive; dropping it stops reloads.
 pub struct Reloader {
@@ -31,7 +61,7 @@ impl Drop for Reloader {
 
 /// Reloads `path` into `proxy` whenever the file changes or the process gets SIGHUP.
 pub fn watch(proxy: Arc<Proxy>, path: &Path) -> Result<Reloader, notify::Error> {
-    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = config_path(path);
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let name = path.file_name().map(|n| n.to_os_string());
     let file_tx = tx.clone();
@@ -87,14 +117,12 @@ pub async fn reload(proxy: &Arc<Proxy>, path: &Path) -> Result<(), String> {
     let p = proxy.clone();
     let owned = path.to_path_buf();
     let built = tokio::task::spawn_blocking(move || {
-        let config = Config::load(&owned).map_err(|e| e.to_string())?;
+        let config = load(&owned).map_err(|e| e.to_string())?;
         let old = p.gateway();
-        if !crate::config::listeners_restart_equal(&config.listeners, &old.config.listeners)
-            || config.admin != old.config.admin
-            || config.access_log != old.config.access_log
-            || config.plugins != old.config.plugins
-        {
+        let changed = restart_only_changes(&config, &old.config);
+        if !changed.is_empty() {
             tracing::warn!(
+                changed = %changed.join(", "),
                 "listeners, admin, access log and plugin settings change only on restart"
             );
         }
@@ -119,5 +147,56 @@ pub async fn reload(proxy: &Arc<Proxy>, path: &Path) -> Result<(), String> {
             proxy.record_reload(Err(e.clone()));
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `path` spelled relative to the working directory (`../../tmp/...`).
+    fn relative(path: &Path) -> PathBuf {
+        let cwd = std::env::current_dir().unwrap();
+        let mut rel = PathBuf::new();
+        for _ in cwd.components().skip(1) {
+            rel.push("..");
+        }
+        rel.join(path.strip_prefix("/").unwrap())
+    }
+
+    #[test]
+    fn a_relative_config_path_reads_the_same_config_at_start_and_at_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        let file = dir.path().join("sluicegate.toml");
+        std::fs::write(
+            &file,
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[access_log]\npath = \"access.log\"\n\n\
+             [plugins]\ndir = \"plugins\"\n\n[[routes]]\ncluster = \"web\"\n\n\
+             [[clusters]]\nname = \"web\"\n[[clusters.endpoints]]\naddress = \"127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        let given = relative(&file);
+        assert!(given.is_relative() && given.exists(), "{}", given.display());
+        // As `run` reads it, and as a reload does (the watcher's path).
+        let at_start = load(&given).unwrap();
+        let at_reload = load(&config_path(&given)).unwrap();
+        assert_eq!(
+            restart_only_changes(&at_reload, &at_start),
+            Vec::<&str>::new()
+        );
+        assert!(at_start == at_reload);
+        // Absolute, from the file's directory.
+        let log = at_start.access_log.path.clone().unwrap();
+        assert!(
+            log.is_absolute() && log.ends_with("access.log"),
+            "{}",
+            log.display()
+        );
+        let same_dir = |p: &Path| p.canonicalize().unwrap() == dir.path().canonicalize().unwrap();
+        assert!(same_dir(log.parent().unwrap()), "{}", log.display());
+        let plugins = at_start.plugins.dir.clone().unwrap();
+        assert!(plugins.is_absolute(), "{}", plugins.display());
+        assert!(same_dir(&plugins.join("..")), "{}", plugins.display());
     }
 }

@@ -14,7 +14,7 @@ pub use probe::{ProbeTls, describe, passes, probe};
 pub use state::{Change, EndpointState, LastProbe, in_panic, may_eject, success_rate_outliers};
 
 use crate::config::{ClusterConfig, HealthConfig, OutlierConfig, PanicAction};
-use crate::metrics::HealthMetrics;
+use crate::metrics::{HealthLeases, HealthMetrics};
 use crate::plugin::{
     BalancerHandle, EndpointId, Failure, HealthHandle, Outcome, PoolEndpoint, Verdict,
 };
@@ -85,6 +85,9 @@ pub struct ClusterHealth {
     refusing: AtomicBool,
     wake: Notify,
     metrics: HealthMetrics,
+    /// Keeps the series of the cluster and its endpoints while this can write them: probes and
+    /// requests of a replaced config may still be finishing.
+    _leases: HealthLeases,
 }
 
 impl std::fmt::Debug for ClusterHealth {
@@ -120,6 +123,11 @@ impl ClusterHealth {
         metrics: HealthMetrics,
     ) -> Arc<Self> {
         let now = Instant::now();
+        // Before any figure is written (`refresh` below writes the gauges).
+        let leases = metrics.leases(
+            &config.name,
+            config.endpoints.iter().map(|e| e.address.as_str()),
+        );
         let endpoints = config
             .endpoints
             .iter()
@@ -177,6 +185,7 @@ impl ClusterHealth {
             refusing: AtomicBool::new(false),
             wake: Notify::new(),
             metrics,
+            _leases: leases,
         });
         health.refresh(now);
         if let Some(p) = previous {

@@ -20,6 +20,9 @@ pub(crate) struct BytesLabels {
     direction: &'static str,
 }
 
+/// The `direction` labels of `sluicegate_tcp_bytes`.
+const DIRECTIONS: [&str; 2] = ["client_to_upstream", "upstream_to_client"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RefusedLabels {
     listener: String,
@@ -85,6 +88,7 @@ impl L4Metrics {
     }
 
     pub(crate) fn bytes(&self, cluster: &str, endpoint: &str, direction: &'static str) -> Counter {
+        debug_assert!(DIRECTIONS.contains(&direction), "{direction}");
         self.bytes
             .get_or_create(&BytesLabels {
                 cluster: cluster.to_string(),
@@ -101,5 +105,19 @@ impl L4Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Removes every series of `endpoint` of `cluster` (a reload removed it).
+    pub(crate) fn remove(&self, cluster: &str, endpoint: &str) {
+        let labels = Self::labels(cluster, endpoint);
+        self.connections.remove(&labels);
+        self.connect_failures.remove(&labels);
+        for direction in DIRECTIONS {
+            self.bytes.remove(&BytesLabels {
+                cluster: labels.cluster.clone(),
+                endpoint: labels.endpoint.clone(),
+                direction,
+            });
+        }
     }
 }

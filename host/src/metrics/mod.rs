@@ -1,6 +1,10 @@
 //! Prometheus metrics. Counters on the request path are made once per cluster and endpoint when the
 //! config is built, so serving a request does no label lookup or allocation; plugin figures are read
 //! from the runtime at scrape time.
+//!
+//! The series of a cluster or endpoint stay while some built config has it: each holds a [`Lease`]
+//! (its counters, its cluster's health), and when a reload has removed it and the last config that
+//! had it is gone (requests still finishing on the old config included), its series leave `/metrics`.
 
 mod histogram;
 mod l4;
@@ -15,6 +19,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -54,6 +61,125 @@ struct EndpointLabels {
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The `event` labels of `sluicegate_health_probes`.
+const PROBE_EVENTS: [&str; 2] = ["pass", "fail"];
+
+/// The `event` labels of `sluicegate_health_transitions`.
+const TRANSITION_EVENTS: [&str; 4] = ["down", "up", "ejected", "returned"];
+
+type DurationFamily = Family<ClusterLabels, DurationHistogram, fn() -> DurationHistogram>;
+
+/// A whole cluster (endpoint `None`) or one of its endpoints (`Some("")`: the cluster's own answers).
+type SeriesKey = (String, Option<String>);
+
+/// Every family with a cluster (and endpoint) label, to remove the series of one from.
+#[derive(Debug)]
+struct Series {
+    requests: Family<RequestLabels, Counter>,
+    duration: DurationFamily,
+    retries: Family<ClusterLabels, Counter>,
+    probes: Family<HealthLabels, Counter>,
+    transitions: Family<HealthLabels, Counter>,
+    healthy: Family<EndpointLabels, Gauge>,
+    panic: Family<ClusterLabels, Gauge>,
+    l4: L4Metrics,
+}
+
+impl Series {
+    fn remove(&self, cluster: &str, endpoint: Option<&str>) {
+        let Some(endpoint) = endpoint else {
+            let labels = ClusterLabels {
+                cluster: cluster.to_string(),
+            };
+            self.duration.remove(&labels);
+            self.retries.remove(&labels);
+            self.panic.remove(&labels);
+            return;
+        };
+        let (cluster, endpoint) = (cluster.to_string(), endpoint.to_string());
+        for class in CLASSES {
+            self.requests.remove(&RequestLabels {
+                cluster: cluster.clone(),
+                endpoint: endpoint.clone(),
+                class,
+            });
+        }
+        for (family, events) in [
+            (&self.probes, &PROBE_EVENTS[..]),
+            (&self.transitions, &TRANSITION_EVENTS[..]),
+        ] {
+            for &event in events {
+                family.remove(&HealthLabels {
+                    cluster: cluster.clone(),
+                    endpoint: endpoint.clone(),
+                    event,
+                });
+            }
+        }
+        self.healthy.remove(&EndpointLabels {
+            cluster: cluster.clone(),
+            endpoint: endpoint.clone(),
+        });
+        self.l4.remove(&cluster, &endpoint);
+    }
+}
+
+/// How many leases each cluster and endpoint has, and the families to clear when one has none left.
+#[derive(Debug)]
+struct Leases {
+    counts: Mutex<HashMap<SeriesKey, usize>>,
+    series: Series,
+}
+
+impl Leases {
+    /// A lease on the series of `cluster` (`endpoint` `None`) or of one of its endpoints. Take it
+    /// before making any of them: a lease ending meanwhile could otherwise remove them.
+    fn take(self: &Arc<Self>, cluster: &str, endpoint: Option<&str>) -> Lease {
+        let key = (cluster.to_string(), endpoint.map(str::to_string));
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        *counts.entry(key.clone()).or_default() += 1;
+        Lease {
+            key,
+            leases: self.clone(),
+        }
+    }
+}
+
+/// Keeps the series of a cluster or endpoint in `/metrics` while some built config has it: the
+/// last lease on one to go removes its series (the counters still held elsewhere count on, unseen).
+#[derive(Debug)]
+pub struct Lease {
+    key: SeriesKey,
+    leases: Arc<Leases>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Under the lock, so that a lease taken meanwhile (a reload adding the endpoint back) either
+        // keeps the series or makes them afresh after their removal.
+        let mut counts = self
+            .leases
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match counts.get_mut(&self.key) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                counts.remove(&self.key);
+                self.leases
+                    .series
+                    .remove(&self.key.0, self.key.1.as_deref());
+            }
+        }
+    }
+}
+
+/// The leases of one cluster's health figures: the cluster's and each endpoint's.
+#[derive(Debug)]
+pub struct HealthLeases {
+    _leases: Vec<Lease>,
+}
+
 /// Index of a status's class in [`CLASSES`].
 fn class_index(status: u16) -> usize {
     usize::from(status / 100).clamp(1, 5) - 1
@@ -63,6 +189,7 @@ fn class_index(status: u16) -> usize {
 #[derive(Clone, Debug)]
 pub struct EndpointMetrics {
     requests: [Counter; 5],
+    _lease: Arc<Lease>,
 }
 
 impl EndpointMetrics {
@@ -81,14 +208,16 @@ pub struct ClusterMetrics {
     pub duration: DurationHistogram,
     /// Retries.
     pub retries: Counter,
+    _lease: Arc<Lease>,
 }
 
 /// Every metric of the proxy.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    leases: Arc<Leases>,
     requests: Family<RequestLabels, Counter>,
-    duration: Family<ClusterLabels, DurationHistogram, fn() -> DurationHistogram>,
+    duration: DurationFamily,
     retries: Family<ClusterLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
     /// Client connections open now.
@@ -102,15 +231,32 @@ pub struct Metrics {
 
 /// Health-check figures: probes by result, state changes, health and panic gauges. Probes and
 /// state changes are rare next to requests, so label lookups here are fine.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct HealthMetrics {
     probes: Family<HealthLabels, Counter>,
     transitions: Family<HealthLabels, Counter>,
     healthy: Family<EndpointLabels, Gauge>,
     panic: Family<ClusterLabels, Gauge>,
+    leases: Arc<Leases>,
 }
 
 impl HealthMetrics {
+    /// Leases on the series of `cluster` and its `endpoints`, for as long as its health is figured
+    /// (old health checks may outlive the config that had them by a moment).
+    pub fn leases<'a>(
+        &self,
+        cluster: &str,
+        endpoints: impl IntoIterator<Item = &'a str>,
+    ) -> HealthLeases {
+        let mut leases = vec![self.leases.take(cluster, None)];
+        leases.extend(
+            endpoints
+                .into_iter()
+                .map(|e| self.leases.take(cluster, Some(e))),
+        );
+        HealthLeases { _leases: leases }
+    }
+
     /// Counts one active probe of `endpoint`, passed or not.
     pub fn probe(&self, cluster: &str, endpoint: &str, passed: bool) {
         self.probes
@@ -124,6 +270,7 @@ impl HealthMetrics {
 
     /// Counts a health state change: `down`, `up`, `ejected`, `returned`.
     pub fn transition(&self, cluster: &str, endpoint: &str, event: &'static str) {
+        debug_assert!(TRANSITION_EVENTS.contains(&event), "{event}");
         self.transitions
             .get_or_create(&HealthLabels {
                 cluster: cluster.to_string(),
@@ -167,9 +314,7 @@ impl Metrics {
             "Requests answered, by cluster, endpoint (empty for local answers) and status class",
             requests.clone(),
         );
-        let duration = Family::<ClusterLabels, DurationHistogram, fn() -> DurationHistogram>::new_with_constructor(
-            duration_histogram,
-        );
+        let duration = DurationFamily::new_with_constructor(duration_histogram);
         registry.register(
             "sluicegate_request_duration_seconds",
             "Time from request to the end of the response body, by cluster",
@@ -199,7 +344,27 @@ impl Metrics {
             "Client connections accepted, by worker thread (the kernel spreads them)",
             worker_connections.clone(),
         );
-        let health = HealthMetrics::default();
+        let l4 = L4Metrics::default();
+        let leases = Arc::new(Leases {
+            counts: Mutex::new(HashMap::new()),
+            series: Series {
+                requests: requests.clone(),
+                duration: duration.clone(),
+                retries: retries.clone(),
+                probes: Family::default(),
+                transitions: Family::default(),
+                healthy: Family::default(),
+                panic: Family::default(),
+                l4: l4.clone(),
+            },
+        });
+        let health = HealthMetrics {
+            probes: leases.series.probes.clone(),
+            transitions: leases.series.transitions.clone(),
+            healthy: leases.series.healthy.clone(),
+            panic: leases.series.panic.clone(),
+            leases: leases.clone(),
+        };
         registry.register(
             "sluicegate_health_probes",
             "Active health probes, by cluster, endpoint and event (pass, fail)",
@@ -220,22 +385,12 @@ impl Metrics {
             "Whether a cluster is in panic mode (too few healthy endpoints: traffic goes to all)",
             health.panic.clone(),
         );
-        let l4 = L4Metrics::default();
         l4.register(&mut registry);
         registry.register_collector(Box::new(PluginCollector(runtime)));
-        let unrouted = EndpointMetrics {
-            requests: CLASSES.map(|class| {
-                requests
-                    .get_or_create(&RequestLabels {
-                        cluster: String::new(),
-                        endpoint: String::new(),
-                        class,
-                    })
-                    .clone()
-            }),
-        };
+        let unrouted = endpoint_metrics(&leases, &requests, "", "");
         Metrics {
             registry,
+            leases,
             requests,
             duration,
             retries,
@@ -248,23 +403,14 @@ impl Metrics {
         }
     }
 
-    /// The counters of one endpoint (made once per config build).
+    /// The counters of one endpoint (made once per config build); its series stay while they do.
     pub fn endpoint(&self, cluster: &str, endpoint: &str) -> EndpointMetrics {
-        EndpointMetrics {
-            requests: CLASSES.map(|class| {
-                self.requests
-                    .get_or_create(&RequestLabels {
-                        cluster: cluster.to_string(),
-                        endpoint: endpoint.to_string(),
-                        class,
-                    })
-                    .clone()
-            }),
-        }
+        endpoint_metrics(&self.leases, &self.requests, cluster, endpoint)
     }
 
-    /// The metrics of one cluster (made once per config build).
+    /// The metrics of one cluster (made once per config build); its series stay while they do.
     pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+        let lease = Arc::new(self.leases.take(cluster, None));
         let labels = ClusterLabels {
             cluster: cluster.to_string(),
         };
@@ -272,6 +418,7 @@ impl Metrics {
             local: self.endpoint(cluster, ""),
             duration: self.duration.get_or_create(&labels).clone(),
             retries: self.retries.get_or_create(&labels).clone(),
+            _lease: lease,
         }
     }
 
@@ -304,12 +451,155 @@ impl Metrics {
             .clone()
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition: families in registration order, the series of each sorted
+    /// by their label values.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
-        out
+        sort_series(&out)
+    }
+}
+
+/// The request counters of `endpoint` of `cluster`, with a lease on their series.
+fn endpoint_metrics(
+    leases: &Arc<Leases>,
+    requests: &Family<RequestLabels, Counter>,
+    cluster: &str,
+    endpoint: &str,
+) -> EndpointMetrics {
+    let lease = Arc::new(leases.take(cluster, Some(endpoint)));
+    EndpointMetrics {
+        requests: CLASSES.map(|class| {
+            requests
+                .get_or_create(&RequestLabels {
+                    cluster: cluster.to_string(),
+                    endpoint: endpoint.to_string(),
+                    class,
+                })
+                .clone()
+        }),
+        _lease: lease,
+    }
+}
+
+/// Sorts the series of every family of a text exposition by their label values (runs of digits
+/// by value: `worker="2"` before `worker="10"`), keeping the families in their order and the lines
+/// of one series (a histogram's sum, count and buckets; `le` does not count) together and in
+/// theirs. prometheus-client keeps a family's series in a hash map, whose order differs between
+/// runs and changes as series come and go.
+fn sort_series(text: &str) -> String {
+    /// One series: its label values, and its lines.
+    type Group<'a> = (Vec<&'a str>, Vec<&'a str>);
+    fn flush(out: &mut String, groups: &mut Vec<Group<'_>>) {
+        groups.sort_by(|(a, _), (b, _)| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| natural_cmp(x, y))
+                .find(|o| o.is_ne())
+                .unwrap_or_else(|| a.len().cmp(&b.len()))
+        });
+        for (_, lines) in groups.drain(..) {
+            for line in lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut out, &mut groups);
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let key = label_values(line);
+        match groups.last_mut() {
+            Some((k, lines)) if *k == key => lines.push(line),
+            _ => groups.push((key, vec![line])),
+        }
+    }
+    flush(&mut out, &mut groups);
+    out
+}
+
+/// The label values of a sample line as written (escapes kept), but `le` and `quantile`, which
+/// tell the lines of one series apart.
+fn label_values(line: &str) -> Vec<&str> {
+    let mut values = Vec::new();
+    let Some(open) = line
+        .find(['{', ' '])
+        .filter(|&i| line[i..].starts_with('{'))
+    else {
+        return values;
+    };
+    let mut rest = &line[open + 1..];
+    while let Some(eq) = rest.find('=') {
+        if rest.starts_with('}') {
+            break;
+        }
+        let name = &rest[..eq];
+        let value = &rest[eq + 1..];
+        let Some(value) = value.strip_prefix('"') else {
+            break;
+        };
+        // The closing quote: the first not escaped by a backslash.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in value.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else { break };
+        if name != "le" && name != "quantile" {
+            values.push(&value[..end]);
+        }
+        rest = &value[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    values
+}
+
+/// Compares two strings with their runs of ASCII digits by value (`a2` before `a10`).
+fn natural_cmp(a: &str, b: &str) -> Ordering {
+    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (a.first(), b.first()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
+                let digits = |s: &[u8]| s.iter().take_while(|c| c.is_ascii_digit()).count();
+                let (na, ra) = a.split_at(digits(a));
+                let (nb, rb) = b.split_at(digits(b));
+                let trim = |n: &'_ [u8]| -> usize { n.iter().take_while(|&&c| c == b'0').count() };
+                let (va, vb) = (&na[trim(na)..], &nb[trim(nb)..]);
+                let order = va
+                    .len()
+                    .cmp(&vb.len())
+                    .then_with(|| va.cmp(vb))
+                    .then_with(|| na.len().cmp(&nb.len()));
+                if order.is_ne() {
+                    return order;
+                }
+                (a, b) = (ra, rb);
+            }
+            (Some(x), Some(y)) => {
+                if x != y {
+                    return x.cmp(y);
+                }
+                (a, b) = (&a[1..], &b[1..]);
+            }
+        }
     }
 }
 
@@ -367,5 +657,190 @@ impl prometheus_client::collector::Collector for PluginCollector {
             ConstCounter::new(*value).encode(metric.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::RuntimeOptions;
+
+    fn metrics() -> Metrics {
+        Metrics::new(PluginRuntime::new(RuntimeOptions::default()).unwrap())
+    }
+
+    /// The sample lines of `text` that mention `needle`.
+    fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(needle))
+            .collect()
+    }
+
+    /// Everything a cluster with endpoints `a` and `b` writes, as the config build and traffic do.
+    fn serve(m: &Metrics) -> (Vec<EndpointMetrics>, ClusterMetrics) {
+        let endpoints: Vec<_> = ["10.0.0.1:80", "10.0.0.2:80"]
+            .iter()
+            .map(|e| m.endpoint("web", e))
+            .collect();
+        let cluster = m.cluster("web");
+        for e in &endpoints {
+            e.count(200);
+        }
+        cluster
+            .duration
+            .observe(std::time::Duration::from_millis(3));
+        cluster.retries.inc();
+        let h = m.health();
+        for e in ["10.0.0.1:80", "10.0.0.2:80"] {
+            h.probe("web", e, true);
+            h.transition("web", e, "down");
+            h.set_healthy("web", e, true);
+            m.l4.bytes("web", e, "client_to_upstream").inc();
+            m.l4.connections
+                .get_or_create(&L4Metrics::labels("web", e))
+                .inc();
+        }
+        h.set_panic("web", false);
+        (endpoints, cluster)
+    }
+
+    #[test]
+    fn series_of_an_endpoint_go_with_the_last_config_that_has_it() {
+        let m = metrics();
+        let (mut endpoints, cluster) = serve(&m);
+        let health = m.health().leases("web", ["10.0.0.1:80", "10.0.0.2:80"]);
+        // The next config keeps 10.0.0.1 only: 10.0.0.2's series stay while the old one lives.
+        let next = m.endpoint("web", "10.0.0.1:80");
+        let next_health = m.health().leases("web", ["10.0.0.1:80"]);
+        let next_cluster = m.cluster("web");
+        let b = lines_with(&m.encode(), "10.0.0.2:80").len();
+        assert_eq!(
+            b,
+            5 + 1 + 1 + 1 + 2,
+            "requests, probes, transitions, healthy, tcp"
+        );
+
+        drop((endpoints.remove(1), health, cluster));
+        assert_eq!(
+            lines_with(&m.encode(), "10.0.0.2:80"),
+            [] as [&str; 0],
+            "still counted"
+        );
+        assert_eq!(
+            lines_with(&m.encode(), "10.0.0.1:80").len(),
+            10,
+            "the kept one stays"
+        );
+        assert_eq!(
+            lines_with(&m.encode(), "sluicegate_retries_total{").len(),
+            1
+        );
+
+        // An endpoint that comes back starts afresh.
+        let back = m.endpoint("web", "10.0.0.2:80");
+        back.count(500);
+        assert_eq!(
+            lines_with(&m.encode(), "10.0.0.2:80\",class=\"5xx\""),
+            ["sluicegate_requests_total{cluster=\"web\",endpoint=\"10.0.0.2:80\",class=\"5xx\"} 1"]
+        );
+
+        // The whole cluster goes: only the unrouted requests stay.
+        drop((endpoints, next, next_health, next_cluster, back));
+        let text = m.encode();
+        assert_eq!(lines_with(&text, "web"), [] as [&str; 0]);
+        assert_eq!(lines_with(&text, "sluicegate_requests_total{").len(), 5);
+        assert!(
+            m.leases.counts.lock().unwrap().len() == 1,
+            "the unrouted lease"
+        );
+    }
+
+    #[test]
+    fn series_come_out_sorted_by_label_values_whatever_the_order_they_were_made_in() {
+        // Two registries (two hash seeds), the same series made in opposite orders.
+        let names: Vec<String> = (0..40)
+            .map(|i| format!("10.0.{}.{}:{}", i % 3, i * 7 % 40, 8000 + i * 13 % 11))
+            .collect();
+        let encode = |order: &mut dyn Iterator<Item = (usize, &String)>| {
+            let m = metrics();
+            let (mut kept, mut clusters) = (Vec::new(), Vec::new());
+            for (i, e) in order {
+                let c = if i % 2 == 0 { "b" } else { "a" };
+                let em = m.endpoint(c, e);
+                em.count(200 + 100 * (i as u16 % 4));
+                kept.push(em);
+                let cm = m.cluster(c);
+                cm.duration
+                    .observe(std::time::Duration::from_micros(i as u64 * 97));
+                clusters.push(cm);
+                m.health().set_healthy(c, e, i % 3 == 0);
+                m.worker_connections(&i.to_string()).inc();
+                m.fallback(&format!("p{}", i % 7), "balancer");
+            }
+            m.encode()
+        };
+        let one = encode(&mut names.iter().enumerate());
+        let two = encode(&mut names.iter().enumerate().rev());
+        assert_eq!(one, two);
+
+        // Within each family, label values ascend (digit runs by value); histogram lines of one
+        // series stay together: sum, count, then buckets by `le`.
+        let mut family = "";
+        let mut previous: Option<Vec<&str>> = None;
+        for line in one.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap();
+                previous = None;
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let key = label_values(line);
+            if let Some(p) = &previous {
+                let order = p
+                    .iter()
+                    .zip(&key)
+                    .map(|(x, y)| natural_cmp(x, y))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(Ordering::Equal);
+                assert_ne!(order, Ordering::Greater, "{family}: {line} after {p:?}");
+            }
+            previous = Some(key);
+        }
+        let workers: Vec<&str> = lines_with(&one, "sluicegate_worker_connections_total{")
+            .iter()
+            .map(|l| l.split('"').nth(1).unwrap())
+            .collect();
+        let want: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+        assert_eq!(workers, want);
+        let a_duration: Vec<&str> = lines_with(&one, "_seconds")
+            .into_iter()
+            .filter(|l| l.contains("cluster=\"a\""))
+            .collect();
+        assert!(a_duration[0].starts_with("sluicegate_request_duration_seconds_sum{"));
+        assert!(a_duration[1].starts_with("sluicegate_request_duration_seconds_count{"));
+        assert!(a_duration.last().unwrap().contains("le=\"+Inf\""));
+        assert_eq!(a_duration.len(), 2 + 17);
+        assert!(one.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn sorting_keeps_families_in_order_and_reads_escaped_label_values() {
+        let text = "# HELP z last family, first registered.\n# TYPE z counter\n\
+                    z_total{k=\"b\\\"}\",n=\"2\"} 1\nz_created{k=\"b\\\"}\",n=\"2\"} 0\n\
+                    z_total{k=\"a\",n=\"10\"} 2\nz_total{k=\"a\",n=\"9\"} 3\n\
+                    # HELP a second.\n# TYPE a gauge\na 4\n# EOF\n";
+        assert_eq!(
+            sort_series(text),
+            "# HELP z last family, first registered.\n# TYPE z counter\n\
+             z_total{k=\"a\",n=\"9\"} 3\nz_total{k=\"a\",n=\"10\"} 2\n\
+             z_total{k=\"b\\\"}\",n=\"2\"} 1\nz_created{k=\"b\\\"}\",n=\"2\"} 0\n\
+             # HELP a second.\n# TYPE a gauge\na 4\n# EOF\n"
+        );
+        assert_eq!(natural_cmp("10.0.0.2:80", "10.0.0.10:80"), Ordering::Less);
+        assert_eq!(natural_cmp("a02", "a2"), Ordering::Greater);
+        assert_eq!(natural_cmp("", "0"), Ordering::Less);
+        assert_eq!(natural_cmp("x9y", "x9y"), Ordering::Equal);
     }
 }

@@ -7,6 +7,7 @@ mod plugin_support;
 mod tls_support;
 
 mod config_examples;
+mod host_fixes;
 mod plugin_build;
 mod plugin_faults;
 mod plugin_kinds;
