@@ -8,6 +8,7 @@ mod tls_support;
 
 mod config_examples;
 mod host_fixes;
+mod panic_mode;
 mod plugin_build;
 mod plugin_faults;
 mod plugin_kinds;
