@@ -50,7 +50,9 @@ struct Entry<'a> {
     tried: &'a [&'a str],
     bytes_from_client: u64,
     bytes_to_client: u64,
+    #[serde(serialize_with = "crate::access_log::millis_opt")]
     connect_ms: Option<f64>,
+    #[serde(serialize_with = "crate::access_log::millis")]
     duration_ms: f64,
     reason: Option<&'a str>,
 }
