@@ -203,13 +203,15 @@ async fn a_broken_config_written_over_the_live_one_is_refused_while_traffic_cont
     let status_url = format!("http://{}/status", proxy.admin);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let traffic = {
-        let (url, stop) = (url.clone(), stop.clone());
+        let (url, stop, sent) = (url.clone(), stop.clone(), sent.clone());
         tokio::spawn(async move {
             let client = http1_client();
             let mut answers = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 answers.push(get(&client, &url).await);
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             answers
@@ -256,6 +258,15 @@ async fn a_broken_config_written_over_the_live_one_is_refused_while_traffic_cont
     let moved = eventually(WAIT, async || get(&client, &url).await.1 == "hello from 2").await;
     assert!(moved, "the good config was not applied: {}", stderr(&proxy));
 
+    // The traffic task runs beside the reloads: on a loaded machine it may have made few requests
+    // by now, so wait for it to have made more than 10 (all of them are checked below).
+    wait_for(
+        "more than 10 requests during the reloads",
+        WAIT,
+        async || sent.load(std::sync::atomic::Ordering::Relaxed),
+        |n| *n > 10,
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let answers = traffic.await.unwrap();
     assert!(
