@@ -1,5 +1,5 @@
 //! Health settings of a cluster: active checks (`[clusters.health_check]`), passive outlier
-//! detection (`[clusters.outlier]`), the panic threshold, slow start and a health plugin. Kept apart
+//! detection (`[clusters.outlier]`), the panic threshold, slow start and a health policy. Kept apart
 //! from `mod.rs` so the cluster validation there stays short.
 
 use super::duration::ConfigDuration;
@@ -45,7 +45,7 @@ pub struct HealthCheckConfig {
     pub rise: u32,
     /// Consecutive failures that take a healthy endpoint out.
     pub fall: u32,
-    /// How much of the body is read (and given to a health plugin).
+    /// How much of the body is read (and given to a health policy).
     pub body_prefix_bytes: usize,
     /// A response header of a passing probe whose number becomes the endpoint's weight (like
     /// HAProxy's agent-check); `None` keeps the configured weights.
@@ -106,7 +106,7 @@ pub struct HealthConfig {
     pub panic_action: PanicAction,
     /// A new or recovered endpoint's weight ramps up over this window (`None` = at once).
     pub slow_start: Option<Duration>,
-    /// A health plugin whose verdicts override the host's rules.
+    /// A health policy whose verdicts override the host's rules.
     pub plugin: Option<PluginUse>,
 }
 
@@ -185,7 +185,7 @@ impl Checker<'_> {
             }
         };
         let plugin = c
-            .health_plugin
+            .health_policy
             .as_ref()
             .map(|p| self.plugin_use(&p.plugin, p.settings.as_ref()))
             .transpose()?;
@@ -381,10 +381,18 @@ mod tests {
     }
 
     #[test]
+    fn the_health_policy_key_keeps_its_old_name_as_an_alias() {
+        for key in ["health_policy", "health_plugin"] {
+            let h = health(&format!("{key} = {{ plugin = \"judge\" }}\n")).unwrap();
+            assert_eq!(h.plugin.map(|p| p.plugin).as_deref(), Some("judge"), "{key}");
+        }
+    }
+
+    #[test]
     fn every_key_is_read() {
         let h = health(
             "panic_threshold = 30\npanic_action = \"refuse\"\nslow_start = \"20s\"\n\
-             health_plugin = { plugin = \"judge\", settings = { strict = true } }\n\
+             health_policy = { plugin = \"judge\", settings = { strict = true } }\n\
              [clusters.health_check]\nkind = \"http\"\nmethod = \"HEAD\"\npath = \"/ready?full=1\"\n\
              host = \"svc.local\"\nweight_header = \"X-Weight\"\nexpect = [200, 204]\nbody_contains = \"ok\"\nbody_prefix_bytes = 64\n\
              interval = \"5s\"\nunhealthy_interval = \"1s\"\njitter = \"0ms\"\ntimeout = \"300ms\"\n\

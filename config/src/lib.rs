@@ -872,7 +872,7 @@ address = "localhost:9002"
         let c = parse(
             "[[filters]]\nplugin = \"f\"\nsettings = { a = 1 }\n[[filters]]\nplugin = \"g\"\n\
              [[clusters]]\nname = \"a\"\nbalancer = \"ring-hash\"\n\
-             health_plugin = { plugin = \"h\", settings = { b = 2 } }\n\
+             health_policy = { plugin = \"h\", settings = { b = 2 } }\n\
              balancer_settings = { key = \"path\" }\n\
              [[clusters]]\nname = \"b\"\nbalancer = \"ip-hash\"\n\
              [clusters.balancer_settings]\ntrusted_proxies = []\n\
@@ -897,7 +897,7 @@ address = "localhost:9002"
         assert_eq!(at(&a.fallback_balancer), None);
         assert_eq!(
             at(a.health.plugin.as_ref().unwrap()),
-            Some((9, 44, "[[clusters]] health_plugin".into()))
+            Some((9, 44, "[[clusters]] health_policy".into()))
         );
         let b = &c.clusters[1];
         assert_eq!(b.balancer.settings.trim(), "trusted_proxies = []");

@@ -113,7 +113,9 @@ pub(super) struct RawCluster {
     pub panic_threshold: Option<Spanned<u32>>,
     pub panic_action: Option<Spanned<String>>,
     pub slow_start: Option<ConfigDuration>,
-    pub health_plugin: Option<RawPluginUse>,
+    /// `health_plugin` is the key's name before 0.3's one vocabulary of plugin kinds.
+    #[serde(alias = "health_plugin")]
+    pub health_policy: Option<RawPluginUse>,
     pub tls: Option<super::upstream::RawUpstreamTls>,
     pub proxy_protocol: Option<Spanned<String>>,
 }

@@ -150,7 +150,7 @@ fn observe_baseline(rt: &PluginRuntime, budget: Duration) {
         .into_iter()
         .find(|p| p.name != "round-robin" && p.name.contains(name));
     let Some(status) = stem else { return };
-    let h = rt.health(&status.name, "").expect("health");
+    let h = rt.health_policy(&status.name, "").expect("health");
     let outcome = Outcome {
         endpoint: 1,
         status: Some(200),

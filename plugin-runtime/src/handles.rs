@@ -301,13 +301,13 @@ impl FilterHandle {
 
 /// A use of a plugin as a health policy.
 #[derive(Clone)]
-pub struct HealthHandle {
+pub struct HealthPolicyHandle {
     core: Arc<HandleCore>,
 }
 
-impl HealthHandle {
+impl HealthPolicyHandle {
     pub(crate) fn new(core: Arc<HandleCore>) -> Self {
-        HealthHandle { core }
+        HealthPolicyHandle { core }
     }
 
     /// Judges one active probe.
@@ -363,9 +363,9 @@ impl std::fmt::Debug for FilterHandle {
             .finish()
     }
 }
-impl std::fmt::Debug for HealthHandle {
+impl std::fmt::Debug for HealthPolicyHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HealthHandle")
+        f.debug_struct("HealthPolicyHandle")
             .field("plugin", &&*self.core.name)
             .finish()
     }

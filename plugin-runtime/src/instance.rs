@@ -281,7 +281,7 @@ fn bare_instance(
                 .load(&mut store, &instance)
                 .map_err(mismatch)?,
         ),
-        Kind::Health => Exports::Health(
+        Kind::HealthPolicy => Exports::Health(
             generation
                 .health
                 .as_ref()

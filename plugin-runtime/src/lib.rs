@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::PluginError;
-pub use handles::{BalancerHandle, FilterHandle, HealthHandle, RouterHandle};
+pub use handles::{BalancerHandle, FilterHandle, HealthPolicyHandle, RouterHandle};
 pub use watch::PluginWatcher;
 
 /// One pool member as pushed to balancers: the SDK's [`Endpoint`](sluicegate_sdk::Endpoint).
@@ -139,27 +139,40 @@ pub fn componentize_checked(name: &str, wasm: Vec<u8>) -> Result<Vec<u8>, Plugin
     Ok(component)
 }
 
-/// The decision interfaces a plugin can export.
+/// The four kinds of plugin, named as everywhere else (config, SDK, docs): `balancer`, `router`,
+/// `filter`, `health-policy`. Each is one decision interface of the WIT, whose 0.3 names
+/// ([`Kind::interface`]) are part of the compiled plugins' contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Kind {
-    /// `sluicegate:plugin/balance`
+    /// Picks an endpoint of a cluster: `sluicegate:plugin/balance`.
     Balancer,
-    /// `sluicegate:plugin/route`
+    /// Picks a cluster, or answers locally: `sluicegate:plugin/route`.
     Router,
-    /// `sluicegate:plugin/filter`
+    /// Changes requests and responses, or answers locally: `sluicegate:plugin/filter`.
     Filter,
-    /// `sluicegate:plugin/health`
-    Health,
+    /// Judges probes and real requests: `sluicegate:plugin/health`.
+    HealthPolicy,
 }
 
 impl Kind {
+    /// The kind's name in the config, the SDK and the docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Balancer => "balancer",
+            Kind::Router => "router",
+            Kind::Filter => "filter",
+            Kind::HealthPolicy => "health-policy",
+        }
+    }
+
     /// The WIT interface name of this kind.
     pub fn interface(self) -> &'static str {
         match self {
             Kind::Balancer => "balance",
             Kind::Router => "route",
             Kind::Filter => "filter",
-            Kind::Health => "health",
+            Kind::HealthPolicy => "health",
         }
     }
 }
@@ -314,15 +327,19 @@ impl PluginRuntime {
     }
 
     /// A use of `plugin` as a health policy.
-    pub fn health(&self, plugin: &str, settings: &str) -> Result<HealthHandle, PluginError> {
+    pub fn health_policy(
+        &self,
+        plugin: &str,
+        settings: &str,
+    ) -> Result<HealthPolicyHandle, PluginError> {
         let core = self.inner.new_use(
             plugin,
-            Kind::Health,
+            Kind::HealthPolicy,
             settings,
             Vec::new(),
             Arc::new(NoFacts),
         )?;
-        Ok(HealthHandle::new(core))
+        Ok(HealthPolicyHandle::new(core))
     }
 }
 

@@ -266,7 +266,7 @@ impl RuntimeInner {
             (Kind::Balancer, balance.is_some()),
             (Kind::Router, route.is_some()),
             (Kind::Filter, filter.is_some()),
-            (Kind::Health, health.is_some()),
+            (Kind::HealthPolicy, health.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, has)| has.then_some(k))

@@ -1,11 +1,11 @@
 //! The generated bindings and the glue from them to the curated API (Wasm only).
 //!
-//! One `generate!` per world, each in its own module. The `balancer` world generates the shared
-//! `types` and `host` imports; the other worlds reuse them through `with:`, so there is exactly
-//! one Rust `Request` resource type and one set of host imports. With `pub_export_macro` the
-//! SDK's own custom sections describe imports only; each world's full description (with its
-//! exports) is emitted by the export macro in the plugin crate, so a plugin declares exactly the
-//! interfaces it exports.
+//! One `generate!` per world. The `balancer` world generates the shared `types` and `host`; the
+//! others reuse them through `with:` (one `Request` type, one set of imports), whose keys repeat the
+//! WIT version: wit-bindgen refuses a key it does not find, so they cannot drift from the package.
+//! With `pub_export_macro` the SDK's own custom sections describe imports only; each world's full
+//! description (with its exports) is emitted by the export macro in the plugin crate, so a plugin
+//! declares exactly the interfaces it exports.
 #![allow(missing_docs, unsafe_code, clippy::all)]
 
 use std::cell::RefCell;

@@ -1,11 +1,11 @@
 //! Endpoint health: active probes, passive outlier detection, the panic threshold, slow start and
-//! health plugins, turned into the `healthy` flags and weights of the pool pushed to balancers.
+//! health policys, turned into the `healthy` flags and weights of the pool pushed to balancers.
 //!
 //! Each cluster has one [`ClusterHealth`]; a supervisor task per cluster (started with the cluster,
 //! stopped when a reload replaces it) runs one probe loop per endpoint and ends ejections when
 //! their time comes. Endpoint state is keyed by cluster name and address, so an endpoint that stays
 //! across a reload keeps its health. The request path only reports outcomes ([`ClusterHealth::observe`]),
-//! which is a no-op unless outlier detection or a health plugin is configured.
+//! which is a no-op unless outlier detection or a health policy is configured.
 
 mod probe;
 mod state;
@@ -16,7 +16,7 @@ pub use state::{Change, EndpointState, LastProbe, in_panic, may_eject, success_r
 use crate::config::{ClusterConfig, HealthConfig, OutlierConfig, PanicAction};
 use crate::metrics::{HealthLeases, HealthMetrics};
 use crate::plugin::{
-    BalancerHandle, EndpointId, Failure, HealthHandle, Outcome, PoolEndpoint, Verdict,
+    BalancerHandle, EndpointId, Failure, HealthPolicyHandle, Outcome, PoolEndpoint, Verdict,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,7 +74,7 @@ pub struct ClusterHealth {
     outlier: OutlierConfig,
     endpoints: Vec<EndpointHealth>,
     balancers: Vec<BalancerHandle>,
-    plugin: Option<HealthHandle>,
+    plugin: Option<HealthPolicyHandle>,
     /// TLS for probes, when the cluster's endpoints speak TLS.
     tls: Option<ProbeTls>,
     view: Mutex<View>,
@@ -99,7 +99,7 @@ impl std::fmt::Debug for ClusterHealth {
     }
 }
 
-/// Envoy's outlier defaults, used for a health plugin's verdicts when `[clusters.outlier]` is absent.
+/// Envoy's outlier defaults, used for a health policy's verdicts when `[clusters.outlier]` is absent.
 fn default_outlier() -> OutlierConfig {
     OutlierConfig {
         consecutive_5xx: 5,
@@ -118,7 +118,7 @@ impl ClusterHealth {
     pub fn new(
         config: &ClusterConfig,
         balancers: Vec<BalancerHandle>,
-        plugin: Option<HealthHandle>,
+        plugin: Option<HealthPolicyHandle>,
         previous: Option<&ClusterHealth>,
         metrics: HealthMetrics,
     ) -> Arc<Self> {
@@ -340,7 +340,7 @@ impl ClusterHealth {
         self.metrics.transition(&self.cluster, address, event);
     }
 
-    /// Judges one active probe result (the health plugin first, the host's rule when it abstains
+    /// Judges one active probe result (the health policy first, the host's rule when it abstains
     /// or faults) and updates the endpoint's state.
     pub fn record_probe(&self, result: &crate::plugin::ProbeResult) {
         let Some(check) = &self.config.check else {
@@ -397,7 +397,7 @@ impl ClusterHealth {
     }
 
     /// Reports the outcome of one real request to endpoint `id`: counts consecutive errors and
-    /// ejects when the outlier rules (or the health plugin) say so. A no-op without either.
+    /// ejects when the outlier rules (or the health policy) say so. A no-op without either.
     pub fn observe(
         &self,
         id: EndpointId,
@@ -458,7 +458,7 @@ impl ClusterHealth {
             return;
         }
         let why = match (verdict, failure, status) {
-            (Verdict::Eject, ..) => "health plugin verdict".to_string(),
+            (Verdict::Eject, ..) => "health policy verdict".to_string(),
             (_, Some(f), _) => format!("consecutive errors, last {f:?}"),
             (_, None, Some(s)) => format!("consecutive errors, last status {s}"),
             _ => "consecutive errors".to_string(),

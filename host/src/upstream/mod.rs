@@ -171,10 +171,10 @@ impl Cluster {
                 metrics: metrics.endpoint(&config.name, &e.address),
             });
         }
-        let health_plugin = match &config.health.plugin {
+        let health_policy = match &config.health.plugin {
             Some(use_) => Some(
                 runtime
-                    .health(&use_.plugin, &use_.settings)
+                    .health_policy(&use_.plugin, &use_.settings)
                     .map_err(|e| plugin_error(file, use_, e))?,
             ),
             None => None,
@@ -182,7 +182,7 @@ impl Cluster {
         let health = ClusterHealth::new(
             config,
             vec![balancer.clone(), fallback.clone()],
-            health_plugin,
+            health_policy,
             previous.map(|p| &*p.health),
             metrics.health(),
         );

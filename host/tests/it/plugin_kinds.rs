@@ -87,7 +87,12 @@ fn one_component_serves_every_kind() {
         .unwrap();
     assert_eq!(
         status.kinds,
-        vec![Kind::Balancer, Kind::Router, Kind::Filter, Kind::Health]
+        vec![
+            Kind::Balancer,
+            Kind::Router,
+            Kind::Filter,
+            Kind::HealthPolicy
+        ]
     );
 
     let b = rt.balancer("all-kinds", "", Arc::new(NoFacts)).unwrap();
@@ -135,7 +140,7 @@ fn one_component_serves_every_kind() {
         vec![HeaderOp::Set("x-all-kinds".into(), "1".into())]
     );
 
-    let h = rt.health("all-kinds", "").unwrap();
+    let h = rt.health_policy("all-kinds", "").unwrap();
     let probe = |status| ProbeResult {
         endpoint: 4,
         status,

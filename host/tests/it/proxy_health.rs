@@ -540,7 +540,7 @@ async fn a_health_plugin_verdict_overrides_the_host_rule_and_a_trap_falls_back_t
     let proxy = Proxy::start(
         &config(
             &[&a, &b],
-            "health_plugin = { plugin = \"health-header\" }",
+            "health_policy = { plugin = \"health-header\" }",
             ACTIVE,
             "[plugins]\ndir = \"plugins\"\n",
         ),
