@@ -384,7 +384,11 @@ mod tests {
     fn the_health_policy_key_keeps_its_old_name_as_an_alias() {
         for key in ["health_policy", "health_plugin"] {
             let h = health(&format!("{key} = {{ plugin = \"judge\" }}\n")).unwrap();
-            assert_eq!(h.plugin.map(|p| p.plugin).as_deref(), Some("judge"), "{key}");
+            assert_eq!(
+                h.plugin.map(|p| p.plugin).as_deref(),
+                Some("judge"),
+                "{key}"
+            );
         }
     }
 
