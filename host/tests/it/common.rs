@@ -13,7 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use sluicegate::config::Config;
-use sluicegate::server::{Listeners, Server};
+use sluicegate::plugin::PluginRuntime;
+use sluicegate::server::{Listeners, Server, runtime_options};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -308,7 +309,14 @@ impl Proxy {
         let listeners = Listeners::bind(&config).await.unwrap();
         let addr = listeners.proxy_addrs()[0];
         let admin = listeners.admin_addr().unwrap();
-        let server = Server::new(config).unwrap();
+        // Every in-process proxy of the suite shares one disk cache of compiled plugins (keyed by
+        // their bytes and the engine), so each plugin compiles once per run instead of once per
+        // test: a debug build's compiler takes seconds per plugin. A config's own cache_dir wins.
+        let mut options = runtime_options(&config);
+        options
+            .cache_dir
+            .get_or_insert_with(|| concat!(env!("CARGO_TARGET_TMPDIR"), "/plugin-cache").into());
+        let server = Server::with_runtime(config, PluginRuntime::new(options).unwrap()).unwrap();
         let proxy = server.proxy.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(listeners, async move {
