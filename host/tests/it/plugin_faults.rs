@@ -40,10 +40,13 @@ fn assert_healthy(b: &BalancerHandle) {
     assert_eq!(picks, IDS);
 }
 
-/// Loads `crate_dir`'s plugin as `name` and makes a balancer of it over `IDS`.
-fn misbehaving(rt: &PluginRuntime, name: &str, crate_dir: &str) -> BalancerHandle {
-    rt.load_bytes(name, &built(crate_dir), "test").unwrap();
-    let b = rt.balancer(name, "", Arc::new(NoFacts)).unwrap();
+/// Loads the `faulty-pick` test plugin as `name` and makes a balancer of it over `IDS` whose every
+/// pick fails with `fault` (`panic`, `spin` or `alloc`).
+fn misbehaving(rt: &PluginRuntime, name: &str, fault: &str) -> BalancerHandle {
+    rt.load_bytes(name, &built("tests/plugins/faulty-pick"), "test")
+        .unwrap();
+    let settings = format!("fault = \"{fault}\"");
+    let b = rt.balancer(name, &settings, Arc::new(NoFacts)).unwrap();
     b.set_pool(pool(&IDS));
     b
 }
@@ -63,7 +66,7 @@ fn spin_forever_hits_the_deadline_and_is_contained() {
     let log = log();
     let rt = runtime();
     let ok = healthy(&rt);
-    let bad = misbehaving(&rt, "spin-forever", "tests/plugins/spin-forever");
+    let bad = misbehaving(&rt, "spin-forever", "spin");
     let req = request("/", &[]);
     for round in 1..=2 {
         assert_healthy(&ok);
@@ -89,7 +92,7 @@ fn alloc_forever_exhausts_its_memory_and_is_contained() {
     let log = log();
     let rt = runtime();
     let ok = healthy(&rt);
-    let bad = misbehaving(&rt, "alloc-forever", "tests/plugins/alloc-forever");
+    let bad = misbehaving(&rt, "alloc-forever", "alloc");
     assert_healthy(&ok);
     let e = bad.pick(&request("/", &[]), 1, &[]).unwrap_err();
     assert!(
@@ -109,7 +112,7 @@ fn a_panicking_pick_is_a_trap_and_is_contained() {
     let log = log();
     let rt = runtime();
     let ok = healthy(&rt);
-    let bad = misbehaving(&rt, "panic-pick", "tests/plugins/panic-pick");
+    let bad = misbehaving(&rt, "panic-pick", "panic");
     for _ in 0..3 {
         let e = bad.pick(&request("/", &[]), 1, &[]).unwrap_err();
         assert!(matches!(e, PluginError::Trap { .. }), "{e}");
