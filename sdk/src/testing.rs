@@ -551,9 +551,16 @@ impl<T: Balancer> BalancerHarness<T> {
     }
 
     fn check_in_pool(&self, id: EndpointId) {
+        let endpoint = self.pool.iter().find(|e| e.id == id);
+        let Some(endpoint) = endpoint else {
+            panic!(
+                "the balancer picked endpoint {id}, which is not in the pool: the proxy counts this as a plugin fault"
+            );
+        };
         assert!(
-            self.pool.iter().any(|e| e.id == id),
-            "the balancer picked endpoint {id}, which is not in the pool: the proxy counts this as a plugin fault"
+            endpoint.healthy,
+            "the balancer picked endpoint {id}, which the proxy marked unhealthy: `healthy` is \
+             authoritative (panic mode is the proxy's, which then marks every endpoint healthy)"
         );
     }
 
@@ -577,6 +584,57 @@ impl<T: Balancer> BalancerHarness<T> {
     /// The plugin instance, mutably.
     pub fn plugin_mut(&mut self) -> &mut T {
         &mut self.plugin
+    }
+}
+
+/// Checks what the proxy relies on when no endpoint is healthy: a balancer started with
+/// `settings`, fresh or after serving `healthy` (the same endpoints, healthy) first, answers no
+/// endpoint for any of `requests`: not for a first try (nor from
+/// [`pick_ahead`](Balancer::pick_ahead)), a retry, or a retry with every endpoint tried. The
+/// proxy then answers 503, or spreads over every endpoint if it is in panic mode, which it
+/// decides alone.
+///
+/// # Panics
+/// When the balancer picks an endpoint, naming the settings, the pool's size and the request.
+pub fn assert_no_pick_when_none_healthy<T: Balancer>(
+    settings: &str,
+    healthy: &TestPool,
+    requests: &[TestRequest],
+) {
+    let mut down = healthy.clone();
+    let ids: Vec<EndpointId> = down.endpoints().iter().map(|e| e.id).collect();
+    for id in &ids {
+        down.set_healthy(*id, false);
+    }
+    let case = format!("settings {settings:?}, {} endpoints", ids.len());
+    let start = |pool: &TestPool| {
+        BalancerHarness::<T>::start(settings, pool)
+            .unwrap_or_else(|e| panic!("{case}: init refused: {e}"))
+    };
+    let mut fresh = start(&down);
+    let mut was_healthy = start(healthy);
+    for req in requests {
+        was_healthy.pick(req);
+    }
+    was_healthy.set_pool(&down);
+    for (lb, instance) in [(&mut fresh, "fresh"), (&mut was_healthy, "was healthy")] {
+        let ahead = lb.plugin_mut().pick_ahead(PICK_AHEAD);
+        assert!(
+            ahead.is_empty(),
+            "{case}, {instance}: pick_ahead gave {ahead:?}"
+        );
+        for req in requests {
+            let at = |what: &str| format!("{case}, {instance}: {what} of {req:?}");
+            assert_eq!(lb.pick(req), None, "{}", at("first try"));
+            let first = &ids[..ids.len().min(1)];
+            assert_eq!(lb.pick_retry(req, 2, first), None, "{}", at("a retry"));
+            assert_eq!(
+                lb.pick_retry(req, 3, &ids),
+                None,
+                "{}",
+                at("a retry, all tried")
+            );
+        }
     }
 }
 
@@ -886,6 +944,37 @@ mod tests {
             self.ahead_asks.push(count);
             self.ahead.clone()
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "which the proxy marked unhealthy")]
+    fn the_harness_refuses_a_pick_of_an_unhealthy_endpoint() {
+        let pool = TestPool::new().endpoint("a:1", 1).unhealthy("b:1", 1);
+        let mut lb = BalancerHarness::<Recorder>::start("", &pool).unwrap();
+        lb.plugin_mut().answer = Some(1);
+        lb.pick_retry(&TestRequest::get("/"), 2, &[0]);
+    }
+
+    #[test]
+    fn no_pick_when_none_healthy_is_checked_for_first_tries_retries_and_picks_ahead() {
+        let healthy = TestPool::new().endpoint("a:1", 1).endpoint("b:1", 1);
+        // The recorder answers none: it passes.
+        assert_no_pick_when_none_healthy::<Recorder>("", &healthy, &[TestRequest::get("/")]);
+        // A balancer that still picks is caught, whatever the endpoint's health.
+        let caught = std::panic::catch_unwind(|| {
+            struct Always;
+            impl Balancer for Always {
+                fn init(_: &str) -> Result<Self, String> {
+                    Ok(Always)
+                }
+                fn pool_changed(&mut self, _: &[Endpoint]) {}
+                fn pick(&mut self, _: &Request<'_>, _: &PickContext) -> Option<EndpointId> {
+                    Some(0)
+                }
+            }
+            assert_no_pick_when_none_healthy::<Always>("", &healthy, &[TestRequest::get("/")]);
+        });
+        assert!(caught.is_err());
     }
 
     #[test]

@@ -243,30 +243,15 @@ mod tests {
             "mode = \"p2c\"",
             "mode = \"p2c\"\nchoices = 5",
         ] {
-            for (name, healthy) in &pools {
-                let mut pool = healthy.clone();
-                let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
-                for id in &ids {
-                    pool.set_healthy(*id, false);
+            for (_, healthy) in &pools {
+                for id in healthy.endpoints().iter().map(|e| &e.id) {
                     testing::set_in_flight(*id, *id % 3);
                 }
-                let case = format!("{settings:?}, {name}");
-                // A fresh instance, and one that served the same endpoints healthy first.
-                let mut fresh =
-                    BalancerHarness::<LeastConnections>::start(settings, &pool).unwrap();
-                let mut was_healthy =
-                    BalancerHarness::<LeastConnections>::start(settings, healthy).unwrap();
-                was_healthy.spread(&req, 5);
-                was_healthy.set_pool(&pool);
-                for lb in [&mut fresh, &mut was_healthy] {
-                    assert_eq!(lb.pick(&req), None, "{case}: first try");
-                    assert_eq!(
-                        lb.pick_retry(&req, 2, &ids[..ids.len().min(1)]),
-                        None,
-                        "{case}"
-                    );
-                    assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{case}: all tried");
-                }
+                testing::assert_no_pick_when_none_healthy::<LeastConnections>(
+                    settings,
+                    healthy,
+                    std::slice::from_ref(&req),
+                );
             }
         }
         // One back to health takes every pick, however loaded and even once tried.

@@ -256,29 +256,15 @@ mod tests {
             ("empty", TestPool::new()),
         ];
         for settings in ["", "choices = 3", "choices = 20\nlatency_floor_micros = 1"] {
-            for (name, healthy) in &pools {
-                let mut pool = healthy.clone();
-                let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
-                for id in &ids {
-                    pool.set_healthy(*id, false);
+            for (_, healthy) in &pools {
+                for id in healthy.endpoints().iter().map(|e| &e.id) {
                     testing::set_latency(*id, 1_000 * (id + 1));
                 }
-                let case = format!("{settings:?}, {name}");
-                // A fresh instance, and one that served the same endpoints healthy first.
-                let mut fresh = BalancerHarness::<PeakEwma>::start(settings, &pool).unwrap();
-                let mut was_healthy =
-                    BalancerHarness::<PeakEwma>::start(settings, healthy).unwrap();
-                was_healthy.spread(&req, 5);
-                was_healthy.set_pool(&pool);
-                for lb in [&mut fresh, &mut was_healthy] {
-                    assert_eq!(lb.pick(&req), None, "{case}: first try");
-                    assert_eq!(
-                        lb.pick_retry(&req, 2, &ids[..ids.len().min(1)]),
-                        None,
-                        "{case}"
-                    );
-                    assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{case}: all tried");
-                }
+                testing::assert_no_pick_when_none_healthy::<PeakEwma>(
+                    settings,
+                    healthy,
+                    std::slice::from_ref(&req),
+                );
             }
         }
     }

@@ -150,28 +150,12 @@ mod tests {
             ("many", &[3; 30]),
             ("empty", &[]),
         ];
-        for (name, weights) in cases {
-            let healthy = pool_with(weights);
-            let mut pool = healthy.clone();
-            let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
-            for id in &ids {
-                pool.set_healthy(*id, false);
-            }
-            // A fresh instance, and one that served the same endpoints healthy first.
-            let mut fresh = BalancerHarness::<Random>::start("", &pool).unwrap();
-            let mut was_healthy = BalancerHarness::<Random>::start("", &healthy).unwrap();
-            was_healthy.spread(&req, 10);
-            was_healthy.set_pool(&pool);
-            for lb in [&mut fresh, &mut was_healthy] {
-                assert_eq!(lb.plugin_mut().pick_ahead(64), [], "{name}: pick_ahead");
-                assert_eq!(lb.pick(&req), None, "{name}: first try");
-                assert_eq!(
-                    lb.pick_retry(&req, 2, &ids[..ids.len().min(1)]),
-                    None,
-                    "{name}"
-                );
-                assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{name}: all tried");
-            }
+        for (_, weights) in cases {
+            testing::assert_no_pick_when_none_healthy::<Random>(
+                "",
+                &pool_with(weights),
+                std::slice::from_ref(&req),
+            );
         }
     }
 }

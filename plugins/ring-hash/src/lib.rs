@@ -364,32 +364,19 @@ mod tests {
             "key = \"cookie:session\"\nbounded_load = 1.25",
             "key = \"header:x-user\"\nbounded_load = 1.0",
         ];
+        let requests: Vec<TestRequest> = (0..50)
+            .map(|i| {
+                TestRequest::get(&format!("/p{i}"))
+                    .header("x-user", &format!("user-{i}"))
+                    .cookie("session", &format!("s{i}"))
+            })
+            .collect();
         for settings in settings {
-            for (name, healthy) in &pools {
-                let mut pool = healthy.clone();
-                let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
-                for id in &ids {
-                    pool.set_healthy(*id, false);
-                    testing::set_in_flight(*id, *id % 4);
+            for (_, healthy) in &pools {
+                for id in healthy.endpoints().iter().map(|e| e.id) {
+                    testing::set_in_flight(id, id % 4);
                 }
-                let case = format!("{settings:?}, {name}");
-                // A fresh instance, and one that served the same endpoints healthy first.
-                let mut fresh = BalancerHarness::<RingHash>::start(settings, &pool).unwrap();
-                let mut was_healthy =
-                    BalancerHarness::<RingHash>::start(settings, healthy).unwrap();
-                was_healthy.spread(&user(1), 3);
-                was_healthy.set_pool(&pool);
-                for lb in [&mut fresh, &mut was_healthy] {
-                    for i in 0..50 {
-                        let req = TestRequest::get(&format!("/p{i}"))
-                            .header("x-user", &format!("user-{i}"))
-                            .cookie("session", &format!("s{i}"));
-                        assert_eq!(lb.pick(&req), None, "{case}: first try");
-                        let first = &ids[..ids.len().min(1)];
-                        assert_eq!(lb.pick_retry(&req, 2, first), None, "{case}");
-                        assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{case}: all tried");
-                    }
-                }
+                testing::assert_no_pick_when_none_healthy::<RingHash>(settings, healthy, &requests);
             }
         }
         // One back to health takes every key, and the retries too.

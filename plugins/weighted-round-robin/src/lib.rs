@@ -201,29 +201,12 @@ mod tests {
             ("many", &[5, 1, 1, 3, 7, 2, 2, 9]),
             ("empty", &[]),
         ];
-        for (name, weights) in cases {
-            let healthy = pool_with(weights);
-            let mut pool = healthy.clone();
-            let ids: Vec<EndpointId> = pool.endpoints().iter().map(|e| e.id).collect();
-            for id in &ids {
-                pool.set_healthy(*id, false);
-            }
-            // A fresh instance, and one that served the same endpoints healthy first.
-            let mut fresh = BalancerHarness::<WeightedRoundRobin>::start("", &pool).unwrap();
-            let mut was_healthy =
-                BalancerHarness::<WeightedRoundRobin>::start("", &healthy).unwrap();
-            was_healthy.spread(&req, 7);
-            was_healthy.set_pool(&pool);
-            for lb in [&mut fresh, &mut was_healthy] {
-                assert_eq!(lb.plugin_mut().pick_ahead(64), [], "{name}: pick_ahead");
-                assert_eq!(lb.pick(&req), None, "{name}: first try");
-                assert_eq!(
-                    lb.pick_retry(&req, 2, &ids[..ids.len().min(1)]),
-                    None,
-                    "{name}"
-                );
-                assert_eq!(lb.pick_retry(&req, 3, &ids), None, "{name}: all tried");
-            }
+        for (_, weights) in cases {
+            testing::assert_no_pick_when_none_healthy::<WeightedRoundRobin>(
+                "",
+                &pool_with(weights),
+                std::slice::from_ref(&req),
+            );
         }
         // One back to health takes every pick, tried or not.
         let mut pool = pool_with(&[2, 1, 3]);
