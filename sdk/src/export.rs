@@ -27,7 +27,7 @@ macro_rules! export_balancer {
         #[allow(unsafe_code, non_camel_case_types)]
         const _: () = {
             $crate::__export_slot!(__SluicegateSlot, $ty);
-            type __SluicegateBalancer = $crate::wit::BalancerExport<$ty, __SluicegateSlot>;
+            type __SluicegateBalancer = $crate::glue::BalancerExport<$ty, __SluicegateSlot>;
             $crate::wit::balancer::export!(__SluicegateBalancer with_types_in $crate::wit::balancer);
         };
         #[cfg(not(target_arch = "wasm32"))]
@@ -64,8 +64,8 @@ macro_rules! export_router {
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code, non_camel_case_types)]
         const _: () = {
-            $crate::__export_slot!(__SluicegateSlot, $crate::wit::Routing<$ty>);
-            type __SluicegateRouter = $crate::wit::RouterExport<$ty, __SluicegateSlot>;
+            $crate::__export_slot!(__SluicegateSlot, $crate::glue::Routing<$ty>);
+            type __SluicegateRouter = $crate::glue::RouterExport<$ty, __SluicegateSlot>;
     $crate::wit::router::export!(__SluicegateRouter with_types_in $crate::wit::router);
         };
         #[cfg(not(target_arch = "wasm32"))]
@@ -100,7 +100,7 @@ macro_rules! export_filter {
         #[allow(unsafe_code, non_camel_case_types)]
         const _: () = {
             $crate::__export_slot!(__SluicegateSlot, $ty);
-            type __SluicegateFilter = $crate::wit::FilterExport<$ty, __SluicegateSlot>;
+            type __SluicegateFilter = $crate::glue::FilterExport<$ty, __SluicegateSlot>;
     $crate::wit::filter::export!(__SluicegateFilter with_types_in $crate::wit::filter);
         };
         #[cfg(not(target_arch = "wasm32"))]
@@ -136,7 +136,7 @@ macro_rules! export_health_policy {
         #[allow(unsafe_code, non_camel_case_types)]
         const _: () = {
             $crate::__export_slot!(__SluicegateSlot, $ty);
-            type __SluicegateHealth = $crate::wit::HealthExport<$ty, __SluicegateSlot>;
+            type __SluicegateHealth = $crate::glue::HealthExport<$ty, __SluicegateSlot>;
     $crate::wit::health::export!(__SluicegateHealth with_types_in $crate::wit::health);
         };
         #[cfg(not(target_arch = "wasm32"))]
@@ -147,7 +147,7 @@ macro_rules! export_health_policy {
     };
 }
 
-/// Declares the thread-local an export keeps its instance in, and the [`Slot`](crate::wit::Slot)
+/// Declares the thread-local an export keeps its instance in, and the [`Slot`](crate::glue::Slot)
 /// naming it (used by the export macros; one per export, each in its own `const` block).
 #[doc(hidden)]
 #[macro_export]
@@ -158,7 +158,7 @@ macro_rules! __export_slot {
             static INSTANCE: ::core::cell::RefCell<::core::option::Option<$stored>> =
                 const { ::core::cell::RefCell::new(::core::option::Option::None) };
         }
-        impl $crate::wit::Slot<$stored> for $slot {
+        impl $crate::glue::Slot<$stored> for $slot {
             fn key() -> &'static ::std::thread::LocalKey<
                 ::core::cell::RefCell<::core::option::Option<$stored>>,
             > {

@@ -4,20 +4,7 @@
 
 use crate::EndpointId;
 
-/// Severity of a log line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Level {
-    /// Very detailed tracing.
-    Trace,
-    /// Debugging detail.
-    Debug,
-    /// Normal operation.
-    Info,
-    /// Something unexpected but handled.
-    Warn,
-    /// Something failed.
-    Error,
-}
+pub use crate::types::Level;
 
 /// Writes a line to the proxy's log, tagged with the plugin's name and version.
 pub fn log(level: Level, message: &str) {
@@ -97,5 +84,7 @@ mod imp {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
-    pub use crate::testing::host_impl::*;
+    pub use crate::native_host::{
+        counter_add, in_flight, latency_ewma_micros, log, now_nanos, random_u64,
+    };
 }

@@ -127,8 +127,13 @@ mod route;
 mod types;
 
 #[cfg(not(target_arch = "wasm32"))]
+mod native_host;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod glue;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod wit;

@@ -11,12 +11,12 @@ use crate::EndpointId;
 #[cfg(target_arch = "wasm32")]
 type RequestBacking<'a> = &'a crate::wit::types::Request;
 #[cfg(not(target_arch = "wasm32"))]
-type RequestBacking<'a> = &'a crate::testing::TestRequest;
+type RequestBacking<'a> = &'a dyn RequestSource;
 
 #[cfg(target_arch = "wasm32")]
 type ResponseBacking<'a> = &'a crate::wit::types::Response;
 #[cfg(not(target_arch = "wasm32"))]
-type ResponseBacking<'a> = &'a crate::testing::TestResponse;
+type ResponseBacking<'a> = &'a dyn ResponseSource;
 
 /// The client's request, borrowed for the length of one plugin call.
 #[derive(Clone, Copy)]
@@ -44,7 +44,7 @@ impl<'a> Request<'a> {
     }
 
     #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) fn from_test(inner: &'a crate::testing::TestRequest) -> Self {
+    pub(crate) fn from_test(inner: &'a dyn RequestSource) -> Self {
         Request { inner, path: None }
     }
 
@@ -123,7 +123,7 @@ impl<'a> Response<'a> {
     }
 
     #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) fn from_test(inner: &'a crate::testing::TestResponse) -> Self {
+    pub(crate) fn from_test(inner: &'a dyn ResponseSource) -> Self {
         Response { inner }
     }
 

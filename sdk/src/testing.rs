@@ -31,91 +31,17 @@
 //! assert_eq!(r.cookie("session").as_deref(), Some("abc"));
 //! ```
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::host::Level;
+use crate::native_host::{HarnessState, with_state};
 use crate::request::{RequestSource, ResponseSource};
 use crate::route::{ClusterNames, Resolved};
 use crate::{
     Balancer, Endpoint, EndpointId, Filter, HeaderOp, HealthPolicy, Outcome, PickContext,
     ProbeResult, Request, RequestAction, Response, RouteDecision, Router, Verdict,
 };
-
-/// The fake proxy state of one test thread.
-struct HarnessState {
-    in_flight: HashMap<EndpointId, u32>,
-    latency: HashMap<EndpointId, u32>,
-    logs: Vec<(Level, String)>,
-    counters: BTreeMap<String, u64>,
-    now_nanos: u64,
-    rng: u64,
-}
-
-const DEFAULT_SEED: u64 = 0x5eed_1e55_c0ff_ee00;
-
-impl HarnessState {
-    fn new() -> Self {
-        HarnessState {
-            in_flight: HashMap::new(),
-            latency: HashMap::new(),
-            logs: Vec::new(),
-            counters: BTreeMap::new(),
-            now_nanos: 0,
-            rng: DEFAULT_SEED,
-        }
-    }
-}
-
-thread_local! {
-    static STATE: RefCell<HarnessState> = RefCell::new(HarnessState::new());
-}
-
-fn with_state<R>(f: impl FnOnce(&mut HarnessState) -> R) -> R {
-    STATE.with(|s| f(&mut s.borrow_mut()))
-}
-
-/// The native side of [`crate::host`]: reads and writes this thread's harness state.
-pub(crate) mod host_impl {
-    use super::with_state;
-    use crate::EndpointId;
-    use crate::host::Level;
-
-    pub fn log(level: Level, message: &str) {
-        with_state(|s| s.logs.push((level, message.to_owned())))
-    }
-
-    pub fn now_nanos() -> u64 {
-        with_state(|s| s.now_nanos)
-    }
-
-    pub fn random_u64() -> u64 {
-        // splitmix64: deterministic, well spread, no dependency.
-        with_state(|s| {
-            s.rng = s.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s.rng;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        })
-    }
-
-    pub fn in_flight(endpoint: EndpointId) -> u32 {
-        with_state(|s| s.in_flight.get(&endpoint).copied().unwrap_or(0))
-    }
-
-    pub fn latency_ewma_micros(endpoint: EndpointId) -> u32 {
-        with_state(|s| s.latency.get(&endpoint).copied().unwrap_or(0))
-    }
-
-    pub fn counter_add(name: &str, delta: u64) {
-        with_state(|s| {
-            let c = s.counters.entry(name.to_owned()).or_insert(0);
-            *c = c.saturating_add(delta);
-        })
-    }
-}
 
 /// Clears this thread's harness state: load figures, logs, counters, clock and random seed.
 pub fn reset() {

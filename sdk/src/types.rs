@@ -222,3 +222,18 @@ pub enum Verdict {
     /// No opinion: the proxy's own rule decides.
     Abstain,
 }
+
+/// Severity of a log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// Very detailed tracing.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected but handled.
+    Warn,
+    /// Something failed.
+    Error,
+}
