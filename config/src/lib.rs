@@ -9,6 +9,7 @@
 mod duration;
 mod health;
 mod listener;
+mod plugins;
 mod raw;
 mod upstream;
 
@@ -17,9 +18,13 @@ pub use health::{HealthCheckConfig, HealthConfig, OutlierConfig, PanicAction, Pr
 pub use listener::{
     CertificateConfig, Cidr, SniRoute, listeners_restart_equal, server_name_matches,
 };
+pub use plugins::{
+    BreakerConfig, DEFAULT_CALL_DEADLINE, DEFAULT_FUEL_PER_CALL, DEFAULT_INIT_FUEL,
+    DEFAULT_MEMORY_LIMIT_MB, FilterConfig, FilterFault, PluginsConfig, RouterFault,
+};
 pub use upstream::{ProxyProtocol, UpstreamTlsConfig};
 
-use raw::{RawCluster, RawConfig, RawPluginUse};
+use raw::{RawCluster, RawConfig};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -127,27 +132,6 @@ pub struct AccessLogConfig {
     pub path: Option<PathBuf>,
 }
 
-/// `[plugins] call_deadline` when the file does not set it: wall-clock time, so it includes any time the
-/// thread is descheduled (a 10 ms budget flagged healthy sub-microsecond calls as overruns on a loaded
-/// machine).
-pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_millis(50);
-
-/// `[plugins] memory_limit_mb` when the file does not set it.
-pub const DEFAULT_MEMORY_LIMIT_MB: u32 = 64;
-
-/// Plugin runtime settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PluginsConfig {
-    /// The watched plugin directory, if any.
-    pub dir: Option<PathBuf>,
-    /// Where compiled plugins are cached.
-    pub cache_dir: Option<PathBuf>,
-    /// Deadline of one plugin call.
-    pub call_deadline: Duration,
-    /// Memory limit of one plugin instance, in MiB.
-    pub memory_limit_mb: u32,
-}
-
 /// A plugin named by the config, with its settings (TOML text, empty for none).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginUse {
@@ -182,7 +166,12 @@ pub enum Routing {
     /// The host's route table; first match wins.
     Table(Vec<Route>),
     /// A router plugin decides.
-    Plugin(PluginUse),
+    Plugin {
+        /// The router.
+        router: PluginUse,
+        /// What serves when it faults (boxed: the route table it may hold is large).
+        on_fault: Box<RouterFault>,
+    },
 }
 
 /// One backend of a cluster.
@@ -258,7 +247,7 @@ pub struct Config {
     /// Routing.
     pub routing: Routing,
     /// Request/response filters, in order.
-    pub filters: Vec<PluginUse>,
+    pub filters: Vec<FilterConfig>,
     /// Clusters.
     pub clusters: Vec<ClusterConfig>,
 }
@@ -439,18 +428,7 @@ impl Checker<'_> {
                 .filter(|p| *p != "-" && !p.is_empty())
                 .map(resolve),
         };
-        let plugins = PluginsConfig {
-            dir: raw.plugins.dir.as_deref().map(resolve),
-            cache_dir: raw.plugins.cache_dir.as_deref().map(resolve),
-            call_deadline: raw
-                .plugins
-                .call_deadline
-                .map_or(DEFAULT_CALL_DEADLINE, |d| d.0),
-            memory_limit_mb: raw
-                .plugins
-                .memory_limit_mb
-                .unwrap_or(DEFAULT_MEMORY_LIMIT_MB),
-        };
+        let plugins = self.plugins(&raw.plugins, resolve)?;
 
         let mut clusters = raw
             .clusters
@@ -491,47 +469,44 @@ impl Checker<'_> {
         }
         self.check_l4_clusters(&listeners, &raw.listeners, &clusters)?;
 
-        let routing = match (&raw.router, raw.routes.is_empty()) {
-            (Some(RawPluginUse { plugin, .. }), false) => {
+        let route = |r: &raw::RawRoute| {
+            if !names.contains(r.cluster.get_ref().as_str()) {
                 return Err(self.err_at(
-                    plugin,
-                    "use either a router plugin or [[routes]], not both".into(),
+                    &r.cluster,
+                    format!("unknown cluster `{}`", r.cluster.get_ref()),
                 ));
             }
-            (Some(r), true) => Routing::Plugin(self.plugin_use(&r.plugin, r.settings.as_ref())?),
-            (None, _) => {
-                let mut routes = Vec::new();
-                for r in &raw.routes {
-                    if !names.contains(r.cluster.get_ref().as_str()) {
-                        return Err(self.err_at(
-                            &r.cluster,
-                            format!("unknown cluster `{}`", r.cluster.get_ref()),
-                        ));
-                    }
-                    let path_prefix = match &r.path_prefix {
-                        Some(p) if !p.get_ref().starts_with('/') => {
-                            return Err(self.err_at(
-                                p,
-                                format!("path_prefix `{}` must start with `/`", p.get_ref()),
-                            ));
-                        }
-                        Some(p) => p.get_ref().clone(),
-                        None => "/".to_string(),
-                    };
-                    routes.push(Route {
-                        host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                        path_prefix,
-                        cluster: r.cluster.get_ref().clone(),
-                    });
+            let path_prefix = match &r.path_prefix {
+                Some(p) if !p.get_ref().starts_with('/') => {
+                    return Err(self.err_at(
+                        p,
+                        format!("path_prefix `{}` must start with `/`", p.get_ref()),
+                    ));
                 }
-                Routing::Table(routes)
+                Some(p) => p.get_ref().clone(),
+                None => "/".to_string(),
+            };
+            Ok(Route {
+                host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                path_prefix,
+                cluster: r.cluster.get_ref().clone(),
+            })
+        };
+        let routing = match &raw.router {
+            Some(r) => {
+                let (router, on_fault) = self.router(r, &raw.routes, route)?;
+                Routing::Plugin {
+                    router,
+                    on_fault: Box::new(on_fault),
+                }
             }
+            None => Routing::Table(raw.routes.iter().map(route).collect::<Result<_, _>>()?),
         };
 
         let filters = raw
             .filters
             .iter()
-            .map(|f| self.plugin_use(&f.plugin, f.settings.as_ref()))
+            .map(|f| self.filter(f))
             .collect::<Result<Vec<_>, _>>()?;
 
         let workers = match &raw.workers {
@@ -885,10 +860,10 @@ address = "localhost:9002"
                 .map(|(at, key)| (at.line, at.column, key.clone()))
         };
         assert_eq!(
-            at(&c.filters[0]),
+            at(&c.filters[0].plugin),
             Some((3, 12, "[[filters]] settings".into()))
         );
-        assert_eq!(at(&c.filters[1]), None);
+        assert_eq!(at(&c.filters[1].plugin), None);
         let a = &c.clusters[0];
         assert_eq!(
             (a.balancer.at.line, at(&a.balancer)),
@@ -908,7 +883,7 @@ address = "localhost:9002"
         assert_eq!(at(&c.clusters[2].balancer), None);
 
         let c = parse("[router]\nplugin = \"r\"\n\nsettings = {}\n").unwrap();
-        let Routing::Plugin(p) = c.routing else {
+        let Routing::Plugin { router: p, .. } = c.routing else {
             panic!("expected a plugin")
         };
         assert_eq!((p.at.line, p.settings.as_str()), (2, ""));
@@ -923,7 +898,7 @@ address = "localhost:9002"
         assert_eq!(line, 2);
         assert!(message.contains("not both"), "{message}");
         let c = parse("[router]\nplugin = \"r\"\nsettings = { x = 1 }\n").unwrap();
-        let Routing::Plugin(p) = c.routing else {
+        let Routing::Plugin { router: p, .. } = c.routing else {
             panic!("expected a plugin")
         };
         assert_eq!(

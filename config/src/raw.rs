@@ -17,14 +17,14 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub access_log: RawAccessLog,
     #[serde(default)]
-    pub plugins: RawPlugins,
+    pub plugins: super::plugins::RawPlugins,
     #[serde(default)]
     pub shutdown: RawShutdown,
-    pub router: Option<RawPluginUse>,
+    pub router: Option<super::plugins::RawRouter>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     #[serde(default)]
-    pub filters: Vec<RawPluginUse>,
+    pub filters: Vec<super::plugins::RawFilter>,
     #[serde(default)]
     pub clusters: Vec<RawCluster>,
 }
@@ -61,15 +61,6 @@ pub(super) struct RawAdmin {
 pub(super) struct RawAccessLog {
     pub enabled: Option<bool>,
     pub path: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawPlugins {
-    pub dir: Option<String>,
-    pub cache_dir: Option<String>,
-    pub call_deadline: Option<ConfigDuration>,
-    pub memory_limit_mb: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]

@@ -1,6 +1,8 @@
 //! The admin listener: `/status` (JSON: clusters, endpoints, plugins), `/metrics` (Prometheus
 //! text) and `/ready` (200 while serving, 503 while draining). Loopback by default.
 
+use crate::config::FilterFault;
+use crate::gateway::{Router, RouterFallback};
 use crate::proxy::Proxy;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -92,6 +94,7 @@ pub fn status(proxy: &Proxy) -> serde_json::Value {
             json!({
                 "name": c.config.name,
                 "balancer": c.balancer.plugin(),
+                "balancer_breaker": c.balancer.breaker(),
                 "fallback_balancer": c.fallback.plugin(),
                 "retries_in_flight": c.budget.retries_in_flight(),
                 "panic": c.health.panic(),
@@ -105,7 +108,30 @@ pub fn status(proxy: &Proxy) -> serde_json::Value {
         "draining": proxy.draining(),
         "reloads": reload.reloads,
         "last_reload_error": reload.last_error,
+        "router": router_status(&gateway.router),
+        "filters": gateway.filters.iter().map(|f| json!({
+            "plugin": f.handle.plugin(),
+            "on_fault": match f.on_fault { FilterFault::Skip => "skip", FilterFault::Reject => "reject" },
+            "breaker": f.handle.breaker(),
+        })).collect::<Vec<_>>(),
         "clusters": clusters,
         "plugins": proxy.runtime.plugins(),
+        "refused_plugins": proxy.runtime.refused(),
     })
+}
+
+/// The router plugin and its breaker (`null` for a route table).
+fn router_status(router: &Router) -> serde_json::Value {
+    match router {
+        Router::Table(_) => serde_json::Value::Null,
+        Router::Plugin(r, fallback) => json!({
+            "plugin": r.plugin(),
+            "breaker": r.breaker(),
+            "on_fault": match fallback {
+                RouterFallback::Respond(status) => json!({ "respond": status.as_u16() }),
+                RouterFallback::Table(_) => json!("routes"),
+                RouterFallback::Plugin(other) => json!({ "router": other.plugin(), "breaker": other.breaker() }),
+            },
+        }),
+    }
 }

@@ -1,11 +1,15 @@
 //! A config built into what serves requests: the route table or router plugin, the filters, and the
 //! clusters with their balancers and pools. A reload builds a new one and swaps it in whole.
 
-use crate::config::{Config, ConfigError, Routing};
+use crate::config::{Config, ConfigError, FilterFault, RouterFault, Routing};
+use crate::headers;
 use crate::metrics::Metrics;
-use crate::plugin::{FilterHandle, PluginRuntime, RouterHandle};
+use crate::plugin::{
+    FilterHandle, LocalResponse, PluginRuntime, RequestHead, RouteDecision, RouterHandle,
+};
 use crate::routes::RouteTable;
 use crate::upstream::{Cluster, plugin_error};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -14,8 +18,36 @@ use std::sync::Arc;
 pub enum Router {
     /// The host's route table.
     Table(RouteTable),
-    /// A router plugin.
+    /// A router plugin, and what serves when it faults.
+    Plugin(RouterHandle, RouterFallback),
+}
+
+/// What serves when the router plugin faults (or its breaker is open).
+#[derive(Clone)]
+pub enum RouterFallback {
+    /// An answer with this status.
+    Respond(http::StatusCode),
+    /// The route table.
+    Table(RouteTable),
+    /// Another router plugin (whose own fault is answered 502).
     Plugin(RouterHandle),
+}
+
+/// A router's decision, resolved to the gateway's clusters.
+pub(crate) enum Routed {
+    /// Forward to this cluster.
+    Cluster(Arc<Cluster>),
+    /// Answer the client with this.
+    Respond(LocalResponse),
+}
+
+/// A filter use and what its fault means.
+#[derive(Clone)]
+pub struct Filter {
+    /// The plugin use.
+    pub handle: FilterHandle,
+    /// Skip it, or answer 503, when it faults.
+    pub on_fault: FilterFault,
 }
 
 /// Everything a request needs, built from one config.
@@ -25,7 +57,7 @@ pub struct Gateway {
     /// Routing.
     pub router: Router,
     /// Filters in config order.
-    pub filters: Vec<FilterHandle>,
+    pub filters: Vec<Filter>,
     /// Clusters in config order.
     pub clusters: Vec<Arc<Cluster>>,
     by_name: HashMap<String, usize>,
@@ -71,25 +103,40 @@ impl Gateway {
             Routing::Table(routes) => {
                 Router::Table(RouteTable::new(routes, |n| by_name.get(n).copied()))
             }
-            Routing::Plugin(use_) => {
+            Routing::Plugin { router, on_fault } => {
                 // The router answers an index into this list, which is `clusters`' order.
                 let names: Vec<String> = clusters.iter().map(|c| c.config.name.clone()).collect();
-                Router::Plugin(
+                let make = |use_: &crate::config::PluginUse| {
                     runtime
                         .router(&use_.plugin, &use_.settings, &names)
-                        .map_err(|e| plugin_error(file, use_, e))?,
-                )
+                        .map_err(|e| plugin_error(file, use_, e))
+                };
+                let fallback = match on_fault.as_ref() {
+                    RouterFault::Respond(status) => RouterFallback::Respond(
+                        http::StatusCode::from_u16(*status)
+                            .unwrap_or(http::StatusCode::BAD_GATEWAY),
+                    ),
+                    RouterFault::Routes(routes) => {
+                        RouterFallback::Table(RouteTable::new(routes, |n| by_name.get(n).copied()))
+                    }
+                    RouterFault::Router(use_) => RouterFallback::Plugin(make(use_)?),
+                };
+                Router::Plugin(make(router)?, fallback)
             }
         };
         let filters = config
             .filters
             .iter()
             .map(|f| {
-                runtime
-                    .filter(&f.plugin, &f.settings)
-                    .map_err(|e| plugin_error(file, f, e))
+                let handle = runtime
+                    .filter(&f.plugin.plugin, &f.plugin.settings)
+                    .map_err(|e| plugin_error(file, &f.plugin, e))?;
+                Ok(Filter {
+                    handle,
+                    on_fault: f.on_fault,
+                })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(Gateway {
             config,
             router,
@@ -104,6 +151,37 @@ impl Gateway {
     pub fn stop_health_checks(&self) {
         for c in &self.clusters {
             c.health_task.stop();
+        }
+    }
+
+    /// The cluster the route table gives `head` (by its host and path), if one matches.
+    pub(crate) fn route_by_table(
+        &self,
+        table: &RouteTable,
+        head: &RequestHead,
+    ) -> Option<Arc<Cluster>> {
+        let host = headers::request_authority(&head.parts.uri, &head.parts.headers)
+            .map(headers::strip_port);
+        table
+            .route(host, head.parts.uri.path())
+            .map(|i| self.clusters[i].clone())
+    }
+
+    /// What `router` decides for `head`; its fault (logged by the runtime) as the reason to give.
+    pub(crate) fn ask_router(
+        &self,
+        router: &RouterHandle,
+        head: &Arc<RequestHead>,
+    ) -> Result<Routed, Cow<'static, str>> {
+        match router.route(head) {
+            // The handle checked the index against the names it was made with, which are
+            // `clusters`; `get` only keeps a broken invariant from panicking here.
+            Ok(RouteDecision::Cluster(i)) => match self.clusters.get(i) {
+                Some(c) => Ok(Routed::Cluster(c.clone())),
+                None => Err(format!("router chose cluster {i}, which does not exist").into()),
+            },
+            Ok(RouteDecision::Respond(local)) => Ok(Routed::Respond(local)),
+            Err(_) => Err(format!("router fault: {}", router.plugin()).into()),
         }
     }
 

@@ -4,12 +4,13 @@
 
 use crate::access_log::{AccessLog, Entry, rfc3339_now};
 use crate::client_io::ClientInfo;
-use crate::gateway::{Gateway, Router};
+use crate::config::FilterFault;
+use crate::gateway::{Gateway, Routed, Router, RouterFallback};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::plugin::{
     EndpointId, Failure, HeaderOp, LocalResponse, PluginRuntime, RequestAction, RequestHead,
-    RequestId, ResponseHead, RouteDecision,
+    RequestId, ResponseHead,
 };
 use crate::upstream::{ActiveRequest, BoxError, Cluster, InFlight, RequestBody, UpstreamBody};
 use arc_swap::ArcSwap;
@@ -124,6 +125,14 @@ impl Proxy {
         }
     }
 
+    /// Forgets the last reload error: a reload found the config that serves.
+    pub fn clear_reload_error(&self) {
+        self.reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .last_error = None;
+    }
+
     /// The access log.
     pub fn access_log(&self) -> &AccessLog {
         &self.access_log
@@ -197,14 +206,14 @@ impl Proxy {
 
             // Request filters, in config order.
             for f in &gateway.filters {
-                match f.on_request(&head) {
+                match f.handle.on_request(&head) {
                     Ok(RequestAction::Proceed(ops)) if ops.is_empty() => {}
                     Ok(RequestAction::Proceed(ops)) => {
                         drop(done.head.take());
                         match Arc::get_mut(&mut head) {
                             Some(h) => apply_ops(&mut h.parts.headers, ops),
                             None => tracing::warn!(
-                                plugin = f.plugin(),
+                                plugin = f.handle.plugin(),
                                 "request head still shared: header changes skipped"
                             ),
                         }
@@ -213,51 +222,68 @@ impl Proxy {
                     Ok(RequestAction::Respond(local)) => {
                         return done.plugin_response(
                             local,
-                            format!("answered by filter {}", f.plugin()).into(),
+                            format!("answered by filter {}", f.handle.plugin()).into(),
                         );
                     }
-                    Err(e) => {
-                        tracing::warn!(plugin = f.plugin(), error = %e, "filter fault: the request continues unchanged");
-                        self.metrics.fallback(f.plugin(), "filter");
+                    // The runtime logged the fault (at most a line a second per plugin).
+                    Err(_) => {
+                        self.metrics.fallback(f.handle.plugin(), "filter");
+                        if f.on_fault == FilterFault::Reject {
+                            return done.local(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("filter {} faulted (on_fault = reject)", f.handle.plugin())
+                                    .into(),
+                            );
+                        }
                     }
                 }
             }
 
             // Routing (after the filters, which may have changed the host).
             let cluster = match &gateway.router {
-                Router::Table(table) => {
-                    let host = headers::request_authority(&head.parts.uri, &head.parts.headers)
-                        .map(headers::strip_port);
-                    match table.route(host, head.parts.uri.path()) {
-                        Some(i) => gateway.clusters[i].clone(),
-                        None => return done.local(StatusCode::NOT_FOUND, "no route".into()),
-                    }
-                }
-                Router::Plugin(router) => match router.route(&head) {
-                    // The handle checked the index against the names it was made with, which are
-                    // `gateway.clusters`; `get` only keeps a broken invariant from panicking here.
-                    Ok(RouteDecision::Cluster(i)) => match gateway.clusters.get(i) {
-                        Some(c) => c.clone(),
-                        None => {
-                            return done.local(
-                                StatusCode::BAD_GATEWAY,
-                                format!("router chose cluster {i}, which does not exist").into(),
-                            );
-                        }
-                    },
-                    Ok(RouteDecision::Respond(local)) => {
+                Router::Table(table) => match gateway.route_by_table(table, &head) {
+                    Some(c) => c,
+                    None => return done.local(StatusCode::NOT_FOUND, "no route".into()),
+                },
+                Router::Plugin(router, fallback) => match gateway.ask_router(router, &head) {
+                    Ok(Routed::Cluster(c)) => c,
+                    Ok(Routed::Respond(local)) => {
                         return done.plugin_response(
                             local,
                             format!("answered by router {}", router.plugin()).into(),
                         );
                     }
-                    Err(e) => {
-                        tracing::warn!(plugin = router.plugin(), error = %e, "router fault");
+                    Err(reason) => {
                         self.metrics.fallback(router.plugin(), "router");
-                        return done.local(
-                            StatusCode::BAD_GATEWAY,
-                            format!("router fault: {}", router.plugin()).into(),
-                        );
+                        match fallback {
+                            RouterFallback::Respond(status) => {
+                                return done.local(*status, reason);
+                            }
+                            RouterFallback::Table(table) => {
+                                match gateway.route_by_table(table, &head) {
+                                    Some(c) => c,
+                                    None => {
+                                        return done
+                                            .local(StatusCode::NOT_FOUND, "no route".into());
+                                    }
+                                }
+                            }
+                            RouterFallback::Plugin(other) => {
+                                match gateway.ask_router(other, &head) {
+                                    Ok(Routed::Cluster(c)) => c,
+                                    Ok(Routed::Respond(local)) => {
+                                        return done.plugin_response(
+                                            local,
+                                            format!("answered by router {}", other.plugin()).into(),
+                                        );
+                                    }
+                                    Err(reason) => {
+                                        self.metrics.fallback(other.plugin(), "router");
+                                        return done.local(StatusCode::BAD_GATEWAY, reason);
+                                    }
+                                }
+                            }
+                        }
                     }
                 },
             };
@@ -497,6 +523,7 @@ impl Proxy {
             cluster: Some(cluster.config.name.clone()),
         });
         for f in gateway.filters.iter().rev() {
+            let f = &f.handle;
             match f.on_response(head, &rh) {
                 Ok(ops) if ops.is_empty() => {}
                 Ok(ops) => match Arc::get_mut(&mut rh) {
@@ -506,10 +533,9 @@ impl Proxy {
                         "response head still shared: header changes skipped"
                     ),
                 },
-                Err(e) => {
-                    tracing::warn!(plugin = f.plugin(), error = %e, "filter fault: the response continues unchanged");
-                    self.metrics.fallback(f.plugin(), "filter");
-                }
+                // The response goes on unchanged, whatever `on_fault` says: it is the backend's
+                // answer, already given. The runtime logged the fault.
+                Err(_) => self.metrics.fallback(f.plugin(), "filter"),
             }
         }
         match Arc::try_unwrap(rh) {

@@ -134,7 +134,10 @@ pub async fn reload(proxy: &Arc<Proxy>, path: &Path) -> Result<(), String> {
     match built {
         Ok(gateway) => {
             if gateway.config == proxy.gateway().config {
+                // A revert to the config that serves (or a SIGHUP without a change) is a good
+                // reload too: an earlier refusal no longer stands.
                 tracing::debug!("config unchanged");
+                proxy.clear_reload_error();
                 return Ok(());
             }
             proxy.swap(gateway);

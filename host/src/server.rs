@@ -21,7 +21,7 @@ use crate::client_io::ClientIo;
 use crate::config::{Config, ConfigError, ListenerConfig, Protocol};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::plugin::{PluginError, PluginRuntime, PluginWatcher, RuntimeOptions};
+use crate::plugin::{BreakerOptions, PluginError, PluginRuntime, PluginWatcher, RuntimeOptions};
 use crate::proxy::Proxy;
 use crate::tls::{CERT_POLL_INTERVAL, CertWatcher, ListenerCerts};
 use crate::woken::PollWhenWoken;
@@ -141,10 +141,22 @@ fn bind_shared(address: SocketAddr, first: bool) -> std::io::Result<std::net::Tc
 
 /// The runtime options a config asks for.
 pub fn runtime_options(config: &Config) -> RuntimeOptions {
+    let p = &config.plugins;
     RuntimeOptions {
-        call_deadline: config.plugins.call_deadline,
-        memory_limit: config.plugins.memory_limit_mb as usize * 1024 * 1024,
-        cache_dir: config.plugins.cache_dir.clone(),
+        fuel_per_call: p.fuel_per_call,
+        init_fuel: p.init_fuel,
+        call_deadline: p.call_deadline,
+        memory_limit: p.memory_limit_mb as usize * 1024 * 1024,
+        breaker: BreakerOptions {
+            faults: p.breaker.faults,
+            fault_ratio: p.breaker.fault_ratio,
+            window: p.breaker.window,
+            min_calls: p.breaker.min_calls,
+            backoff: p.breaker.backoff,
+            backoff_max: p.breaker.backoff_max,
+        },
+        rollback_window: p.rollback_window,
+        cache_dir: p.cache_dir.clone(),
         ..RuntimeOptions::default()
     }
 }

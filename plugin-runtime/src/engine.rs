@@ -1,4 +1,4 @@
-//! The wasmtime engine (slim, synchronous, epoch-interrupted), the one epoch ticker thread per runtime, turning
+//! The wasmtime engine (slim, synchronous, fuel-metered and epoch-interrupted), the one epoch ticker thread per runtime, turning
 //! bytes into a compiled component (componentizing core modules), and the on-disk cache of compiled artifacts.
 
 use std::hash::{Hash, Hasher};
@@ -26,6 +26,9 @@ pub(crate) fn new_engine() -> Result<Engine, String> {
         .wasm_component_model(true)
         // Plugins are called synchronously from the request path; no component-model async machinery.
         .concurrency_support(false)
+        // Fuel bounds a call's CPU the same way on an idle or a loaded machine; the epoch deadline
+        // stays as the backstop for time spent outside Wasm.
+        .consume_fuel(true)
         .epoch_interruption(true);
     Engine::new(&config).map_err(|e| format!("cannot create the wasmtime engine: {e}"))
 }

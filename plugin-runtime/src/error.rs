@@ -77,6 +77,53 @@ pub enum PluginError {
         /// The trap as wasmtime reports it.
         reason: String,
     },
+    /// The plugin panicked; the message is the one its panic hook handed to the host (the SDK's
+    /// does), with the file and line.
+    #[error("plugin `{name}` version {version} {message}")]
+    Panic {
+        /// The plugin name.
+        name: String,
+        /// Short sha256 of the bytes.
+        version: String,
+        /// `panicked at <file>:<line>:<column>: <text>`.
+        message: String,
+    },
+    /// The call spent its CPU budget (fuel) and was stopped.
+    #[error(
+        "plugin `{name}` version {version} ran out of fuel: it used its budget of {budget} units (about as many Wasm instructions) in one call"
+    )]
+    FuelExhausted {
+        /// The plugin name.
+        name: String,
+        /// Short sha256 of the bytes.
+        version: String,
+        /// The budget of the call.
+        budget: u64,
+    },
+    /// The use's circuit breaker is open after repeated faults: the plugin was not called.
+    #[error(
+        "plugin `{name}` version {version} is switched off by its circuit breaker (next try in {retry_in_ms} ms)"
+    )]
+    BreakerOpen {
+        /// The plugin name.
+        name: String,
+        /// Short sha256 of the bytes.
+        version: String,
+        /// Milliseconds until the next probe call.
+        retry_in_ms: u64,
+    },
+    /// The bytes are a version that was rolled back; it is not loaded again until the file changes.
+    #[error(
+        "plugin `{name}` version {version} was rolled back after its circuit breaker opened ({fault}); it is not loaded again until the file changes"
+    )]
+    RolledBack {
+        /// The plugin name.
+        name: String,
+        /// Short sha256 of the bytes.
+        version: String,
+        /// The fault that opened its breaker.
+        fault: String,
+    },
     /// The call ran past its deadline and was interrupted.
     #[error("plugin `{name}` version {version} exceeded its deadline of {deadline_ms} ms")]
     DeadlineExceeded {

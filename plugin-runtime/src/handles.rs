@@ -6,10 +6,10 @@ use std::sync::Arc;
 use wasmtime::component::Resource;
 
 use super::bindings::{RequestRef, balance, route};
-use super::instance::{Ahead, CallError, Exports, HandleCore, Live};
+use super::instance::{self, Ahead, CallError, Exports, HandleCore, Live};
 use super::{
-    EndpointId, HeaderOp, Outcome, PluginError, PoolEndpoint, ProbeResult, RequestAction,
-    RequestHead, ResponseHead, RouteDecision, Verdict, convert,
+    BreakerStatus, EndpointId, HeaderOp, Outcome, PluginError, PoolEndpoint, ProbeResult,
+    RequestAction, RequestHead, ResponseHead, RouteDecision, Verdict, convert,
 };
 
 /// The error for an instance made for another interface (cannot happen: a handle makes its own instances).
@@ -114,6 +114,15 @@ impl BalancerHandle {
             Choice::Native(_) => super::native::NAME,
         }
     }
+
+    /// This use's circuit breaker (`None` for the native bench balancer, which has none).
+    pub fn breaker(&self) -> Option<BreakerStatus> {
+        match &self.choice {
+            Choice::Wasm(core) => Some(core.breaker()),
+            #[cfg(feature = "native-choice")]
+            Choice::Native(_) => None,
+        }
+    }
 }
 
 /// How many picks a balancer is asked for at once with `pick-ahead` (the SDK's test harness asks
@@ -144,6 +153,8 @@ fn wasm_pick(
             {
                 return Ok(Some(id));
             }
+            // One decision's fuel (after a `pick-ahead` that declined, which had 64).
+            instance::decision_budget(&mut live.inst.store, 1);
             // The tried list stays in the store, read by the plugin only on retries
             // (`request.tried-endpoints`); the first attempt crosses numbers only.
             let tried_count = u32::try_from(tried.len()).unwrap_or(u32::MAX);
@@ -175,6 +186,8 @@ fn pick_ahead(live: &mut Live) -> Result<Option<EndpointId>, CallError> {
     let Exports::Balance(g) = &live.inst.exports else {
         return Err(wrong_exports());
     };
+    // Each pick made ahead is a decision, with a decision's fuel.
+    instance::decision_budget(&mut live.inst.store, u64::from(PICK_AHEAD));
     let mut ids = g.call_pick_ahead(&mut live.inst.store, PICK_AHEAD)?;
     live.ahead = Ahead::Declined;
     if ids.len() > PICK_AHEAD as usize {
@@ -247,6 +260,11 @@ impl RouterHandle {
     pub fn plugin(&self) -> &str {
         &self.core.name
     }
+
+    /// This use's circuit breaker.
+    pub fn breaker(&self) -> BreakerStatus {
+        self.core.breaker()
+    }
 }
 
 /// A use of a plugin as a request/response filter.
@@ -297,6 +315,11 @@ impl FilterHandle {
     pub fn plugin(&self) -> &str {
         &self.core.name
     }
+
+    /// This use's circuit breaker.
+    pub fn breaker(&self) -> BreakerStatus {
+        self.core.breaker()
+    }
 }
 
 /// A use of a plugin as a health policy.
@@ -339,6 +362,11 @@ impl HealthPolicyHandle {
     /// The plugin's name.
     pub fn plugin(&self) -> &str {
         &self.core.name
+    }
+
+    /// This use's circuit breaker.
+    pub fn breaker(&self) -> BreakerStatus {
+        self.core.breaker()
     }
 }
 

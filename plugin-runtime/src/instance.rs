@@ -9,16 +9,17 @@ use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use wasmtime::Store;
 use wasmtime::component::Resource;
 
 use super::bindings::{RequestRef, ResponseRef, balance, filter, health, route, types};
+use super::breaker::{Admit, Breaker, Transition};
 use super::registry::{Generation, RuntimeInner, Slot};
 use super::store::{StoreData, StoreParts};
-use super::{EndpointFacts, Kind, PluginError, PoolEndpoint, convert};
+use super::{BreakerStatus, EndpointFacts, Kind, PluginError, PoolEndpoint, UseStatus, convert};
 
 /// Handle ids are process-wide, since the thread-local maps are shared by every runtime of the process.
 static NEXT_HANDLE_ID: AtomicU64 = AtomicU64::new(1);
@@ -60,6 +61,8 @@ pub(crate) struct HandleCore {
     pool_seq: Mutex<u64>,
     /// The version of `pool`, so the call path compares a number instead of loading the pool.
     pool_version: AtomicU64,
+    /// Stops calls to a version that keeps faulting; shared by every thread's instance.
+    breaker: Breaker,
 }
 
 impl Drop for HandleCore {
@@ -190,13 +193,15 @@ fn instantiate(
 ) -> Result<Instance, PluginError> {
     let mut inst = bare_instance(rt, generation, kind, facts)?;
     let store = &mut inst.store;
-    store.set_epoch_deadline(rt.init_ticks);
+    init_budget(rt, store);
     let init = match &inst.exports {
         Exports::Balance(g) => g.call_init(&mut *store, settings),
         Exports::Route(g) => g.call_init(&mut *store, settings, clusters),
         Exports::Filter(g) => g.call_init(&mut *store, settings),
         Exports::Health(g) => g.call_init(&mut *store, settings),
     };
+    #[cfg(test)]
+    fuel_used::record(Phase::Init, store);
     match init {
         Ok(Ok(())) => Ok(inst),
         Ok(Err(message)) => Err(PluginError::InitRefused {
@@ -204,8 +209,35 @@ fn instantiate(
             version: generation.version.to_string(),
             message,
         }),
-        Err(e) => Err(classify(rt, generation, store, e, rt.opts.init_deadline)),
+        Err(e) => Err(classify(rt, generation, store, e, Phase::Init)),
     }
+}
+
+/// Which budget a call had, for the error that says it ran out.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// `init` or `pool-changed`: `init_fuel`, `init_deadline`.
+    Init,
+    /// A decision: `fuel_per_call`, `call_deadline`.
+    Call,
+}
+
+/// Gives the store the budget of `init` or `pool-changed`.
+fn init_budget(rt: &RuntimeInner, store: &mut Store<StoreData>) {
+    store.set_epoch_deadline(rt.init_ticks);
+    set_fuel(store, rt.opts.init_fuel);
+}
+
+/// Gives the store the fuel of `decisions` decisions (a balancer's `pick-ahead` makes many).
+pub(crate) fn decision_budget(store: &mut Store<StoreData>, decisions: u64) {
+    let fuel = store.data().fuel_per_decision.saturating_mul(decisions);
+    set_fuel(store, fuel);
+}
+
+fn set_fuel(store: &mut Store<StoreData>, fuel: u64) {
+    store.data_mut().budget = fuel;
+    // Cannot fail: fuel is on in every engine of this crate.
+    let _ = store.set_fuel(fuel);
 }
 
 fn new_store(
@@ -222,11 +254,12 @@ fn new_store(
             clock_base: rt.clock_base,
             counters: rt.counters.clone(),
             memory_limit: rt.opts.memory_limit,
+            fuel_per_decision: rt.opts.fuel_per_call,
         }),
     );
     store.limiter(|d| &mut d.limiter);
     store.epoch_deadline_trap();
-    store.set_epoch_deadline(rt.init_ticks);
+    init_budget(rt, &mut store);
     store
 }
 
@@ -240,7 +273,7 @@ fn bare_instance(
     let mut store = new_store(rt, generation, facts);
     let instance = match generation.pre.instantiate(&mut store) {
         Ok(i) => i,
-        Err(e) => return Err(classify(rt, generation, &store, e, rt.opts.init_deadline)),
+        Err(e) => return Err(classify(rt, generation, &store, e, Phase::Init)),
     };
     let wrong_world = || PluginError::WrongWorld {
         name: generation.name.to_string(),
@@ -328,7 +361,7 @@ fn classify(
     generation: &Generation,
     store: &Store<StoreData>,
     e: wasmtime::Error,
-    deadline: Duration,
+    phase: Phase,
 ) -> PluginError {
     let name = generation.name.to_string();
     let version = generation.version.to_string();
@@ -339,12 +372,28 @@ fn classify(
             limit_bytes: rt.opts.memory_limit,
         };
     }
+    let deadline = match phase {
+        Phase::Init => rt.opts.init_deadline,
+        Phase::Call => rt.opts.call_deadline,
+    };
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => PluginError::DeadlineExceeded {
             name,
             version,
             deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
         },
+        Some(wasmtime::Trap::OutOfFuel) => PluginError::FuelExhausted {
+            name,
+            version,
+            budget: store.data().budget,
+        },
+        Some(wasmtime::Trap::UnreachableCodeReached) if store.data().panic.is_some() => {
+            PluginError::Panic {
+                name,
+                version,
+                message: store.data().panic.clone().unwrap_or_default(),
+            }
+        }
         Some(trap) => PluginError::Trap {
             name,
             version,
@@ -385,6 +434,23 @@ impl HandleCore {
             pool: ArcSwap::from_pointee(Pool::empty()),
             pool_seq: Mutex::new(0),
             pool_version: AtomicU64::new(0),
+            breaker: Breaker::new(Instant::now()),
+        }
+    }
+
+    /// This use's breaker, for the version serving now.
+    pub(crate) fn breaker(&self) -> BreakerStatus {
+        let current = self.slot.current.load();
+        self.status(&current, Instant::now()).breaker
+    }
+
+    /// This use and its breaker, for the version `generation`.
+    pub(crate) fn status(&self, generation: &Generation, now: Instant) -> UseStatus {
+        UseStatus {
+            kind: self.kind,
+            breaker: self
+                .breaker
+                .status(generation.seq, &generation.version, now),
         }
     }
 
@@ -410,15 +476,9 @@ impl HandleCore {
         )?;
         if let Exports::Balance(g) = &inst.exports {
             let pool = self.pool.load();
-            inst.store.set_epoch_deadline(rt.init_ticks);
+            init_budget(rt, &mut inst.store);
             if let Err(e) = g.call_pool_changed(&mut inst.store, &pool.wit) {
-                return Err(classify(
-                    rt,
-                    generation,
-                    &inst.store,
-                    e,
-                    rt.opts.init_deadline,
-                ));
+                return Err(classify(rt, generation, &inst.store, e, Phase::Init));
             }
         }
         Ok(())
@@ -472,16 +532,12 @@ impl HandleCore {
         let current = self.pool.load();
         if let Exports::Balance(g) = &live.inst.exports {
             let store = &mut live.inst.store;
-            store.set_epoch_deadline(self.rt.init_ticks);
+            init_budget(&self.rt, store);
             if let Err(e) = g.call_pool_changed(&mut *store, &current.wit) {
-                return Err(classify(
-                    &self.rt,
-                    &live.generation,
-                    store,
-                    e,
-                    self.rt.opts.init_deadline,
-                ));
+                return Err(classify(&self.rt, &live.generation, store, e, Phase::Init));
             }
+            #[cfg(test)]
+            fuel_used::record(Phase::Init, store);
         }
         live.pool = arc_swap::Guard::into_inner(current);
         live.ahead = Ahead::default();
@@ -498,7 +554,8 @@ impl HandleCore {
     }
 
     /// [`call`](Self::call), unless `answered` finds the answer in the instance's state (picks made
-    /// ahead): then nothing enters Wasm and nothing is counted or timed as a call.
+    /// ahead): then nothing enters Wasm and nothing is counted or timed as a call. While the use's
+    /// breaker is open nothing is called (no instance is made either) and the error says so.
     pub(crate) fn call_unless<R>(
         self: &Arc<Self>,
         answered: impl FnOnce(&mut Live) -> Option<R>,
@@ -516,11 +573,12 @@ impl HandleCore {
                 map.live.retain(|_, l| l.owner.strong_count() > 0);
             }
             let current = self.slot.current.load();
+            let probe = !self.breaker.is_closed() && self.admit(&current)?;
             let live = match map.live.entry(self.id) {
                 Entry::Occupied(mut o) => {
                     if !Arc::ptr_eq(&o.get().generation, &current) {
                         // A new generation was published: this thread moves to it at its next call.
-                        match self.fresh(arc_swap::Guard::into_inner(current)) {
+                        match self.fresh(arc_swap::Guard::into_inner(current), probe) {
                             Ok(live) => {
                                 o.insert(live);
                             }
@@ -532,54 +590,63 @@ impl HandleCore {
                     }
                     o.into_mut()
                 }
-                Entry::Vacant(v) => v.insert(self.fresh(arc_swap::Guard::into_inner(current))?),
+                Entry::Vacant(v) => {
+                    v.insert(self.fresh(arc_swap::Guard::into_inner(current), probe)?)
+                }
             };
             if self.kind == Kind::Balancer
                 && let Err(e) = self.sync_pool(live, false)
             {
                 let generation = live.generation.clone();
                 map.live.remove(&self.id);
-                return Err(self.fault(&generation, e, true));
+                return Err(self.fault(&generation, e, true, probe));
             }
-            if let Some(r) = answered(live) {
+            if !probe && let Some(r) = answered(live) {
                 return Ok(r);
             }
             live.inst.store.set_epoch_deadline(self.rt.call_ticks);
+            decision_budget(&mut live.inst.store, 1);
             // Reading the clock twice costs about a tenth of a call, so only every TIME_SAMPLE-th call per thread
-            // is timed and counted for TIME_SAMPLE calls.
+            // is timed and counted for TIME_SAMPLE calls; so are the calls the breaker's fault ratio reads.
             live.calls_here = live.calls_here.wrapping_add(1);
-            let started = (live.calls_here % TIME_SAMPLE == 1).then(Instant::now);
+            let sampled = live.calls_here % TIME_SAMPLE == 1;
+            let started = sampled.then(Instant::now);
             let result = f(live);
+            #[cfg(test)]
+            fuel_used::record(Phase::Call, &live.inst.store);
             let generation = &live.generation;
-            generation.calls.fetch_add(1, Ordering::Relaxed);
+            generation.stats.calls.fetch_add(1, Ordering::Relaxed);
             if let Some(started) = started {
+                self.breaker.count_calls(u64::from(TIME_SAMPLE));
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX / 64);
-                generation.call_nanos.fetch_add(
+                generation.stats.call_nanos.fetch_add(
                     nanos.saturating_mul(u64::from(TIME_SAMPLE)),
                     Ordering::Relaxed,
                 );
             }
             match result {
-                Ok(r) => Ok(r),
+                Ok(r) => {
+                    if probe {
+                        self.probe_succeeded(generation);
+                    } else {
+                        self.breaker.on_success();
+                    }
+                    Ok(r)
+                }
                 Err(CallError::Invalid(reason)) => {
                     let e = PluginError::InvalidAnswer {
                         name: generation.name.to_string(),
                         version: generation.version.to_string(),
                         reason,
                     };
-                    Err(self.fault(generation, e, false))
+                    let generation = generation.clone();
+                    Err(self.fault(&generation, e, false, probe))
                 }
                 Err(CallError::Wasm(e)) => {
-                    let e = classify(
-                        &self.rt,
-                        generation,
-                        &live.inst.store,
-                        e,
-                        self.rt.opts.call_deadline,
-                    );
+                    let e = classify(&self.rt, generation, &live.inst.store, e, Phase::Call);
                     let generation = generation.clone();
                     map.live.remove(&self.id);
-                    Err(self.fault(&generation, e, true))
+                    Err(self.fault(&generation, e, true, probe))
                 }
             }
         });
@@ -591,27 +658,126 @@ impl HandleCore {
         })
     }
 
-    /// A new instance for this thread; a failure is a fault of that generation.
-    fn fresh(self: &Arc<Self>, generation: Arc<Generation>) -> Result<Live, PluginError> {
-        self.make_live(generation.clone())
-            .map_err(|e| self.fault(&generation, e, true))
+    /// Asks the open breaker whether this call may go to `current`: `Ok(true)` as the probe,
+    /// `Ok(false)` as an ordinary call (another version took over), else the refusal.
+    fn admit(&self, current: &Generation) -> Result<bool, PluginError> {
+        match self.breaker.admit(current.seq, Instant::now()) {
+            Admit::Call => Ok(false),
+            Admit::Probe => Ok(true),
+            Admit::Refuse(wait) => Err(PluginError::BreakerOpen {
+                name: current.name.to_string(),
+                version: current.version.to_string(),
+                retry_in_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
     }
 
-    /// Counts and logs a fault in one line.
-    fn fault(&self, generation: &Generation, e: PluginError, dropped: bool) -> PluginError {
-        generation.faults.fetch_add(1, Ordering::Relaxed);
-        let what = if dropped {
-            "instance dropped"
-        } else {
-            "answer ignored"
-        };
-        tracing::warn!(
-            plugin = &*generation.name,
-            version = &*generation.version,
-            kind = ?self.kind,
-            "plugin fault, {what}: {e}"
+    /// A new instance for this thread; a failure is a fault of that generation.
+    fn fresh(
+        self: &Arc<Self>,
+        generation: Arc<Generation>,
+        probe: bool,
+    ) -> Result<Live, PluginError> {
+        self.make_live(generation.clone())
+            .map_err(|e| self.fault(&generation, e, true, probe))
+    }
+
+    /// The probe call of a half-open breaker succeeded: calls go to the plugin again.
+    fn probe_succeeded(&self, generation: &Generation) {
+        if self.breaker.probe_succeeded(Instant::now()) == Some(Transition::Closed) {
+            tracing::warn!(
+                plugin = &*generation.name,
+                version = &*generation.version,
+                kind = self.kind.name(),
+                "plugin circuit breaker closed: a probe call succeeded, the plugin decides again"
+            );
+        }
+    }
+
+    /// Counts a fault, tells the breaker, and logs it (at most one line a second per plugin, with
+    /// the number left out; the breaker's changes always). A breaker that opens for the first time
+    /// within the rollback window of its version's load starts a rollback.
+    fn fault(
+        &self,
+        generation: &Arc<Generation>,
+        e: PluginError,
+        dropped: bool,
+        probe: bool,
+    ) -> PluginError {
+        generation.stats.faults.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let text = e.to_string();
+        let transition = self.breaker.on_fault(
+            &self.rt.opts.breaker,
+            generation.seq,
+            &generation.version,
+            &text,
+            probe,
+            now,
         );
+        let second = now.saturating_duration_since(self.rt.clock_base).as_secs();
+        if let Some(suppressed) = self.slot.quiet.admit(second) {
+            let what = if dropped {
+                "instance dropped"
+            } else {
+                "answer ignored"
+            };
+            tracing::warn!(
+                plugin = &*generation.name,
+                version = &*generation.version,
+                kind = self.kind.name(),
+                suppressed,
+                "plugin fault, {what}: {e}"
+            );
+        }
+        let (plugin, version, kind) = (&*generation.name, &*generation.version, self.kind.name());
+        let backoff = self.rt.opts.breaker.backoff.as_millis();
+        match transition {
+            None => {}
+            Some(Transition::Opened { first, why }) => {
+                generation.stats.trips.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    plugin,
+                    version,
+                    kind,
+                    "plugin switched off by its circuit breaker after {why} (last: {e}); its fallback serves, next try in {backoff} ms"
+                );
+                if first {
+                    self.maybe_roll_back(generation, text);
+                }
+            }
+            Some(Transition::ProbeFailed { retry_in }) => tracing::warn!(
+                plugin,
+                version,
+                kind,
+                "plugin probe call failed ({e}); next try in {} ms",
+                retry_in.as_millis()
+            ),
+            Some(Transition::Closed) => {}
+        }
         e
+    }
+
+    /// Starts a rollback of `generation` on its own thread when it is young enough and nobody
+    /// started one yet.
+    fn maybe_roll_back(&self, generation: &Arc<Generation>, fault: String) {
+        let window = self.rt.opts.rollback_window;
+        if window.is_zero()
+            || generation.loaded.elapsed() > window
+            || generation.rolling_back.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let (rt, slot, bad) = (self.rt.clone(), self.slot.clone(), generation.clone());
+        let spawned = std::thread::Builder::new()
+            .name("sluicegate-plugin-rollback".into())
+            .spawn(move || rt.roll_back(&slot, &bad, &fault));
+        if let Err(e) = spawned {
+            tracing::error!(
+                plugin = &*generation.name,
+                "cannot start the plugin rollback: {e}"
+            );
+        }
     }
 }
 
@@ -619,4 +785,38 @@ impl HandleCore {
 #[cfg(test)]
 pub(crate) fn live_instances() -> usize {
     LIVE.with(|m| m.borrow().live.len())
+}
+
+/// The most fuel a call of each phase used on this thread, for the test that sizes the default
+/// budgets against the default plugins.
+#[cfg(test)]
+pub(crate) mod fuel_used {
+    use super::{Phase, Store, StoreData};
+    use std::cell::Cell;
+
+    thread_local! {
+        static MAX: Cell<[u64; 2]> = const { Cell::new([0; 2]) };
+    }
+
+    /// Records what the call just made used, per decision for a decision call.
+    pub(super) fn record(phase: Phase, store: &Store<StoreData>) {
+        let d = store.data();
+        let used = d.budget.saturating_sub(store.get_fuel().unwrap_or(0));
+        let (i, used) = match phase {
+            Phase::Init => (0, used),
+            Phase::Call => (1, used / (d.budget / d.fuel_per_decision).max(1)),
+        };
+        MAX.with(|m| {
+            let mut v = m.get();
+            v[i] = v[i].max(used);
+            m.set(v);
+        });
+    }
+
+    /// The most fuel an `init`/`pool-changed` and a decision (a `pick-ahead` call's share per
+    /// pick) used since the last `take`.
+    pub(crate) fn take() -> (u64, u64) {
+        let [init, call] = MAX.with(|m| m.replace([0; 2]));
+        (init, call)
+    }
 }

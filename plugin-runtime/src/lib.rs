@@ -13,6 +13,7 @@
 
 #[allow(missing_docs)]
 mod bindings;
+mod breaker;
 mod convert;
 mod embedded;
 mod engine;
@@ -21,6 +22,7 @@ mod handles;
 mod instance;
 #[cfg(feature = "native-choice")]
 mod native;
+mod quiet;
 mod registry;
 mod store;
 mod watch;
@@ -29,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use breaker::{BreakerOptions, BreakerState, BreakerStatus};
 pub use error::PluginError;
 pub use handles::{BalancerHandle, FilterHandle, HealthPolicyHandle, RouterHandle};
 pub use watch::PluginWatcher;
@@ -177,16 +180,35 @@ impl Kind {
     }
 }
 
+/// `fuel_per_call` when not set: every default plugin at 1,000 endpoints uses under 5% of it (a
+/// test measures each), and a plugin that spends it all has run for a few milliseconds.
+pub const DEFAULT_FUEL_PER_CALL: u64 = 10_000_000;
+
+/// `init_fuel` when not set: `init` and `pool-changed` build tables (maglev's, ring-hash's) over
+/// the whole pool, so they get far more than a decision.
+pub const DEFAULT_INIT_FUEL: u64 = 10_000_000_000;
+
 /// Limits and caching of the runtime.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
-    /// Deadline of one decision call (epoch interruption, with a ticker at a tenth of it, 1–10 ms).
-    /// Default 50 ms.
+    /// The CPU budget of one decision call, in wasmtime fuel (about one unit per Wasm
+    /// instruction): counted, so the same call faults the same way on an idle or a loaded machine.
+    pub fuel_per_call: u64,
+    /// The CPU budget of `init` and `pool-changed`, in fuel.
+    pub init_fuel: u64,
+    /// Wall-clock deadline of one decision call (epoch interruption, with a ticker at a tenth of
+    /// it, 1–10 ms): only a backstop against a call stuck outside Wasm, since fuel bounds the
+    /// plugin's own work. Default 250 ms.
     pub call_deadline: Duration,
     /// Deadline of `init` and `pool-changed`. Default 1 s.
     pub init_deadline: Duration,
     /// Linear memory limit per instance. Default 64 MiB.
     pub memory_limit: usize,
+    /// When each use of a plugin stops calling it, and how it tries again.
+    pub breaker: BreakerOptions,
+    /// A version whose breaker opens within this time of its hot reload is replaced by the
+    /// version before it; zero turns rollback off. Default 5 minutes.
+    pub rollback_window: Duration,
     /// Where compiled artifacts are cached; `None` for no disk cache.
     pub cache_dir: Option<PathBuf>,
 }
@@ -194,11 +216,13 @@ pub struct RuntimeOptions {
 impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
-            // Wall-clock (epoch) time, so it includes any time the thread is descheduled: a
-            // 10 ms budget flagged healthy sub-microsecond calls as overruns on a loaded machine.
-            call_deadline: Duration::from_millis(50),
+            fuel_per_call: DEFAULT_FUEL_PER_CALL,
+            init_fuel: DEFAULT_INIT_FUEL,
+            call_deadline: Duration::from_millis(250),
             init_deadline: Duration::from_secs(1),
             memory_limit: 64 << 20,
+            breaker: BreakerOptions::default(),
+            rollback_window: Duration::from_secs(300),
             cache_dir: None,
         }
     }
@@ -218,8 +242,10 @@ pub struct PluginStatus {
     /// Calls made to this version: decisions that entered the plugin (a balancer's first attempts
     /// served from its picks made ahead enter it once per 64).
     pub calls: u64,
-    /// Faults (traps, deadline overruns, memory exhaustion, invalid answers) of this version.
+    /// Faults (traps, fuel or deadline overruns, memory exhaustion, invalid answers) of this version.
     pub faults: u64,
+    /// Times a breaker of this version opened (over all its uses).
+    pub trips: u64,
     /// Total time spent in calls to this version, estimated from every 16th call of each thread's instance
     /// (the clock costs about a tenth of a call).
     pub call_nanos_total: u64,
@@ -227,6 +253,66 @@ pub struct PluginStatus {
     pub loaded_at_unix: u64,
     /// Whether the compiled code came from the disk cache instead of being compiled.
     pub cache_hit: bool,
+    /// The live uses of this plugin, each with its breaker.
+    pub uses: Vec<UseStatus>,
+    /// When this version came back because the version loaded after it was rolled back.
+    pub rolled_back_from: Option<Rollback>,
+    /// Rollbacks of this plugin since the proxy started.
+    pub rollbacks: u64,
+    /// The versions that served before this one (newest first, at most 8), with their figures.
+    pub previous_versions: Vec<VersionStatus>,
+}
+
+/// One use of a plugin (a cluster's balancer, the router, a filter, a health policy).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UseStatus {
+    /// As what the plugin is used.
+    pub kind: Kind,
+    /// The use's circuit breaker, for the version serving now.
+    pub breaker: BreakerStatus,
+}
+
+/// A rollback: which version was taken out, and why.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Rollback {
+    /// The version taken out; its file is not loaded again until it changes.
+    pub version: String,
+    /// The fault that opened its breaker.
+    pub fault: String,
+    /// When (seconds since the Unix epoch).
+    pub at_unix: u64,
+}
+
+/// The figures of a version that no longer serves.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VersionStatus {
+    /// Short sha256 of its bytes.
+    pub version: String,
+    /// Where its bytes came from.
+    pub source: String,
+    /// When it was published (seconds since the Unix epoch).
+    pub loaded_at_unix: u64,
+    /// Calls it served.
+    pub calls: u64,
+    /// Its faults.
+    pub faults: u64,
+    /// Times its breakers opened.
+    pub trips: u64,
+    /// Whether it was rolled back (rather than replaced by a newer file).
+    pub rolled_back: bool,
+}
+
+/// A plugin file that was refused and has no version serving in its place since.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RefusedPlugin {
+    /// The plugin's name (the file stem).
+    pub name: String,
+    /// Where the bytes came from.
+    pub source: String,
+    /// Why it was refused.
+    pub error: String,
+    /// When (seconds since the Unix epoch).
+    pub at_unix: u64,
 }
 
 /// The plugin runtime. Cheap to clone (an `Arc` inside), `Send + Sync`.
@@ -271,6 +357,13 @@ impl PluginRuntime {
     /// Status of every loaded plugin, sorted by name.
     pub fn plugins(&self) -> Vec<PluginStatus> {
         self.inner.plugins()
+    }
+
+    /// The plugin files refused at their last load, with the error, whether an earlier version
+    /// keeps serving or none does (a later good load of the same name, or removing a file that
+    /// never loaded, clears its entry).
+    pub fn refused(&self) -> Vec<RefusedPlugin> {
+        self.inner.refused()
     }
 
     /// Counters plugins bumped through `counter-add`: (plugin, counter name, value), sorted.
@@ -487,6 +580,66 @@ pub(crate) mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("round-robin"));
+    }
+
+    /// The default budgets leave every default plugin at 1,000 endpoints under 5% of them: a
+    /// plugin that runs out is broken, not busy. Fuel is counted, so this holds on any machine.
+    #[test]
+    fn every_default_plugin_at_1000_endpoints_uses_under_5_percent_of_the_default_fuel() {
+        let opts = RuntimeOptions::default();
+        let rt = PluginRuntime::new(opts.clone()).unwrap();
+        let req = head();
+        let endpoints: Vec<PoolEndpoint> = (0..1000)
+            .map(|i| PoolEndpoint {
+                id: i,
+                address: format!("10.0.{}.{}:80", i / 250, i % 250),
+                weight: 1 + i % 7,
+                healthy: i % 10 != 3,
+                metadata: vec![("zone".into(), format!("z{}", i % 3))],
+            })
+            .collect();
+        let clusters: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+        let mut report = Vec::new();
+        for name in embedded::names() {
+            instance::fuel_used::take();
+            let settings = match name {
+                "sticky-session" => "secret = \"0123456789abcdef0123456789abcdef\"",
+                "header-rewrite" => {
+                    "[[request]]\nop = \"set\"\nname = \"x-a\"\nvalue = \"b\"\n\
+                     [[response]]\nop = \"set\"\nname = \"x-c\"\nvalue = \"d\"\n"
+                }
+                _ => "",
+            };
+            if let Ok(b) = rt.balancer(name, settings, Arc::new(NoFacts)) {
+                b.set_pool(endpoints.clone());
+                for _ in 0..200 {
+                    b.pick(&req, 1, &[]).unwrap();
+                }
+                b.pick(&req, 2, &[0, 1, 2]).unwrap();
+            } else if let Ok(r) = rt.router(name, settings, &clusters) {
+                r.route(&req).unwrap();
+            } else {
+                let f = rt.filter(name, settings).unwrap();
+                f.on_request(&req).unwrap();
+                let resp = Arc::new(ResponseHead {
+                    status: http::StatusCode::OK,
+                    headers: http::HeaderMap::new(),
+                    endpoint: Some(1),
+                    cluster: None,
+                });
+                f.on_response(&req, &resp).unwrap();
+            }
+            let (init, call) = instance::fuel_used::take();
+            assert!(call > 0 && init > 0, "{name}: no fuel counted");
+            report.push(format!("{name}: call {call}, init {init}"));
+            assert!(
+                call * 20 < opts.fuel_per_call && init * 20 < opts.init_fuel,
+                "{name} uses {call} fuel per call (budget {}) and {init} in init/pool-changed (budget {})",
+                opts.fuel_per_call,
+                opts.init_fuel
+            );
+        }
+        println!("{}", report.join("\n"));
     }
 
     #[test]

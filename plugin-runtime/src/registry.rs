@@ -2,9 +2,9 @@
 //! live uses of each, plus loading: compile, validate the exports, init with the settings of every live use, and
 //! only then publish. A failed load leaves the previous generation serving.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,57 +16,155 @@ use super::bindings::{HostView, balance, filter, health, route};
 use super::embedded;
 use super::engine;
 use super::instance::{self, HandleCore};
+use super::quiet::QuietLog;
 use super::store::{Counters, StoreData};
 use super::{
-    EndpointFacts, Kind, PluginError, PluginStatus, RuntimeOptions, WIT_PACKAGE, WIT_VERSION,
+    EndpointFacts, Kind, PluginError, PluginStatus, RefusedPlugin, Rollback, RuntimeOptions,
+    VersionStatus, WIT_PACKAGE, WIT_VERSION,
 };
+
+/// Sequence numbers of generations (0 is no generation).
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// One compiled version of a plugin, ready to instantiate.
 pub(crate) struct Generation {
+    /// Process-wide sequence number: what a breaker compares to know it counts for this version.
+    pub(crate) seq: u64,
     pub(crate) name: Arc<str>,
     pub(crate) version: Arc<str>,
-    pub(crate) source: String,
     pub(crate) kinds: Vec<Kind>,
     pub(crate) pre: InstancePre<StoreData>,
     pub(crate) balance: Option<balance::GuestIndices>,
     pub(crate) route: Option<route::GuestIndices>,
     pub(crate) filter: Option<filter::GuestIndices>,
     pub(crate) health: Option<health::GuestIndices>,
-    pub(crate) loaded_at_unix: u64,
+    /// When it was published (for the rollback window).
+    pub(crate) loaded: Instant,
     pub(crate) cache_hit: bool,
+    /// Its figures, kept in the plugin's history once it no longer serves.
+    pub(crate) stats: Arc<VersionStats>,
+    /// Set by the first breaker trip that asks for a rollback, so only one is attempted.
+    pub(crate) rolling_back: AtomicBool,
+}
+
+/// The figures of one version, which outlive its compiled code.
+pub(crate) struct VersionStats {
+    version: Arc<str>,
+    source: String,
+    loaded_at_unix: u64,
     pub(crate) calls: AtomicU64,
     pub(crate) faults: AtomicU64,
     pub(crate) call_nanos: AtomicU64,
+    pub(crate) trips: AtomicU64,
+    rolled_back: AtomicBool,
 }
 
-impl Generation {
-    fn status(&self) -> PluginStatus {
-        PluginStatus {
-            name: self.name.to_string(),
+impl VersionStats {
+    fn status(&self) -> VersionStatus {
+        VersionStatus {
             version: self.version.to_string(),
             source: self.source.clone(),
-            kinds: self.kinds.clone(),
+            loaded_at_unix: self.loaded_at_unix,
             calls: self.calls.load(Ordering::Relaxed),
             faults: self.faults.load(Ordering::Relaxed),
-            call_nanos_total: self.call_nanos.load(Ordering::Relaxed),
-            loaded_at_unix: self.loaded_at_unix,
-            cache_hit: self.cache_hit,
+            trips: self.trips.load(Ordering::Relaxed),
+            rolled_back: self.rolled_back.load(Ordering::Relaxed),
         }
     }
 }
+
+/// How many versions a plugin's history keeps.
+const HISTORY: usize = 8;
 
 /// A plugin name: its current generation and the uses that follow it.
 pub(crate) struct Slot {
     pub(crate) current: ArcSwap<Generation>,
     uses: Mutex<Vec<Weak<HandleCore>>>,
+    /// The plugin's fault lines, at most one a second.
+    pub(crate) quiet: QuietLog,
+    /// What happened before the current version; see [`Past`].
+    past: Mutex<Past>,
+}
+
+/// A plugin's versions before the current one.
+#[derive(Default)]
+struct Past {
+    /// The last version that served before the current one without its breaker opening: what a
+    /// rollback restores.
+    good: Option<Arc<Generation>>,
+    /// The versions that served before, newest first.
+    history: VecDeque<Arc<VersionStats>>,
+    /// The last rollback, while the version it restored serves.
+    rollback: Option<Rollback>,
+    /// Versions rolled back, with the fault: refused until the file changes.
+    rolled_back: HashMap<Arc<str>, String>,
+    /// Rollbacks of this plugin so far.
+    rollbacks: u64,
 }
 
 impl Slot {
+    fn new(generation: Arc<Generation>) -> Self {
+        Slot {
+            current: ArcSwap::new(generation),
+            uses: Mutex::new(Vec::new()),
+            quiet: QuietLog::default(),
+            past: Mutex::new(Past::default()),
+        }
+    }
+
     fn live_uses(&self) -> Vec<Arc<HandleCore>> {
         let mut uses = self.uses.lock().unwrap_or_else(|e| e.into_inner());
         uses.retain(|u| u.strong_count() > 0);
         uses.iter().filter_map(Weak::upgrade).collect()
     }
+
+    fn past(&self) -> std::sync::MutexGuard<'_, Past> {
+        self.past.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes `next` in place of the current version, which goes into the history (and, if its
+    /// breakers never opened, becomes the version a rollback restores).
+    fn publish(&self, next: Arc<Generation>) {
+        let old = self.current.swap(next);
+        let mut past = self.past();
+        past.rollback = None;
+        past.rolled_back.clear();
+        if old.stats.trips.load(Ordering::Relaxed) == 0 {
+            past.good = Some(old.clone());
+        }
+        past.history.push_front(old.stats.clone());
+        past.history.truncate(HISTORY);
+    }
+
+    fn status(&self) -> PluginStatus {
+        let g = self.current.load();
+        let now = Instant::now();
+        let s = &g.stats;
+        let past = self.past();
+        PluginStatus {
+            name: g.name.to_string(),
+            version: g.version.to_string(),
+            source: s.source.clone(),
+            kinds: g.kinds.clone(),
+            calls: s.calls.load(Ordering::Relaxed),
+            faults: s.faults.load(Ordering::Relaxed),
+            trips: s.trips.load(Ordering::Relaxed),
+            call_nanos_total: s.call_nanos.load(Ordering::Relaxed),
+            loaded_at_unix: s.loaded_at_unix,
+            cache_hit: g.cache_hit,
+            uses: self.live_uses().iter().map(|u| u.status(&g, now)).collect(),
+            rolled_back_from: past.rollback.clone(),
+            rollbacks: past.rollbacks,
+            previous_versions: past.history.iter().map(|v| v.status()).collect(),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Everything behind a `PluginRuntime`.
@@ -79,6 +177,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) call_ticks: u64,
     pub(crate) init_ticks: u64,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
+    /// The last refusal of each plugin name, until a load of that name succeeds.
+    refused: Mutex<BTreeMap<String, RefusedPlugin>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) clock_base: Instant,
     /// Serializes loads and new uses, so a use is always validated against the generation it will follow.
@@ -110,6 +210,7 @@ impl RuntimeInner {
             init_ticks: engine::ticks(opts.init_deadline, tick),
             opts,
             slots: RwLock::new(HashMap::new()),
+            refused: Mutex::new(BTreeMap::new()),
             counters: Arc::new(Counters::default()),
             clock_base: Instant::now(),
             load_lock: Mutex::new(()),
@@ -126,10 +227,40 @@ impl RuntimeInner {
 
     pub(crate) fn plugins(&self) -> Vec<PluginStatus> {
         let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
-        let mut all: Vec<PluginStatus> =
-            slots.values().map(|s| s.current.load().status()).collect();
+        let mut all: Vec<PluginStatus> = slots.values().map(|s| s.status()).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    pub(crate) fn refused(&self) -> Vec<RefusedPlugin> {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.values().cloned().collect()
+    }
+
+    /// Remembers that a load of `name` from `source` failed with `e`.
+    fn record_refusal(&self, name: &str, source: &str, e: &PluginError) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.insert(
+            name.to_owned(),
+            RefusedPlugin {
+                name: name.to_owned(),
+                source: source.to_owned(),
+                error: e.to_string(),
+                at_unix: unix_now(),
+            },
+        );
+    }
+
+    /// Forgets the refusal of `name`; whether there was one.
+    pub(crate) fn clear_refusal(&self, name: &str) -> bool {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.remove(name).is_some()
+    }
+
+    /// The version of `name` that serves, if one does.
+    pub(crate) fn loaded_version(&self, name: &str) -> Option<String> {
+        self.slot(name)
+            .map(|s| s.current.load().version.to_string())
     }
 
     pub(crate) fn load_file(&self, path: &Path) -> Result<PluginStatus, PluginError> {
@@ -151,6 +282,7 @@ impl RuntimeInner {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(plugin = %name, "plugin refused: {e}");
+                self.record_refusal(&name, &path.display().to_string(), &e);
                 return Err(e);
             }
         };
@@ -171,7 +303,27 @@ impl RuntimeInner {
         if let Some(old) = &old
             && &*old.version == version
         {
-            return Ok(old.status());
+            // The same bytes again (a touch, a revert to what serves): nothing to load, and
+            // nothing refused any more.
+            self.clear_refusal(name);
+            return Ok(slot.as_ref().expect("old is its current").status());
+        }
+        if let Some(fault) = slot
+            .as_ref()
+            .and_then(|s| s.past().rolled_back.get(version).cloned())
+        {
+            let e = PluginError::RolledBack {
+                name: name.to_owned(),
+                version: version.to_owned(),
+                fault,
+            };
+            tracing::error!(
+                plugin = name,
+                source,
+                "plugin version {version} refused: {e}"
+            );
+            self.record_refusal(name, source, &e);
+            return Err(e);
         }
         let started = Instant::now();
         let result = self.prepare(name, bytes, source, &sha, slot.as_deref());
@@ -182,34 +334,88 @@ impl RuntimeInner {
             Ok(g) => Arc::new(g),
             Err(e) => {
                 tracing::error!(plugin = name, source, keeping = %keeping, "plugin version {version} refused: {e}");
+                self.record_refusal(name, source, &e);
                 return Err(e);
             }
         };
-        let status = generation.status();
-        match slot {
-            Some(slot) => slot.current.store(generation),
+        self.clear_refusal(name);
+        let kinds = generation.kinds.clone();
+        let cache_hit = generation.cache_hit;
+        let slot = match slot {
+            Some(slot) => {
+                slot.publish(generation);
+                slot
+            }
             None => {
-                let slot = Arc::new(Slot {
-                    current: ArcSwap::new(generation),
-                    uses: Mutex::new(Vec::new()),
-                });
+                let slot = Arc::new(Slot::new(generation));
                 self.slots
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(name.to_owned(), slot);
+                    .insert(name.to_owned(), slot.clone());
+                slot
             }
-        }
+        };
         tracing::info!(
             plugin = name,
             version,
             source,
             replaced = %keeping,
-            kinds = ?status.kinds,
-            cache_hit = status.cache_hit,
+            kinds = ?kinds,
+            cache_hit,
             "plugin loaded in {} ms",
             started.elapsed().as_millis()
         );
-        Ok(status)
+        Ok(slot.status())
+    }
+
+    /// Puts back the version that served before `bad`, whose breaker opened within the rollback
+    /// window of its load, after checking it still accepts every live use; `bad` is then refused
+    /// until its file changes. Runs on its own thread (instances are made and `init` runs).
+    pub(crate) fn roll_back(&self, slot: &Slot, bad: &Arc<Generation>, fault: &str) {
+        let _serial = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let name = &*bad.name;
+        if !Arc::ptr_eq(&slot.current.load(), bad) {
+            return; // Another version was loaded in the meantime.
+        }
+        let Some(good) = slot.past().good.clone() else {
+            return;
+        };
+        for use_ in slot.live_uses() {
+            if let Err(e) = use_.validate(self, &good) {
+                tracing::error!(
+                    plugin = name,
+                    version = &*bad.version,
+                    "plugin not rolled back to version {}: it refuses a use now: {e}",
+                    good.version
+                );
+                return;
+            }
+        }
+        slot.current.store(good.clone());
+        bad.stats.rolled_back.store(true, Ordering::Relaxed);
+        let mut past = slot.past();
+        past.good = None;
+        past.history.retain(|v| !Arc::ptr_eq(v, &good.stats));
+        past.history.push_front(bad.stats.clone());
+        past.history.truncate(HISTORY);
+        past.rolled_back
+            .insert(bad.version.clone(), fault.to_owned());
+        past.rollbacks += 1;
+        past.rollback = Some(Rollback {
+            version: bad.version.to_string(),
+            fault: fault.to_owned(),
+            at_unix: unix_now(),
+        });
+        drop(past);
+        tracing::error!(
+            plugin = name,
+            version = &*good.version,
+            rolled_back_from = &*bad.version,
+            "plugin rolled back to version {}: version {} tripped its circuit breaker {} s after it was loaded ({fault}); it is not loaded again until its file changes",
+            good.version,
+            bad.version,
+            bad.loaded.elapsed().as_secs()
+        );
     }
 
     /// Compiles and validates `bytes` as a plugin without publishing it (for `sluicegate plugin build`).
@@ -277,22 +483,28 @@ impl RuntimeInner {
             )));
         }
         let generation = Generation {
+            seq: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             name: Arc::from(name),
-            version,
-            source: source.to_owned(),
+            version: version.clone(),
             kinds,
             pre,
             balance,
             route,
             filter,
             health,
-            loaded_at_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            loaded: Instant::now(),
             cache_hit: compiled.cache_hit,
-            calls: AtomicU64::new(0),
-            faults: AtomicU64::new(0),
-            call_nanos: AtomicU64::new(0),
+            stats: Arc::new(VersionStats {
+                version,
+                source: source.to_owned(),
+                loaded_at_unix: unix_now(),
+                calls: AtomicU64::new(0),
+                faults: AtomicU64::new(0),
+                call_nanos: AtomicU64::new(0),
+                trips: AtomicU64::new(0),
+                rolled_back: AtomicBool::new(false),
+            }),
+            rolling_back: AtomicBool::new(false),
         };
         instance::typecheck(self, &generation)?;
         if let Some(slot) = slot {

@@ -99,7 +99,18 @@ pub(crate) struct StoreData {
     counter_cells: HashMap<String, Arc<AtomicU64>>,
     /// Endpoints already tried by the request being picked for (empty outside `pick`).
     tried: Vec<EndpointId>,
+    /// What the plugin's panic hook said just before it trapped (see [`PANIC_PREFIX`]).
+    pub(crate) panic: Option<String>,
+    /// The fuel of one decision (`fuel_per_call`).
+    pub(crate) fuel_per_decision: u64,
+    /// The fuel the running call was given.
+    pub(crate) budget: u64,
 }
+
+/// An `error` log line that starts with this is the plugin's panic message, handed over by its
+/// panic hook right before the trap (the SDK's hook writes `panicked at <file>:<line>:<col>: <text>`):
+/// the host puts it in the fault's one line instead of logging it apart.
+pub(crate) const PANIC_PREFIX: &str = "panicked at ";
 
 /// Everything needed to make a store for one instance.
 pub(crate) struct StoreParts {
@@ -109,6 +120,7 @@ pub(crate) struct StoreParts {
     pub(crate) clock_base: Instant,
     pub(crate) counters: Arc<Counters>,
     pub(crate) memory_limit: usize,
+    pub(crate) fuel_per_decision: u64,
 }
 
 impl StoreData {
@@ -124,6 +136,9 @@ impl StoreData {
             counters: p.counters,
             counter_cells: HashMap::new(),
             tried: Vec::new(),
+            panic: None,
+            fuel_per_decision: p.fuel_per_decision,
+            budget: 0,
         }
     }
 
@@ -167,6 +182,10 @@ impl host::Host for StoreData {
             }
             message.truncate(end);
             message.push_str(" [truncated]");
+        }
+        if matches!(level, host::Level::Error) && message.starts_with(PANIC_PREFIX) {
+            self.panic = Some(message);
+            return;
         }
         let (p, v) = (&*self.plugin, &*self.version);
         match level {

@@ -1,5 +1,6 @@
 //! The plugin directory watcher: loads every `*.wasm` at start, then reloads changed files off the request path
-//! (debounced, on its own thread). A deleted file keeps its last good version serving, with a warning.
+//! (debounced, on its own thread). A deleted file keeps its last good version serving, with a warning
+//! (or, when it never loaded, a warning that says so).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -97,6 +98,25 @@ pub(crate) fn watch_dir(
     ))
 }
 
+/// Says what a removed plugin file means: its last good version keeps serving, or, when none
+/// ever loaded, that nothing changes (and its refusal is forgotten).
+fn removed(rt: &RuntimeInner, path: &Path) {
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    match rt.loaded_version(name) {
+        Some(version) => tracing::warn!(
+            file = %path.display(),
+            "plugin file removed; its last good version {version} keeps serving until the next restart"
+        ),
+        None => {
+            rt.clear_refusal(name);
+            tracing::warn!(
+                file = %path.display(),
+                "plugin file removed; it never loaded, so no version of it serves"
+            );
+        }
+    }
+}
+
 fn reload_loop(rt: Weak<RuntimeInner>, rx: mpsc::Receiver<notify::Result<notify::Event>>) {
     let mut pending = BTreeSet::new();
     loop {
@@ -122,10 +142,7 @@ fn reload_loop(rt: Weak<RuntimeInner>, rx: mpsc::Receiver<notify::Result<notify:
                         // Errors are logged by load_file, and the previous version keeps serving.
                         let _ = rt.load_file(&path);
                     } else {
-                        tracing::warn!(
-                            file = %path.display(),
-                            "plugin file removed; its last good version keeps serving until the next restart"
-                        );
+                        removed(&rt, &path);
                     }
                 }
             }

@@ -28,14 +28,42 @@ fn with_instance<T: 'static, S: Slot<T>, R>(f: impl FnOnce(&mut T) -> R) -> Opti
     S::key().with(|cell| cell.borrow_mut().as_mut().map(f))
 }
 
-/// What `init` does for every kind: drop the old instance (a second `init` starts over), then
-/// keep the new one or hand back the refusal.
-fn init_into<T: 'static, S: Slot<T>>(made: Result<T, String>) -> Result<(), String> {
+/// What `init` does for every kind: make sure panics reach the host, drop the old instance (a
+/// second `init` starts over), then keep the new one or hand back the refusal.
+fn init_into<T: 'static, S: Slot<T>>(
+    made: impl FnOnce() -> Result<T, String>,
+) -> Result<(), String> {
+    hand_panics_to_the_host();
     S::key().with(|cell| {
         *cell.borrow_mut() = None;
-        *cell.borrow_mut() = Some(made?);
+        *cell.borrow_mut() = Some(made()?);
         Ok(())
     })
+}
+
+/// Installs (once) a panic hook that hands the panic's place and text to the host as an `error`
+/// log line starting with `panicked at ` just before the trap: the host puts it in the fault's
+/// line, where the trap alone says only "unreachable instruction executed".
+fn hand_panics_to_the_host() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let text = info
+                .payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(a panic without a text message)");
+            let at = info.location().map_or_else(
+                || "an unknown place".to_owned(),
+                |l| format!("{}:{}:{}", l.file(), l.line(), l.column()),
+            );
+            crate::host::log(
+                crate::host::Level::Error,
+                &format!("panicked at {at}: {text}"),
+            );
+        }));
+    });
 }
 
 fn not_initialised(kind: &str) {
@@ -50,7 +78,7 @@ pub struct BalancerExport<T, S>(PhantomData<(T, S)>);
 
 impl<T: Balancer + 'static, S: Slot<T>> wit_balance::Guest for BalancerExport<T, S> {
     fn init(config: String) -> Result<(), String> {
-        init_into::<T, S>(T::init(&config))
+        init_into::<T, S>(|| T::init(&config))
     }
 
     fn pool_changed(endpoints: Vec<types::Endpoint>) {
@@ -97,11 +125,12 @@ thread_local! {
 
 impl<T: Router + 'static, S: Slot<Routing<T>>> wit_route::Guest for RouterExport<T, S> {
     fn init(config: String, clusters: Vec<String>) -> Result<(), String> {
-        let made = T::init(&config, &clusters).map(|router| Routing {
-            router,
-            clusters: ClusterNames::new(clusters),
-        });
-        init_into::<Routing<T>, S>(made)
+        init_into::<Routing<T>, S>(|| {
+            T::init(&config, &clusters).map(|router| Routing {
+                router,
+                clusters: ClusterNames::new(clusters),
+            })
+        })
     }
 
     fn route(request: &types::Request, path: String) -> wit_route::RouteDecision {
@@ -135,7 +164,7 @@ pub struct FilterExport<T, S>(PhantomData<(T, S)>);
 
 impl<T: Filter + 'static, S: Slot<T>> wit_filter::Guest for FilterExport<T, S> {
     fn init(config: String) -> Result<(), String> {
-        init_into::<T, S>(T::init(&config))
+        init_into::<T, S>(|| T::init(&config))
     }
 
     fn on_request(request: &types::Request) -> wit_filter::RequestAction {
@@ -172,7 +201,7 @@ pub struct HealthExport<T, S>(PhantomData<(T, S)>);
 
 impl<T: HealthPolicy + 'static, S: Slot<T>> wit_health::Guest for HealthExport<T, S> {
     fn init(config: String) -> Result<(), String> {
-        init_into::<T, S>(T::init(&config))
+        init_into::<T, S>(|| T::init(&config))
     }
 
     fn judge_probe(result: wit_health::ProbeResult) -> wit_health::Verdict {

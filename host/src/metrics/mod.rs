@@ -16,6 +16,7 @@ use crate::plugin::PluginRuntime;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
@@ -603,8 +604,8 @@ fn natural_cmp(a: &str, b: &str) -> Ordering {
     }
 }
 
-/// Reads one figure of a plugin's status.
-type Figure = fn(&crate::plugin::PluginStatus) -> f64;
+/// Reads one figure of a version's figures.
+type Figure = fn(&crate::plugin::VersionStatus) -> f64;
 
 /// Reads plugin figures from the runtime at scrape time.
 #[derive(Clone)]
@@ -621,29 +622,97 @@ impl prometheus_client::collector::Collector for PluginCollector {
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
+        use crate::plugin::{BreakerState, VersionStatus};
         use prometheus_client::metrics::MetricType;
         let plugins = self.0.plugins();
+        // Every version a plugin kept in its history, the serving one first, so fault counts
+        // survive a reload or a rollback (the `version` label tells them apart).
+        let versions: Vec<(&str, VersionStatus)> = plugins
+            .iter()
+            .flat_map(|p| {
+                let current = VersionStatus {
+                    version: p.version.clone(),
+                    source: p.source.clone(),
+                    loaded_at_unix: p.loaded_at_unix,
+                    calls: p.calls,
+                    faults: p.faults,
+                    trips: p.trips,
+                    rolled_back: false,
+                };
+                std::iter::once((p.name.as_str(), current)).chain(
+                    p.previous_versions
+                        .iter()
+                        .map(|v| (p.name.as_str(), v.clone())),
+                )
+            })
+            .collect();
         let figures: [(&str, &str, Figure); 3] = [
-            ("sluicegate_plugin_calls", "Plugin calls", |p| {
-                p.calls as f64
+            ("sluicegate_plugin_calls", "Plugin calls", |v| {
+                v.calls as f64
             }),
             (
                 "sluicegate_plugin_faults",
-                "Plugin faults (trap, deadline, memory, invalid answer)",
-                |p| p.faults as f64,
+                "Plugin faults (trap, panic, fuel, deadline, memory, invalid answer)",
+                |v| v.faults as f64,
             ),
             (
-                "sluicegate_plugin_call_seconds",
-                "Time spent in plugin calls",
-                |p| p.call_nanos_total as f64 / 1e9,
+                "sluicegate_plugin_breaker_trips",
+                "Times a plugin use's circuit breaker opened",
+                |v| v.trips as f64,
             ),
         ];
         for (name, help, value) in figures {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for p in &plugins {
-                let labels = [("plugin", p.name.as_str()), ("version", p.version.as_str())];
-                ConstCounter::new(value(p)).encode(metric.encode_family(&labels)?)?;
+            for (plugin, v) in &versions {
+                let labels = [("plugin", *plugin), ("version", v.version.as_str())];
+                ConstCounter::new(value(v)).encode(metric.encode_family(&labels)?)?;
             }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "sluicegate_plugin_call_seconds",
+            "Time spent in plugin calls (the serving version)",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &plugins {
+            let labels = [("plugin", p.name.as_str()), ("version", p.version.as_str())];
+            let seconds = p.call_nanos_total as f64 / 1e9;
+            ConstCounter::new(seconds).encode(metric.encode_family(&labels)?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "sluicegate_plugin_breakers_open",
+            "Uses of a plugin whose circuit breaker is open or half-open (their fallback serves)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &plugins {
+            let open = p
+                .uses
+                .iter()
+                .filter(|u| u.breaker.state != BreakerState::Closed)
+                .count();
+            let labels = [("plugin", p.name.as_str())];
+            ConstGauge::new(open as i64).encode(metric.encode_family(&labels)?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "sluicegate_plugin_rollbacks",
+            "Versions rolled back after their breaker opened soon after a hot reload",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &plugins {
+            let labels = [("plugin", p.name.as_str())];
+            ConstCounter::new(p.rollbacks).encode(metric.encode_family(&labels)?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "sluicegate_plugin_refused",
+            "Plugin files refused at their last load (1 while the refusal stands)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in self.0.refused() {
+            let labels = [("plugin", r.name.as_str())];
+            ConstGauge::new(1i64).encode(metric.encode_family(&labels)?)?;
         }
         let counters = self.0.counters();
         let mut metric = encoder.encode_descriptor(

@@ -108,9 +108,9 @@ impl Cluster {
                     "balancer picked an unknown endpoint: falling back"
                 );
             }
-            Err(e) => {
-                tracing::warn!(plugin = self.balancer.plugin(), error = %e, "balancer fault: falling back");
-            }
+            // The runtime logged the fault (at most a line a second per plugin); while the
+            // balancer's breaker is open this is every request, and costs no call.
+            Err(_) => {}
         }
         metrics.fallback(self.balancer.plugin(), "balancer");
         match self.fallback.pick(head, attempt, tried) {

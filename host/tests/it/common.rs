@@ -560,6 +560,27 @@ pub async fn wait_for<T: std::fmt::Debug>(
     }
 }
 
+/// [`wait_for`] for tests without a runtime: reads with `read` until `done` (bounded).
+pub fn wait_for_sync<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut read: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let value = read();
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {limit:?} for {what}; last seen: {value:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The samples of `/metrics` on the admin listener at `admin` (parsed strictly).
 pub async fn scrape(admin: SocketAddr) -> Vec<Sample> {
     let (status, text) = get(&http1_client(), &format!("http://{admin}/metrics")).await;

@@ -182,3 +182,100 @@ address = "{}"
     assert_eq!(denied["reason"], "answered by filter faults");
     proxy.stop().await;
 }
+
+/// A filter set to fail closed answers 503 when it faults and never forwards; a router that faults
+/// hands the request to the route table, so no request fails; once their breakers open neither
+/// plugin is called, and `/status` shows the breakers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_closed_filter_rejects_and_a_router_falls_back_to_the_routes() {
+    let plugin = tokio::task::spawn_blocking(faults_plugin).await.unwrap();
+    let web = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    std::fs::copy(&plugin, dir.path().join("plugins/faults.wasm")).unwrap();
+    let config = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[access_log]
+enabled = false
+[plugins]
+dir = "plugins"
+[plugins.breaker]
+faults = 2
+backoff = "1h"
+
+[router]
+plugin = "faults"
+settings = {{ cluster = "web" }}
+on_fault = "routes"
+
+[[routes]]
+cluster = "web"
+
+[[filters]]
+plugin = "faults"
+on_fault = "reject"
+
+[[clusters]]
+name = "web"
+[[clusters.endpoints]]
+address = "{}"
+"#,
+        web.addr
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let client = http1_client();
+    let calls = async || -> u64 {
+        let (_, status) = get(&client, &proxy.admin_url("/status")).await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        status["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "faults")
+            .unwrap()["calls"]
+            .as_u64()
+            .unwrap()
+    };
+
+    // The filter faults: 503, and the backend never sees the request; after two faults its
+    // breaker is open and every request is refused without a call.
+    for _ in 0..2 {
+        let (status, body) = get(&client, &proxy.url("/filter-trap")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+    let before = calls().await;
+    for _ in 0..5 {
+        let (status, _) = get(&client, &proxy.url("/")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(calls().await, before, "an open breaker calls nothing");
+    assert_eq!(web.hits("/filter-trap") + web.hits("/"), 0);
+    let (_, status) = get(&client, &proxy.admin_url("/status")).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["filters"][0]["on_fault"], "reject");
+    assert_eq!(status["filters"][0]["breaker"]["state"], "open", "{status}");
+    assert_eq!(status["router"]["breaker"]["state"], "closed", "{status}");
+    proxy.stop().await;
+
+    // Without the filter: the router faults, the route table serves, every request succeeds.
+    let config = config.replace(
+        "[[filters]]\nplugin = \"faults\"\non_fault = \"reject\"\n",
+        "",
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    for _ in 0..6 {
+        let (status, body) = get(&client, &proxy.url("/router-trap")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from web"));
+    }
+    assert_eq!(web.hits("/router-trap"), 6);
+    let (_, status) = get(&client, &proxy.admin_url("/status")).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["router"]["on_fault"], "routes");
+    assert_eq!(status["router"]["breaker"]["state"], "open", "{status}");
+    assert_eq!(status["router"]["breaker"]["trips"], 1, "{status}");
+    proxy.stop().await;
+}
