@@ -1,6 +1,7 @@
 //! ns per `pick` through the plugin runtime (embedded round-robin) for pools of 10 and 1,000 endpoints, beside a
 //! native round-robin baseline in the same run, then a table of every embedded balancer (loaded by name, default
-//! settings) on the same pools. Run: `cargo bench -p sluicegate --bench pick`.
+//! settings) on the same pools, each also with fuel metering off (what counting fuel costs). Run:
+//! `cargo bench -p sluicegate --bench pick`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -58,7 +59,12 @@ fn main() {
         call_deadline: Duration::from_secs(1),
         ..RuntimeOptions::default()
     };
-    let rt = PluginRuntime::new(opts).expect("runtime");
+    let rt = PluginRuntime::new(opts.clone()).expect("runtime");
+    let unmetered = PluginRuntime::new(RuntimeOptions {
+        fuel_per_call: 0,
+        ..opts
+    })
+    .expect("runtime without fuel");
     let (parts, ()) = http::Request::builder()
         .uri("http://example.com/api/v1/items?x=1")
         .header("user-agent", "bench")
@@ -107,9 +113,22 @@ fn main() {
         let retry = measure(budget, || {
             black_box(b.pick(black_box(&req), 3, &tried).expect("pick"));
         });
+        // The same retry with fuel metering off: what counting fuel costs a call.
+        let unmetered = unmetered
+            .balancer("round-robin", "", Arc::new(NoFacts))
+            .expect("balancer");
+        unmetered.set_pool(pool(n));
+        let retry_unmetered = measure(budget, || {
+            black_box(unmetered.pick(black_box(&req), 3, &tried).expect("pick"));
+        });
         row(&format!("native round-robin, pool {n}"), native, native);
         row(&format!("runtime pick, pool {n}"), plugin, native);
         row(&format!("runtime pick, 2 tried, pool {n}"), retry, native);
+        row(
+            &format!("  the same, fuel metering off, pool {n}"),
+            retry_unmetered,
+            native,
+        );
     }
     observe_baseline(&rt, budget);
     // By name: other plugins (the baseline's, the table's) may come first in the list.
@@ -125,7 +144,7 @@ fn main() {
         status.faults,
         status.call_nanos_total as f64 / status.calls.max(1) as f64
     );
-    per_balancer(&rt, &req, budget);
+    per_balancer(&rt, &unmetered, &req, budget);
 }
 
 /// A bare baseline through the same runtime: `health.observe` of the `all-kinds` test plugin takes a flat record
@@ -184,28 +203,38 @@ const BALANCERS: &[(&str, &str)] = &[
 /// pools of 10 and 1,000 endpoints. The pool is set (and any table built) before measuring; the request has no
 /// cookie or extra headers, so the hashing balancers hash the client address and sticky-session falls back to its
 /// round-robin.
-fn per_balancer(rt: &PluginRuntime, req: &Arc<RequestHead>, budget: Duration) {
+fn per_balancer(
+    rt: &PluginRuntime,
+    unmetered: &PluginRuntime,
+    req: &Arc<RequestHead>,
+    budget: Duration,
+) {
     println!();
     println!(
-        "{:<40} {:>14} {:>16}",
-        "balancer (settings)", "ns/pick, 10", "ns/pick, 1000"
+        "{:<40} {:>14} {:>16} {:>14} {:>16}",
+        "balancer (settings)", "ns/pick, 10", "ns/pick, 1000", "no fuel, 10", "no fuel, 1000"
     );
     for (name, settings) in BALANCERS {
         let mut cells = Vec::new();
-        for n in [10u32, 1_000] {
-            let b = rt
-                .balancer(name, settings, Arc::new(NoFacts))
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            b.set_pool(pool(n));
-            cells.push(measure(budget, || {
-                black_box(b.pick(black_box(req), 1, &[]).expect("pick"));
-            }));
+        for rt in [rt, unmetered] {
+            for n in [10u32, 1_000] {
+                let b = rt
+                    .balancer(name, settings, Arc::new(NoFacts))
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                b.set_pool(pool(n));
+                cells.push(measure(budget, || {
+                    black_box(b.pick(black_box(req), 1, &[]).expect("pick"));
+                }));
+            }
         }
         let label = if settings.is_empty() {
             (*name).to_string()
         } else {
             format!("{name} ({settings})")
         };
-        println!("{label:<40} {:>14.1} {:>16.1}", cells[0], cells[1]);
+        println!(
+            "{label:<40} {:>14.1} {:>16.1} {:>14.1} {:>16.1}",
+            cells[0], cells[1], cells[2], cells[3]
+        );
     }
 }

@@ -20,7 +20,8 @@ pub(crate) fn tick_for(call_deadline: Duration) -> Duration {
 }
 
 /// The engine every plugin of a runtime is compiled for.
-pub(crate) fn new_engine() -> Result<Engine, String> {
+/// `fuel`: whether calls are metered (they are unless a bench measures what metering costs).
+pub(crate) fn new_engine(fuel: bool) -> Result<Engine, String> {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -28,7 +29,7 @@ pub(crate) fn new_engine() -> Result<Engine, String> {
         .concurrency_support(false)
         // Fuel bounds a call's CPU the same way on an idle or a loaded machine; the epoch deadline
         // stays as the backstop for time spent outside Wasm.
-        .consume_fuel(true)
+        .consume_fuel(fuel)
         .epoch_interruption(true);
     Engine::new(&config).map_err(|e| format!("cannot create the wasmtime engine: {e}"))
 }
@@ -244,7 +245,7 @@ mod tests {
 
     #[test]
     fn engine_builds_and_cache_names_are_stable() {
-        let engine = new_engine().unwrap();
+        let engine = new_engine(true).unwrap();
         let sha = sha256_hex(b"abc");
         assert_eq!(
             sha,

@@ -235,6 +235,9 @@ pub(crate) fn decision_budget(store: &mut Store<StoreData>, decisions: u64) {
 }
 
 fn set_fuel(store: &mut Store<StoreData>, fuel: u64) {
+    if store.data().fuel_per_decision == 0 {
+        return; // Metering is off (`fuel_per_call = 0`, for benches).
+    }
     store.data_mut().budget = fuel;
     // Cannot fail: fuel is on in every engine of this crate.
     let _ = store.set_fuel(fuel);

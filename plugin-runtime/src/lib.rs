@@ -193,6 +193,8 @@ pub const DEFAULT_INIT_FUEL: u64 = 10_000_000_000;
 pub struct RuntimeOptions {
     /// The CPU budget of one decision call, in wasmtime fuel (about one unit per Wasm
     /// instruction): counted, so the same call faults the same way on an idle or a loaded machine.
+    /// Zero turns metering off (only the deadline bounds a call): for benches that measure what
+    /// metering costs; the config does not offer it.
     pub fuel_per_call: u64,
     /// The CPU budget of `init` and `pool-changed`, in fuel.
     pub init_fuel: u64,

@@ -187,7 +187,8 @@ pub(crate) struct RuntimeInner {
 
 impl RuntimeInner {
     pub(crate) fn new(opts: RuntimeOptions) -> Result<Arc<Self>, PluginError> {
-        let engine = engine::new_engine().map_err(|reason| PluginError::Runtime { reason })?;
+        let engine = engine::new_engine(opts.fuel_per_call > 0)
+            .map_err(|reason| PluginError::Runtime { reason })?;
         let mut linker = Linker::new(&engine);
         HostView::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |d| d).map_err(
             |e| PluginError::Runtime {
