@@ -249,6 +249,20 @@ async fn a_broken_config_written_over_the_live_one_is_refused_while_traffic_cont
     // that `/status` showed.
     assert!(stderr(&proxy).contains("config reload refused"));
 
+    // Reverting to the config that serves is a good reload too: the refusal no longer stands.
+    std::fs::write(&proxy.config, &live).unwrap();
+    let cleared = eventually(WAIT, async || {
+        let status: serde_json::Value =
+            serde_json::from_str(&get(&client, &status_url).await.1).unwrap();
+        status["last_reload_error"].is_null()
+    })
+    .await;
+    assert!(
+        cleared,
+        "a revert did not clear last_reload_error: {}",
+        stderr(&proxy)
+    );
+
     // A good config written next is applied: traffic moves to backend 2.
     std::fs::write(
         &proxy.config,
