@@ -126,28 +126,7 @@ FAULTY_SHA=$(sha256sum "$WORK/wasm/faulty-pick.wasm" | cut -d' ' -f1)
 [[ $HEALTHY_SHA != "$FAULTY_SHA" ]] || die "pick-first.wasm and faulty-pick.wasm are the same bytes: the swap would not show"
 
 # ---------------------------------------------------------------- ports, free at start
-declare -A TAKEN=()
-PORT=
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-        [[ -z ${TAKEN[$p]:-} ]] || continue
-        ss -Htan "( sport = :$p )" | grep -q . && continue
-        TAKEN[$p]=1
-        PORT=$p
-        return
-    done
-}
-wait_port() { # port pid name seconds
-    local i
-    for i in $(seq $((${4:-10} * 10))); do
-        kill -0 "$2" 2>/dev/null || return 1
-        ss -Htln "( sport = :$1 )" | grep -q . && return 0
-        sleep 0.1
-    done
-    return 1
-}
+source "$ROOT/bench/ports.sh"
 
 # ---------------------------------------------------------------- the backend: one nginx worker, a 23-byte file
 free_port; BACKEND_PORT=$PORT
@@ -178,7 +157,7 @@ EOF
 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -e "$WORK/backend/error.log" -g 'daemon off;' >"$WORK/backend/out.log" 2>&1 &
 BACKEND_PID=$!
 PIDS+=("$BACKEND_PID")
-wait_port "$BACKEND_PORT" "$BACKEND_PID" backend 10 ||
+port_listening "$BACKEND_PORT" "$BACKEND_PID" 10 ||
     die "nginx is not listening on $BACKEND_PORT after 10 s: $(tail -5 "$WORK/backend/error.log" "$WORK/backend/out.log" 2>/dev/null)"
 body=$(curl -fsS --max-time 5 "http://127.0.0.1:$BACKEND_PORT/small") || die "the backend does not serve /small"
 [[ $body == "hello from the backend" ]] || die "the backend serves '$body', not the test file"
@@ -271,7 +250,7 @@ EOF
     status_json >"$dir/status-start.json" || { stop_proxy "$pid"; case_failed "$w" "$fault" "no answer from http://127.0.0.1:$pa/status 60 s after the start"; return 1; }
     v0=$(jq -r '.plugins[] | select(.name == "custom") | .version' "$dir/status-start.json")
     [[ -n $v0 ]] || { stop_proxy "$pid"; case_failed "$w" "$fault" "/status lists no plugin named custom (see $dir/status-start.json)"; return 1; }
-    wait_port "$port" "$pid" proxy 10 || { stop_proxy "$pid"; case_failed "$w" "$fault" "the proxy is not listening on $port"; return 1; }
+    port_listening "$port" "$pid" 10 || { stop_proxy "$pid"; case_failed "$w" "$fault" "the proxy is not listening on $port"; return 1; }
     body=$(curl -fsS --max-time 5 "$URL") || { stop_proxy "$pid"; case_failed "$w" "$fault" "GET $URL through the healthy proxy failed"; return 1; }
     [[ $body == "hello from the backend" ]] || { stop_proxy "$pid"; case_failed "$w" "$fault" "GET $URL answered '$body'"; return 1; }
     ((WARMUP == 0)) || timeout $((WARMUP + 30)) wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$URL" >/dev/null 2>&1 || true

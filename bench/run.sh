@@ -164,26 +164,10 @@ fi
 SG_VERSION="$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- host config upstream plugin-runtime plugin-build sdk plugins Cargo.toml Cargo.lock && echo "" || echo "+dirty")"
 
 # ---------------------------------------------------------------- ports, free at start
-declare -A TAKEN=()
-PORT=
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
-        [[ -z ${TAKEN[$p]:-} ]] || continue
-        ss -Htan "( sport = :$p )" | grep -q . && continue
-        TAKEN[$p]=1
-        PORT=$p
-        return
-    done
-}
+source "$ROOT/bench/ports.sh"
 wait_port() { # port pid name
-    local i
-    for i in $(seq 100); do
-        kill -0 "$2" 2>/dev/null || die "$3 exited at start (logs in $WORK; KEEP_WORK=1 keeps them)"
-        ss -Htln "( sport = :$1 )" | grep -q . && return
-        sleep 0.1
-    done
+    port_listening "$1" "$2" 10 && return
+    kill -0 "$2" 2>/dev/null || die "$3 exited at start (logs in $WORK; KEEP_WORK=1 keeps them)"
     die "$3 is not listening on $1 after 10 s"
 }
 start() { # name logfile cmd... ; sets STARTED to the pid

@@ -9,6 +9,7 @@ use crate::plugin::{
 };
 use crate::routes::RouteTable;
 use crate::upstream::{Cluster, plugin_error};
+use http::StatusCode;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,19 +27,21 @@ pub enum Router {
 #[derive(Clone)]
 pub enum RouterFallback {
     /// An answer with this status.
-    Respond(http::StatusCode),
+    Respond(StatusCode),
     /// The route table.
     Table(RouteTable),
     /// Another router plugin (whose own fault is answered 502).
     Plugin(RouterHandle),
 }
 
-/// A router's decision, resolved to the gateway's clusters.
-pub(crate) enum Routed {
+/// Where a request goes, or how it is answered instead.
+pub(crate) enum Destination {
     /// Forward to this cluster.
     Cluster(Arc<Cluster>),
-    /// Answer the client with this.
-    Respond(LocalResponse),
+    /// A plugin's answer, with the reason for the access log.
+    Plugin(LocalResponse, Cow<'static, str>),
+    /// The proxy's own answer, with the reason.
+    Local(StatusCode, Cow<'static, str>),
 }
 
 /// A filter use and what its fault means.
@@ -113,8 +116,7 @@ impl Gateway {
                 };
                 let fallback = match on_fault.as_ref() {
                     RouterFault::Respond(status) => RouterFallback::Respond(
-                        http::StatusCode::from_u16(*status)
-                            .unwrap_or(http::StatusCode::BAD_GATEWAY),
+                        StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
                     ),
                     RouterFault::Routes(routes) => {
                         RouterFallback::Table(RouteTable::new(routes, |n| by_name.get(n).copied()))
@@ -154,33 +156,55 @@ impl Gateway {
         }
     }
 
-    /// The cluster the route table gives `head` (by its host and path), if one matches.
-    pub(crate) fn route_by_table(
-        &self,
-        table: &RouteTable,
-        head: &RequestHead,
-    ) -> Option<Arc<Cluster>> {
-        let host = headers::request_authority(&head.parts.uri, &head.parts.headers)
-            .map(headers::strip_port);
-        table
-            .route(host, head.parts.uri.path())
-            .map(|i| self.clusters[i].clone())
+    /// Where `head` goes: the router's (or route table's) cluster, or the answer given instead.
+    /// A router that faults (logged by the runtime, counted here) hands over to its fallback.
+    pub(crate) fn route(&self, head: &Arc<RequestHead>, metrics: &Metrics) -> Destination {
+        let (router, fallback) = match &self.router {
+            Router::Table(table) => return self.by_table(table, head),
+            Router::Plugin(router, fallback) => (router, fallback),
+        };
+        let reason = match self.ask(router, head) {
+            Ok(destination) => return destination,
+            Err(reason) => reason,
+        };
+        metrics.fallback(router.plugin(), "router");
+        match fallback {
+            RouterFallback::Respond(status) => Destination::Local(*status, reason),
+            RouterFallback::Table(table) => self.by_table(table, head),
+            RouterFallback::Plugin(other) => self.ask(other, head).unwrap_or_else(|reason| {
+                metrics.fallback(other.plugin(), "router");
+                Destination::Local(StatusCode::BAD_GATEWAY, reason)
+            }),
+        }
     }
 
-    /// What `router` decides for `head`; its fault (logged by the runtime) as the reason to give.
-    pub(crate) fn ask_router(
+    /// The route table's cluster for `head` (by its host and path), or 404.
+    fn by_table(&self, table: &RouteTable, head: &RequestHead) -> Destination {
+        let host = headers::request_authority(&head.parts.uri, &head.parts.headers)
+            .map(headers::strip_port);
+        match table.route(host, head.parts.uri.path()) {
+            Some(i) => Destination::Cluster(self.clusters[i].clone()),
+            None => Destination::Local(StatusCode::NOT_FOUND, "no route".into()),
+        }
+    }
+
+    /// What `router` decides for `head`; its fault as the reason to give.
+    fn ask(
         &self,
         router: &RouterHandle,
         head: &Arc<RequestHead>,
-    ) -> Result<Routed, Cow<'static, str>> {
+    ) -> Result<Destination, Cow<'static, str>> {
         match router.route(head) {
             // The handle checked the index against the names it was made with, which are
             // `clusters`; `get` only keeps a broken invariant from panicking here.
             Ok(RouteDecision::Cluster(i)) => match self.clusters.get(i) {
-                Some(c) => Ok(Routed::Cluster(c.clone())),
+                Some(c) => Ok(Destination::Cluster(c.clone())),
                 None => Err(format!("router chose cluster {i}, which does not exist").into()),
             },
-            Ok(RouteDecision::Respond(local)) => Ok(Routed::Respond(local)),
+            Ok(RouteDecision::Respond(local)) => Ok(Destination::Plugin(
+                local,
+                format!("answered by router {}", router.plugin()).into(),
+            )),
             Err(_) => Err(format!("router fault: {}", router.plugin()).into()),
         }
     }

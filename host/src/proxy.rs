@@ -5,7 +5,7 @@
 use crate::access_log::{AccessLog, Entry, rfc3339_now};
 use crate::client_io::ClientInfo;
 use crate::config::FilterFault;
-use crate::gateway::{Gateway, Routed, Router, RouterFallback};
+use crate::gateway::{Destination, Gateway};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::plugin::{
@@ -240,52 +240,10 @@ impl Proxy {
             }
 
             // Routing (after the filters, which may have changed the host).
-            let cluster = match &gateway.router {
-                Router::Table(table) => match gateway.route_by_table(table, &head) {
-                    Some(c) => c,
-                    None => return done.local(StatusCode::NOT_FOUND, "no route".into()),
-                },
-                Router::Plugin(router, fallback) => match gateway.ask_router(router, &head) {
-                    Ok(Routed::Cluster(c)) => c,
-                    Ok(Routed::Respond(local)) => {
-                        return done.plugin_response(
-                            local,
-                            format!("answered by router {}", router.plugin()).into(),
-                        );
-                    }
-                    Err(reason) => {
-                        self.metrics.fallback(router.plugin(), "router");
-                        match fallback {
-                            RouterFallback::Respond(status) => {
-                                return done.local(*status, reason);
-                            }
-                            RouterFallback::Table(table) => {
-                                match gateway.route_by_table(table, &head) {
-                                    Some(c) => c,
-                                    None => {
-                                        return done
-                                            .local(StatusCode::NOT_FOUND, "no route".into());
-                                    }
-                                }
-                            }
-                            RouterFallback::Plugin(other) => {
-                                match gateway.ask_router(other, &head) {
-                                    Ok(Routed::Cluster(c)) => c,
-                                    Ok(Routed::Respond(local)) => {
-                                        return done.plugin_response(
-                                            local,
-                                            format!("answered by router {}", other.plugin()).into(),
-                                        );
-                                    }
-                                    Err(reason) => {
-                                        self.metrics.fallback(other.plugin(), "router");
-                                        return done.local(StatusCode::BAD_GATEWAY, reason);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                },
+            let cluster = match gateway.route(&head, &self.metrics) {
+                Destination::Cluster(c) => c,
+                Destination::Plugin(local, reason) => return done.plugin_response(local, reason),
+                Destination::Local(status, reason) => return done.local(status, reason),
             };
             done.cluster = Some(cluster.clone());
             done.active = Some(cluster.budget.request());

@@ -1,0 +1,27 @@
+# Loopback ports for the bench scripts (sourced by bench/run.sh and bench/faults.sh).
+
+declare -A TAKEN=()
+PORT=
+# Sets PORT to a port nothing listens on and no earlier call of this run handed out.
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        [[ -z ${TAKEN[$p]:-} ]] || continue
+        ss -Htan "( sport = :$p )" | grep -q . && continue
+        TAKEN[$p]=1
+        PORT=$p
+        return
+    done
+}
+
+# Whether something listens on port $1 within $3 seconds (default 10) while process $2 lives.
+port_listening() { # port pid seconds
+    local i
+    for i in $(seq $((${3:-10} * 10))); do
+        kill -0 "$2" 2>/dev/null || return 1
+        ss -Htln "( sport = :$1 )" | grep -q . && return 0
+        sleep 0.1
+    done
+    return 1
+}
