@@ -19,6 +19,8 @@ wasmtime::component::bindgen!({
         "sluicegate:plugin/types.request": RequestRef,
         "sluicegate:plugin/types.response": ResponseRef,
     },
+    // Every import may trap: each counts against the call's budget of host calls (see `store`).
+    imports: { default: trappable },
 });
 
 pub use self::sluicegate::plugin::{host, types};

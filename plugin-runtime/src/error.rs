@@ -90,7 +90,7 @@ pub enum PluginError {
     },
     /// The call spent its CPU budget (fuel) and was stopped.
     #[error(
-        "plugin `{name}` version {version} ran out of fuel: it used its budget of {budget} units (about as many Wasm instructions) in one call"
+        "plugin `{name}` version {version} ran out of fuel: it used its budget of {budget} units (about one per Wasm instruction, a hundred per host call) in one call"
     )]
     FuelExhausted {
         /// The plugin name.

@@ -18,7 +18,7 @@ use wasmtime::component::Resource;
 use super::bindings::{RequestRef, ResponseRef, balance, filter, health, route, types};
 use super::breaker::{Admit, Breaker, Transition};
 use super::registry::{Generation, RuntimeInner, Slot};
-use super::store::{StoreData, StoreParts};
+use super::store::{HOST_CALL_FUEL, HostCallsExhausted, StoreData, StoreParts};
 use super::{BreakerStatus, EndpointFacts, Kind, PluginError, PoolEndpoint, UseStatus, convert};
 
 /// Handle ids are process-wide, since the thread-local maps are shared by every runtime of the process.
@@ -238,7 +238,9 @@ fn set_fuel(store: &mut Store<StoreData>, fuel: u64) {
     if store.data().fuel_per_decision == 0 {
         return; // Metering is off (`fuel_per_call = 0`, for benches).
     }
-    store.data_mut().budget = fuel;
+    let data = store.data_mut();
+    data.budget = fuel;
+    data.host_calls_left = fuel / HOST_CALL_FUEL;
     // Cannot fail: fuel is on in every engine of this crate.
     let _ = store.set_fuel(fuel);
 }
@@ -379,6 +381,13 @@ fn classify(
         Phase::Init => rt.opts.init_deadline,
         Phase::Call => rt.opts.call_deadline,
     };
+    if e.downcast_ref::<HostCallsExhausted>().is_some() {
+        return PluginError::FuelExhausted {
+            name,
+            version,
+            budget: store.data().budget,
+        };
+    }
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => PluginError::DeadlineExceeded {
             name,
@@ -719,7 +728,10 @@ impl HandleCore {
             now,
         );
         let second = now.saturating_duration_since(self.rt.clock_base).as_secs();
-        if let Some(suppressed) = self.slot.quiet.admit(second) {
+        // A fault that moves the breaker is told in the breaker's line.
+        if transition.is_none()
+            && let Some(suppressed) = self.slot.quiet.admit(second)
+        {
             let what = if dropped {
                 "instance dropped"
             } else {
@@ -801,10 +813,14 @@ pub(crate) mod fuel_used {
         static MAX: Cell<[u64; 2]> = const { Cell::new([0; 2]) };
     }
 
-    /// Records what the call just made used, per decision for a decision call.
+    /// Records what the call just made used (its Wasm instructions and its host calls), per
+    /// decision for a decision call.
     pub(super) fn record(phase: Phase, store: &Store<StoreData>) {
         let d = store.data();
-        let used = d.budget.saturating_sub(store.get_fuel().unwrap_or(0));
+        // Host calls count a hundred units each (against their own allowance, in the same units).
+        let calls = (d.budget / super::HOST_CALL_FUEL).saturating_sub(d.host_calls_left);
+        let used =
+            d.budget.saturating_sub(store.get_fuel().unwrap_or(0)) + calls * super::HOST_CALL_FUEL;
         let (i, used) = match phase {
             Phase::Init => (0, used),
             Phase::Call => (1, used / (d.budget / d.fuel_per_decision).max(1)),

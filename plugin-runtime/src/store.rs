@@ -105,7 +105,20 @@ pub(crate) struct StoreData {
     pub(crate) fuel_per_decision: u64,
     /// The fuel the running call was given.
     pub(crate) budget: u64,
+    /// Host calls the running call may still make: its fuel over [`HOST_CALL_FUEL`]. Fuel counts
+    /// only Wasm instructions, and a plugin looping on a host call would otherwise spin for a
+    /// hundred times longer before it runs out.
+    pub(crate) host_calls_left: u64,
 }
+
+/// What one host call counts for, in fuel (a host call costs about as much as a hundred Wasm
+/// instructions).
+pub(crate) const HOST_CALL_FUEL: u64 = 100;
+
+/// The trap of a call that made more host calls than its fuel allows.
+#[derive(Debug, thiserror::Error)]
+#[error("made more host calls than its fuel allows (one per {HOST_CALL_FUEL} units)")]
+pub(crate) struct HostCallsExhausted;
 
 /// An `error` log line that starts with this is the plugin's panic message, handed over by its
 /// panic hook right before the trap (the SDK's hook writes `panicked at <file>:<line>:<col>: <text>`):
@@ -139,7 +152,27 @@ impl StoreData {
             panic: None,
             fuel_per_decision: p.fuel_per_decision,
             budget: 0,
+            host_calls_left: u64::MAX,
         }
+    }
+
+    /// Counts one host call against the call's budget; past it, the call traps.
+    #[inline]
+    fn charge(&mut self) -> wasmtime::Result<()> {
+        match self.host_calls_left.checked_sub(1) {
+            Some(left) => {
+                self.host_calls_left = left;
+                Ok(())
+            }
+            None => Err(wasmtime::Error::new(HostCallsExhausted)),
+        }
+    }
+
+    /// Runs a host call's body once it is counted against the call's budget.
+    #[inline]
+    fn charged<T>(&mut self, body: impl FnOnce(&mut Self) -> T) -> wasmtime::Result<T> {
+        self.charge()?;
+        Ok(body(self))
     }
 
     /// Sets what `request.tried-endpoints` answers (reusing the buffer: no allocation per pick).
@@ -173,7 +206,8 @@ fn splitmix64(state: &mut u64) -> u64 {
 }
 
 impl host::Host for StoreData {
-    fn log(&mut self, level: host::Level, mut message: String) {
+    fn log(&mut self, level: host::Level, mut message: String) -> wasmtime::Result<()> {
+        self.charge()?;
         if message.len() > MAX_LOG_LINE {
             // A plugin cannot flood the proxy's log with one huge line.
             let mut end = MAX_LOG_LINE;
@@ -185,7 +219,7 @@ impl host::Host for StoreData {
         }
         if matches!(level, host::Level::Error) && message.starts_with(PANIC_PREFIX) {
             self.panic = Some(message);
-            return;
+            return Ok(());
         }
         let (p, v) = (&*self.plugin, &*self.version);
         match level {
@@ -195,28 +229,34 @@ impl host::Host for StoreData {
             host::Level::Warn => tracing::warn!(plugin = p, version = v, "{message}"),
             host::Level::Error => tracing::error!(plugin = p, version = v, "{message}"),
         }
+        Ok(())
     }
 
-    fn now_nanos(&mut self) -> u64 {
-        u64::try_from(self.clock_base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    fn now_nanos(&mut self) -> wasmtime::Result<u64> {
+        self.charge()?;
+        Ok(u64::try_from(self.clock_base.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 
-    fn random_u64(&mut self) -> u64 {
-        splitmix64(&mut self.rng)
+    fn random_u64(&mut self) -> wasmtime::Result<u64> {
+        self.charge()?;
+        Ok(splitmix64(&mut self.rng))
     }
 
-    fn in_flight(&mut self, endpoint: u32) -> u32 {
-        self.facts.in_flight(endpoint)
+    fn in_flight(&mut self, endpoint: u32) -> wasmtime::Result<u32> {
+        self.charge()?;
+        Ok(self.facts.in_flight(endpoint))
     }
 
-    fn latency_ewma_micros(&mut self, endpoint: u32) -> u32 {
-        self.facts.latency_ewma_micros(endpoint)
+    fn latency_ewma_micros(&mut self, endpoint: u32) -> wasmtime::Result<u32> {
+        self.charge()?;
+        Ok(self.facts.latency_ewma_micros(endpoint))
     }
 
-    fn counter_add(&mut self, name: String, delta: u64) {
+    fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        self.charge()?;
         if let Some(cell) = self.counter_cells.get(&name) {
             cell.fetch_add(delta, Ordering::Relaxed);
-            return;
+            return Ok(());
         }
         if self.counter_cells.len() >= MAX_COUNTERS_PER_INSTANCE {
             tracing::warn!(
@@ -224,11 +264,12 @@ impl host::Host for StoreData {
                 version = &*self.version,
                 "counter `{name}` dropped: more than {MAX_COUNTERS_PER_INSTANCE} counter names"
             );
-            return;
+            return Ok(());
         }
         let cell = self.counters.cell(&self.plugin, &name);
         cell.fetch_add(delta, Ordering::Relaxed);
         self.counter_cells.insert(name, cell);
+        Ok(())
     }
 }
 
@@ -250,51 +291,67 @@ fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl types::HostRequest for StoreData {
-    fn method(&mut self, r: Resource<RequestRef>) -> String {
-        self.request(&r)
-            .map(|h| h.parts.method.as_str().to_owned())
-            .unwrap_or_default()
+    fn method(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<String> {
+        self.charged(|this| {
+            this.request(&r)
+                .map(|h| h.parts.method.as_str().to_owned())
+                .unwrap_or_default()
+        })
     }
 
-    fn path(&mut self, r: Resource<RequestRef>) -> String {
-        self.request(&r)
-            .map(|h| h.parts.uri.path().to_owned())
-            .unwrap_or_default()
+    fn path(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<String> {
+        self.charged(|this| {
+            this.request(&r)
+                .map(|h| h.parts.uri.path().to_owned())
+                .unwrap_or_default()
+        })
     }
 
-    fn query(&mut self, r: Resource<RequestRef>) -> Option<String> {
-        self.request(&r)?.parts.uri.query().map(str::to_owned)
+    fn query(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<Option<String>> {
+        self.charged(|this| this.request(&r)?.parts.uri.query().map(str::to_owned))
     }
 
-    fn host(&mut self, r: Resource<RequestRef>) -> Option<String> {
-        let head = self.request(&r)?;
-        if let Some(host) = head.parts.uri.host() {
-            return Some(host.to_owned());
-        }
-        let value = header_str(&head.parts.headers, "host")?;
-        let authority: http::uri::Authority = value.parse().ok()?;
-        Some(authority.host().to_owned())
+    fn host(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<Option<String>> {
+        self.charged(|this| {
+            let head = this.request(&r)?;
+            if let Some(host) = head.parts.uri.host() {
+                return Some(host.to_owned());
+            }
+            let value = header_str(&head.parts.headers, "host")?;
+            let authority: http::uri::Authority = value.parse().ok()?;
+            Some(authority.host().to_owned())
+        })
     }
 
-    fn header(&mut self, r: Resource<RequestRef>, name: String) -> Option<String> {
-        header_str(&self.request(&r)?.parts.headers, &name).map(str::to_owned)
+    fn header(
+        &mut self,
+        r: Resource<RequestRef>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        self.charged(|this| header_str(&this.request(&r)?.parts.headers, &name).map(str::to_owned))
     }
 
-    fn cookie(&mut self, r: Resource<RequestRef>, name: String) -> Option<String> {
-        let head = self.request(&r)?;
-        head.parts
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_owned())
+    fn cookie(
+        &mut self,
+        r: Resource<RequestRef>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        self.charged(|this| {
+            let head = this.request(&r)?;
+            head.parts
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_owned())
+        })
     }
 
-    fn client_ip(&mut self, r: Resource<RequestRef>) -> types::IpAddress {
-        match self.request(&r).map(|h| h.client.ip()) {
+    fn client_ip(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<types::IpAddress> {
+        self.charged(|this| match this.request(&r).map(|h| h.client.ip()) {
             Some(std::net::IpAddr::V6(ip)) => {
                 let s = ip.segments();
                 types::IpAddress::Ipv6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
@@ -304,18 +361,22 @@ impl types::HostRequest for StoreData {
                 types::IpAddress::Ipv4((o[0], o[1], o[2], o[3]))
             }
             None => types::IpAddress::Ipv4((0, 0, 0, 0)),
-        }
+        })
     }
 
-    fn request_id(&mut self, r: Resource<RequestRef>) -> String {
-        self.request(&r)
-            .map(|h| h.request_id.as_str().to_owned())
-            .unwrap_or_default()
+    fn request_id(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<String> {
+        self.charged(|this| {
+            this.request(&r)
+                .map(|h| h.request_id.as_str().to_owned())
+                .unwrap_or_default()
+        })
     }
 
-    fn tried_endpoints(&mut self, r: Resource<RequestRef>) -> Vec<EndpointId> {
-        let _ = r;
-        self.tried.clone()
+    fn tried_endpoints(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<Vec<EndpointId>> {
+        self.charged(|this| {
+            let _ = r;
+            this.tried.clone()
+        })
     }
 
     fn drop(&mut self, r: Resource<RequestRef>) -> wasmtime::Result<()> {
@@ -327,20 +388,24 @@ impl types::HostRequest for StoreData {
 }
 
 impl types::HostResponse for StoreData {
-    fn status(&mut self, r: Resource<ResponseRef>) -> u16 {
-        self.response(&r).map_or(0, |h| h.status.as_u16())
+    fn status(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<u16> {
+        self.charged(|this| this.response(&r).map_or(0, |h| h.status.as_u16()))
     }
 
-    fn header(&mut self, r: Resource<ResponseRef>, name: String) -> Option<String> {
-        header_str(&self.response(&r)?.headers, &name).map(str::to_owned)
+    fn header(
+        &mut self,
+        r: Resource<ResponseRef>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        self.charged(|this| header_str(&this.response(&r)?.headers, &name).map(str::to_owned))
     }
 
-    fn endpoint(&mut self, r: Resource<ResponseRef>) -> Option<u32> {
-        self.response(&r)?.endpoint
+    fn endpoint(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<Option<u32>> {
+        self.charged(|this| this.response(&r)?.endpoint)
     }
 
-    fn cluster(&mut self, r: Resource<ResponseRef>) -> Option<String> {
-        self.response(&r)?.cluster.clone()
+    fn cluster(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<Option<String>> {
+        self.charged(|this| this.response(&r)?.cluster.clone())
     }
 
     fn drop(&mut self, r: Resource<ResponseRef>) -> wasmtime::Result<()> {
