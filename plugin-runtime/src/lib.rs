@@ -1,9 +1,11 @@
 //! The plugin runtime: loads Wasm components, keeps one long-lived instance per worker thread per use, calls
-//! them under a deadline and a memory limit, and hot-swaps new versions without dropping a request.
+//! them under a fuel budget, a deadline and a memory limit, switches off a use that keeps faulting, rolls
+//! back a fresh version that does, and hot-swaps new versions without dropping a request.
 //!
 //! Layout: [`error`] the typed errors; `bindings` the generated WIT bindings; `engine` the wasmtime engine,
 //! epoch ticker and disk cache; `store` the per-instance state and the `host` imports; `registry` names,
-//! generations and loading; `instance` the per-thread instances and the call path; `handles` the typed uses
+//! generations, loading, history and rollback; `instance` the per-thread instances and the call path;
+//! `breaker` the circuit breaker of a use; `quiet` the rate limit of fault lines; `handles` the typed uses
 //! (balancer, router, filter, health); `watch` the directory watcher; `embedded` the default plugins;
 //! `native` a plain-Rust round-robin for bench/ (feature `native-choice`).
 //!
