@@ -44,6 +44,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/bench/common.sh"
 BIN=${BIN:-target/release/sluicegate}
 WORKERS_LIST=${WORKERS_LIST:-"1 2"}
 FAULTS=${FAULTS:-"spin panic alloc"}
@@ -82,14 +83,7 @@ WORK=$(mktemp -d /tmp/sluicegate-faults.XXXXXX)
 chmod 755 "$WORK" # nginx workers run as nobody and read the backend's files
 cleanup() {
     local pid alive
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 30); do
-        alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [[ $alive == 0 ]] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    stop_all "${PIDS[@]}"
     [[ -n ${KEEP_WORK:-} ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -147,7 +141,6 @@ FAULTY_SHA=$(sha256sum "$WORK/wasm/faulty-pick.wasm" | cut -d' ' -f1)
 [[ $HEALTHY_SHA != "$FAULTY_SHA" ]] || die "pick-first.wasm and faulty-pick.wasm are the same bytes: the swap would not show"
 
 # ---------------------------------------------------------------- ports, free at start
-source "$ROOT/bench/ports.sh"
 
 # ---------------------------------------------------------------- the backend: one nginx worker, a 23-byte file
 free_port; BACKEND_PORT=$PORT

@@ -19,6 +19,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/bench/common.sh"
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 CONNS=${CONNS:-"50 200"}
@@ -47,14 +48,7 @@ WORK=$(mktemp -d /tmp/sluicegate-bench.XXXXXX)
 chmod 755 "$WORK" # nginx workers run as nobody and read the backend's files
 cleanup() {
     local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 30); do
-        local alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [[ $alive == 0 ]] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    stop_all "${PIDS[@]}"
     [[ -n ${KEEP_WORK:-} ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -164,7 +158,6 @@ fi
 SG_VERSION="$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- host config upstream plugin-runtime plugin-build sdk plugins Cargo.toml Cargo.lock && echo "" || echo "+dirty")"
 
 # ---------------------------------------------------------------- ports, free at start
-source "$ROOT/bench/ports.sh"
 wait_port() { # port pid name
     port_listening "$1" "$2" 10 && return
     kill -0 "$2" 2>/dev/null || die "$3 exited at start (logs in $WORK; KEEP_WORK=1 keeps them)"

@@ -21,6 +21,14 @@ fn faults_plugin() -> PathBuf {
         .clone()
 }
 
+/// A directory for the proxy with the test plugin as `plugins/faults.wasm`.
+fn with_faults_plugin(plugin: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    std::fs::copy(plugin, dir.path().join("plugins/faults.wasm")).unwrap();
+    dir
+}
+
 fn read_log(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("access.log"))
         .unwrap_or_default()
@@ -34,9 +42,7 @@ async fn plugin_faults_fall_back_as_configured_and_are_counted() {
     let plugin = tokio::task::spawn_blocking(faults_plugin).await.unwrap();
     let b1 = Backend::start("1").await;
     let b2 = Backend::start("2").await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("plugins")).unwrap();
-    std::fs::copy(&plugin, dir.path().join("plugins/faults.wasm")).unwrap();
+    let dir = with_faults_plugin(&plugin);
     let config = format!(
         r#"
 [[listeners]]
@@ -190,9 +196,7 @@ address = "{}"
 async fn a_fail_closed_filter_rejects_and_a_router_falls_back_to_the_routes() {
     let plugin = tokio::task::spawn_blocking(faults_plugin).await.unwrap();
     let web = Backend::start("web").await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("plugins")).unwrap();
-    std::fs::copy(&plugin, dir.path().join("plugins/faults.wasm")).unwrap();
+    let dir = with_faults_plugin(&plugin);
     let config = format!(
         r#"
 [[listeners]]

@@ -1,4 +1,5 @@
-# Loopback ports for the bench scripts (sourced by bench/run.sh and bench/faults.sh).
+# What the bench scripts share (sourced by bench/run.sh and bench/faults.sh): loopback ports, and
+# stopping what they started.
 
 declare -A TAKEN=()
 PORT=
@@ -24,4 +25,17 @@ port_listening() { # port pid seconds
         sleep 0.1
     done
     return 1
+}
+
+# Stops the processes $@: TERM, up to 3 s for them to exit, then KILL.
+stop_all() { # pid...
+    local pid alive
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 30); do
+        alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ $alive == 0 ]] && break
+        sleep 0.1
+    done
+    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
