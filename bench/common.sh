@@ -1,5 +1,5 @@
-# What the bench scripts share (sourced by bench/run.sh and bench/faults.sh): loopback ports, and
-# stopping what they started.
+# What the bench scripts share (sourced by bench/run.sh and bench/faults.sh): installing what is
+# missing, loopback ports, and stopping what they started. The scripts define `log` and `die`.
 
 declare -A TAKEN=()
 PORT=
@@ -38,4 +38,14 @@ stop_all() { # pid...
         sleep 0.1
     done
     for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+}
+
+# Installs the Debian packages $@ (none: nothing to do), without recommends; `apt-get update` only
+# when the install fails.
+install_pkgs() { # package...
+    (($#)) || return 0
+    log "installing $* from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    local try="timeout 600 apt-get install -y -q --no-install-recommends $*"
+    $try >&2 || { timeout 300 apt-get update -q >&2 && $try >&2; } || die "apt-get install $* failed"
 }

@@ -100,12 +100,7 @@ command -v nginx >/dev/null || need_pkgs+=(nginx-light)
 command -v wrk >/dev/null || need_pkgs+=(wrk)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v jq >/dev/null || need_pkgs+=(jq)
-if ((${#need_pkgs[@]})); then
-    log "installing ${need_pkgs[*]} from Debian"
-    export DEBIAN_FRONTEND=noninteractive
-    apt_install() { timeout 600 apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2; }
-    apt_install || { timeout 300 apt-get update -q >&2 && apt_install; } || die "apt-get install ${need_pkgs[*]} failed"
-fi
+install_pkgs "${need_pkgs[@]}"
 
 # ---------------------------------------------------------------- the bound on the whole run
 read -ra WLIST <<<"$WORKERS_LIST"

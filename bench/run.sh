@@ -71,12 +71,7 @@ if [[ $MODE == pgo ]]; then
     command -v "$PROFDATA" >/dev/null || need_pkgs+=("llvm-$LLVM_MAJOR")
     command -v openssl >/dev/null || need_pkgs+=(openssl)
 fi
-if ((${#need_pkgs[@]})); then
-    log "installing ${need_pkgs[*]} from Debian"
-    export DEBIAN_FRONTEND=noninteractive
-    apt_install() { timeout 600 apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2; }
-    apt_install || { timeout 300 apt-get update -q >&2 && apt_install; } || die "apt-get install ${need_pkgs[*]} failed"
-fi
+install_pkgs "${need_pkgs[@]}"
 [[ -e $STREAM_MODULE ]] || { [[ $L4 == 1 ]] && die "no nginx stream module"; L4=0; }
 [[ $MODE != pgo ]] || command -v "$PROFDATA" >/dev/null || die "no $PROFDATA after installing llvm-$LLVM_MAJOR"
 
