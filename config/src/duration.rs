@@ -17,16 +17,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a duration: write it like \"2s\" or \"250ms\""))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!(
-            "`{text}` has an unknown unit `{unit}`: use ms, s, m or h"
-        )),
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{unit}`: use ms, s, m or h"
+            ));
+        }
+    };
+    // Deadlines are instants this far ahead: a duration past any real use could overflow one.
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{text}` is longer than a year (365 days), the longest duration the config takes"
+        ));
     }
+    Ok(d)
 }
+
+/// The longest duration the config takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -54,5 +66,11 @@ mod tests {
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
         assert!(parse_duration("10d").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("s").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_duration("18446744073709551615h")
+                .unwrap_err()
+                .contains("a year")
+        );
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
     }
 }

@@ -3,7 +3,7 @@
 //! from `mod.rs` so the cluster validation there stays short.
 
 use super::duration::ConfigDuration;
-use super::{Checker, ConfigError, PluginUse};
+use super::{Checker, ConfigError, MIN_PROBE_INTERVAL, PluginUse};
 use serde::Deserialize;
 use std::time::Duration;
 use toml::Spanned;
@@ -127,8 +127,8 @@ impl Default for HealthConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHealthCheck {
     pub kind: Option<Spanned<String>>,
-    pub interval: Option<ConfigDuration>,
-    pub unhealthy_interval: Option<ConfigDuration>,
+    pub interval: Option<Spanned<ConfigDuration>>,
+    pub unhealthy_interval: Option<Spanned<ConfigDuration>>,
     pub jitter: Option<ConfigDuration>,
     pub timeout: Option<ConfigDuration>,
     pub rise: Option<Spanned<u32>>,
@@ -209,13 +209,19 @@ impl Checker<'_> {
         };
         let rise = at_least_one(&h.rise, "rise", 2)?;
         let fall = at_least_one(&h.fall, "fall", 3)?;
-        let interval = h.interval.map_or(Duration::from_secs(2), |d| d.0);
-        if interval.is_zero() {
-            return Err(ConfigError::Other {
-                file: self.file.to_string(),
-                message: "health_check interval must be more than 0".into(),
-            });
+        let probe_interval = |d: &Option<Spanned<ConfigDuration>>, name: &str, default| {
+            match d {
+            Some(d) if d.get_ref().0 < MIN_PROBE_INTERVAL => Err(self.err_at(
+                d,
+                format!("`{name}` must be at least {MIN_PROBE_INTERVAL:?}: probes would flood the endpoint"),
+            )),
+            Some(d) => Ok(d.get_ref().0),
+            None => Ok(default),
         }
+        };
+        let interval = probe_interval(&h.interval, "interval", Duration::from_secs(2))?;
+        let unhealthy_interval =
+            probe_interval(&h.unhealthy_interval, "unhealthy_interval", interval)?;
         let kind = match h.kind.as_ref().map(|k| k.get_ref().as_str()) {
             Some("tcp") => ProbeKind::Tcp,
             None | Some("http") => {
@@ -261,10 +267,7 @@ impl Checker<'_> {
         Ok(HealthCheckConfig {
             kind,
             interval,
-            unhealthy_interval: h.unhealthy_interval.map_or(interval, |d| d.0).max(
-                // A zero interval would spin.
-                Duration::from_millis(1),
-            ),
+            unhealthy_interval,
             jitter: h.jitter.map_or(interval / 10, |d| d.0),
             timeout: h.timeout.map_or(Duration::from_secs(1), |d| d.0),
             rise,

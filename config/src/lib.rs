@@ -8,19 +8,25 @@
 
 mod duration;
 mod health;
+mod limits;
 mod listener;
 mod plugins;
 mod raw;
 mod upstream;
 
-pub use duration::{ConfigDuration, parse_duration};
+pub use duration::{ConfigDuration, MAX_DURATION, parse_duration};
 pub use health::{HealthCheckConfig, HealthConfig, OutlierConfig, PanicAction, ProbeKind};
+pub use limits::{
+    ConfigNote, ConfigSize, DEFAULT_RESERVED_DESCRIPTORS, LimitsConfig, ListenerLimits,
+    MAX_ATTEMPTS, MIN_PROBE_INTERVAL, parse_size,
+};
 pub use listener::{
     CertificateConfig, Cidr, SniRoute, listeners_restart_equal, server_name_matches,
 };
 pub use plugins::{
     BreakerConfig, DEFAULT_CALL_DEADLINE, DEFAULT_FUEL_PER_CALL, DEFAULT_INIT_FUEL,
-    DEFAULT_MEMORY_LIMIT_MB, FilterConfig, FilterFault, PluginsConfig, RouterFault,
+    DEFAULT_MAX_PLUGIN_FILE_SIZE, DEFAULT_MEMORY_LIMIT_MB, FilterConfig, FilterFault,
+    PluginsConfig, RouterFault,
 };
 pub use upstream::{ProxyProtocol, UpstreamTlsConfig};
 
@@ -121,6 +127,8 @@ pub struct ListenerConfig {
     /// Front load balancers whose connections start with a PROXY protocol header (v1 or v2)
     /// naming the client; connections from other addresses are refused. Empty: no header.
     pub proxy_protocol_from: Vec<Cidr>,
+    /// Connection cap, size limits and the client-side timeouts.
+    pub limits: ListenerLimits,
 }
 
 /// Access log settings.
@@ -158,6 +166,11 @@ pub struct Route {
     pub path_prefix: String,
     /// Cluster to send matching requests to.
     pub cluster: String,
+    /// The largest request body on this route; `None`: no limit of the route's own.
+    pub max_request_body: Option<u64>,
+    /// Whether requests may switch protocols (`Upgrade`, WebSocket): without, the `Upgrade`
+    /// header is dropped and the request goes on as a plain one.
+    pub upgrade: bool,
 }
 
 /// How requests find their cluster.
@@ -211,8 +224,16 @@ pub struct ClusterConfig {
     pub fallback_balancer: PluginUse,
     /// Timeout to establish a TCP connection to an endpoint.
     pub connect_timeout: Duration,
-    /// Timeout from sending a request to receiving the response headers.
+    /// From the request sent whole (its body included) to the response head.
     pub response_timeout: Duration,
+    /// An endpoint that sends no byte of a response body for this long has failed (nginx's
+    /// `proxy_read_timeout`).
+    pub read_timeout: Duration,
+    /// An endpoint that takes no byte of a request body for this long has failed (nginx's
+    /// `proxy_send_timeout`).
+    pub write_timeout: Duration,
+    /// The largest request body sent to this cluster; `None`: no limit of the cluster's own.
+    pub max_request_body: Option<u64>,
     /// Pooled upstream connections idle this long are closed.
     pub idle_timeout: Duration,
     /// Pooled idle connections kept per endpoint, in each worker (pools are per worker thread).
@@ -244,6 +265,10 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Process-wide connection limits.
+    pub limits: LimitsConfig,
+    /// What `check` prints (and may refuse) and `run` logs as warnings.
+    pub notes: Vec<ConfigNote>,
     /// Routing.
     pub routing: Routing,
     /// Request/response filters, in order.
@@ -334,6 +359,15 @@ impl Checker<'_> {
         self.error(spanned.span(), message)
     }
 
+    fn note<T>(&self, spanned: &Spanned<T>, message: String, refused_by_check: bool) -> ConfigNote {
+        ConfigNote {
+            at: self.location(spanned.span().start),
+            key: self.key_at(spanned.span().start),
+            message,
+            refused_by_check,
+        }
+    }
+
     /// A plugin use: its name and, when the config gives them, its settings (a table).
     fn plugin_use(
         &self,
@@ -384,6 +418,7 @@ impl Checker<'_> {
         };
 
         let mut listeners = Vec::new();
+        let mut notes = Vec::new();
         let mut seen = HashSet::new();
         for l in &raw.listeners {
             let address = self.address(&l.address)?;
@@ -394,13 +429,30 @@ impl Checker<'_> {
                 ));
             }
             let protocol = self.protocol(l.protocol.as_ref())?;
+            if address.port() == 0 {
+                notes.push(
+                    self.note(
+                        &l.address,
+                        "port 0 binds a random port that no client knows: give the listener a port"
+                            .into(),
+                        true,
+                    ),
+                );
+            }
             listeners.push(ListenerConfig {
                 address,
                 protocol,
-                header_read_timeout: l
-                    .header_read_timeout
-                    .map_or(Duration::from_secs(10), |d| d.0),
-                idle_timeout: l.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+                header_read_timeout: self.positive(
+                    &l.header_read_timeout,
+                    "header_read_timeout",
+                    Duration::from_secs(10),
+                )?,
+                idle_timeout: self.positive(
+                    &l.idle_timeout,
+                    "idle_timeout",
+                    Duration::from_secs(60),
+                )?,
+                limits: self.listener_limits(l)?,
                 certificates: Vec::new(),
                 cluster: None,
                 sni_routes: Vec::new(),
@@ -415,7 +467,20 @@ impl Checker<'_> {
 
         let admin = match (raw.admin.enabled, &raw.admin.address) {
             (Some(false), _) => None,
-            (_, Some(a)) => Some(self.address(a)?),
+            (_, Some(a)) => {
+                let address = self.address(a)?;
+                if !address.ip().is_loopback() {
+                    notes.push(self.note(
+                        a,
+                        format!(
+                            "the admin listener on {address} is reachable from other hosts and \
+                             has no authentication: bind it to a loopback address"
+                        ),
+                        false,
+                    ));
+                }
+                Some(address)
+            }
             (_, None) => Some(DEFAULT_ADMIN.parse().expect("valid default")),
         };
 
@@ -490,6 +555,8 @@ impl Checker<'_> {
                 host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 path_prefix,
                 cluster: r.cluster.get_ref().clone(),
+                max_request_body: self.body_limit(&r.max_request_body)?,
+                upgrade: r.upgrade.unwrap_or(true),
             })
         };
         let routing = match &raw.router {
@@ -529,6 +596,8 @@ impl Checker<'_> {
                 .shutdown
                 .drain_timeout
                 .map_or(Duration::from_secs(30), |d| d.0),
+            limits: self.limits(&raw.limits)?,
+            notes,
             routing,
             filters,
             clusters,
@@ -587,7 +656,16 @@ impl Checker<'_> {
                     "attempts counts the first try too: it must be at least 1".into(),
                 ));
             }
-            Some(a) => *a.get_ref(),
+            Some(a) if *a.get_ref() > u64::from(MAX_ATTEMPTS) => {
+                return Err(self.err_at(
+                    a,
+                    format!(
+                        "attempts must be at most {MAX_ATTEMPTS}: more tries only pile load on \
+                         failing endpoints"
+                    ),
+                ));
+            }
+            Some(a) => *a.get_ref() as u32,
             None => 3,
         };
         let mut on_status = Vec::new();
@@ -609,8 +687,27 @@ impl Checker<'_> {
             endpoints,
             balancer,
             fallback_balancer,
-            connect_timeout: c.connect_timeout.map_or(Duration::from_secs(1), |d| d.0),
-            response_timeout: c.response_timeout.map_or(Duration::from_secs(15), |d| d.0),
+            connect_timeout: self.positive(
+                &c.connect_timeout,
+                "connect_timeout",
+                Duration::from_secs(1),
+            )?,
+            response_timeout: self.positive(
+                &c.response_timeout,
+                "response_timeout",
+                Duration::from_secs(15),
+            )?,
+            read_timeout: self.positive(
+                &c.read_timeout,
+                "read_timeout",
+                Duration::from_secs(60),
+            )?,
+            write_timeout: self.positive(
+                &c.write_timeout,
+                "write_timeout",
+                Duration::from_secs(60),
+            )?,
+            max_request_body: self.body_limit(&c.max_request_body)?,
             idle_timeout: c.idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
             max_idle_per_endpoint: c.max_idle_per_endpoint.unwrap_or(64),
             retry: RetryPolicy {

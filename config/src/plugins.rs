@@ -19,6 +19,9 @@ pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_millis(250);
 /// `[plugins] memory_limit_mb` when the file does not set it.
 pub const DEFAULT_MEMORY_LIMIT_MB: u32 = 64;
 
+/// `[plugins] max_file_size` when the file does not set it: the default plugins are 100–400 KB.
+pub const DEFAULT_MAX_PLUGIN_FILE_SIZE: u64 = 64 << 20;
+
 /// `[plugins] fuel_per_call` when the file does not set it: every default plugin at 1,000
 /// endpoints uses under 5% of it.
 pub const DEFAULT_FUEL_PER_CALL: u64 = 10_000_000;
@@ -44,6 +47,8 @@ pub struct PluginsConfig {
     pub call_deadline: Duration,
     /// Memory limit of one plugin instance, in MiB.
     pub memory_limit_mb: u32,
+    /// A plugin file larger than this is refused before it is read.
+    pub max_file_size: u64,
     /// When a plugin use stops being called, and how it is tried again.
     pub breaker: BreakerConfig,
     /// A version whose breaker opens within this time of its hot reload is rolled back to the
@@ -120,6 +125,7 @@ pub(super) struct RawPlugins {
     pub init_fuel: Option<Spanned<u64>>,
     pub call_deadline: Option<ConfigDuration>,
     pub memory_limit_mb: Option<u32>,
+    pub max_file_size: Option<Spanned<super::ConfigSize>>,
     #[serde(default)]
     pub breaker: RawBreaker,
     pub rollback_window: Option<ConfigDuration>,
@@ -177,6 +183,13 @@ impl Checker<'_> {
             init_fuel: fuel(&raw.init_fuel, DEFAULT_INIT_FUEL)?,
             call_deadline: raw.call_deadline.map_or(DEFAULT_CALL_DEADLINE, |d| d.0),
             memory_limit_mb: raw.memory_limit_mb.unwrap_or(DEFAULT_MEMORY_LIMIT_MB),
+            max_file_size: match &raw.max_file_size {
+                Some(s) if s.get_ref().0 < 1024 => {
+                    return Err(self.err_at(s, "`max_file_size` must be at least 1KB".into()));
+                }
+                Some(s) => s.get_ref().0,
+                None => DEFAULT_MAX_PLUGIN_FILE_SIZE,
+            },
             breaker: self.breaker(&raw.breaker)?,
             rollback_window: raw
                 .rollback_window

@@ -2,6 +2,7 @@
 //! so semantic errors can name the line.
 
 use super::duration::ConfigDuration;
+use super::limits::ConfigSize;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -20,6 +21,8 @@ pub(super) struct RawConfig {
     pub plugins: super::plugins::RawPlugins,
     #[serde(default)]
     pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub limits: super::limits::RawLimits,
     pub router: Option<super::plugins::RawRouter>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -34,8 +37,16 @@ pub(super) struct RawConfig {
 pub(super) struct RawListener {
     pub address: Spanned<String>,
     pub protocol: Option<Spanned<String>>,
-    pub header_read_timeout: Option<ConfigDuration>,
-    pub idle_timeout: Option<ConfigDuration>,
+    pub header_read_timeout: Option<Spanned<ConfigDuration>>,
+    pub idle_timeout: Option<Spanned<ConfigDuration>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub send_timeout: Option<Spanned<ConfigDuration>>,
+    pub body_read_timeout: Option<Spanned<ConfigDuration>>,
+    pub max_header_size: Option<Spanned<ConfigSize>>,
+    pub max_headers: Option<Spanned<usize>>,
+    pub max_uri_length: Option<Spanned<usize>>,
+    pub max_request_body: Option<Spanned<ConfigSize>>,
+    pub h2_max_concurrent_streams: Option<Spanned<u32>>,
     /// `tcp` and `tls-passthrough` listeners: the cluster (the default one for passthrough).
     pub cluster: Option<Spanned<String>>,
     #[serde(default)]
@@ -82,6 +93,9 @@ pub(super) struct RawRoute {
     pub host: Option<String>,
     pub path_prefix: Option<Spanned<String>>,
     pub cluster: Spanned<String>,
+    pub max_request_body: Option<Spanned<ConfigSize>>,
+    /// Whether a request may switch protocols (`Upgrade`, WebSocket) on this route.
+    pub upgrade: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -93,8 +107,11 @@ pub(super) struct RawCluster {
     pub balancer: Option<Spanned<String>>,
     pub balancer_settings: Option<Spanned<toml::Table>>,
     pub fallback_balancer: Option<Spanned<String>>,
-    pub connect_timeout: Option<ConfigDuration>,
-    pub response_timeout: Option<ConfigDuration>,
+    pub connect_timeout: Option<Spanned<ConfigDuration>>,
+    pub response_timeout: Option<Spanned<ConfigDuration>>,
+    pub read_timeout: Option<Spanned<ConfigDuration>>,
+    pub write_timeout: Option<Spanned<ConfigDuration>>,
+    pub max_request_body: Option<Spanned<ConfigSize>>,
     pub idle_timeout: Option<ConfigDuration>,
     pub max_idle_per_endpoint: Option<usize>,
     #[serde(default)]
@@ -123,7 +140,7 @@ pub(super) struct RawEndpoint {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRetry {
-    pub attempts: Option<Spanned<u32>>,
+    pub attempts: Option<Spanned<u64>>,
     pub on_status: Option<Vec<Spanned<u16>>>,
     pub budget_ratio: Option<Spanned<f64>>,
     pub min_retries: Option<u32>,

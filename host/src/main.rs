@@ -103,6 +103,9 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     // Read as every reload reads it (relative paths in it must resolve the same way each time).
     let path = sluicegate::reload::config_path(&path);
     let config = sluicegate::reload::load(&path)?;
+    for n in &config.notes {
+        tracing::warn!(at = %format_args!("{}:{}:{}", config.file, n.at.line, n.at.column), key = %n.key, "{}", n.message);
+    }
     let workers = config.workers.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -126,6 +129,25 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
 
 fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = sluicegate::reload::load(&path)?;
+    let mut refused = 0;
+    for n in &config.notes {
+        let level = if n.refused_by_check {
+            refused += 1;
+            "error"
+        } else {
+            "warning"
+        };
+        eprintln!(
+            "{}:{}:{}: {level}: {}: {}",
+            config.file, n.at.line, n.at.column, n.key, n.message
+        );
+    }
+    if refused > 0 {
+        anyhow::bail!(
+            "{}: {refused} setting(s) cannot work in a deployed proxy",
+            config.file
+        );
+    }
     let runtime = sluicegate::plugin::PluginRuntime::new(runtime_options(&config))?;
     if let Some(dir) = &config.plugins.dir {
         for entry in std::fs::read_dir(dir)

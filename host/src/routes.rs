@@ -54,6 +54,8 @@ mod tests {
             host: host.map(str::to_string),
             path_prefix: prefix.to_string(),
             cluster: cluster.to_string(),
+            max_request_body: None,
+            upgrade: true,
         }
     }
 

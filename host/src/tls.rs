@@ -364,6 +364,7 @@ mod tests {
             sni_routes: Vec::new(),
             redirect_https: None,
             proxy_protocol_from: Vec::new(),
+            limits: Default::default(),
         }
     }
 

@@ -538,6 +538,7 @@ mod tests {
             cluster: default.map(str::to_string),
             redirect_https: None,
             proxy_protocol_from: Vec::new(),
+            limits: Default::default(),
             sni_routes: routes
                 .iter()
                 .map(|(names, cluster)| SniRoute {
