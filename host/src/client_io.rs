@@ -11,6 +11,7 @@
 //! splits requests, so the start of a head that came pipelined, read with the request before it, and
 //! then stalls, goes unseen: the idle timeout closes that connection, as any silent one.
 
+use crate::config::ListenerLimits;
 use http::HeaderValue;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -40,11 +41,14 @@ pub struct ClientInfo {
     pub(crate) forwarded_host: OnceLock<(HeaderValue, HeaderValue)>,
     /// Where the connection is between its requests, for the header read deadline its I/O keeps.
     pub phase: ConnPhase,
+    /// What the listener bounds per connection and per request.
+    pub limits: Arc<ListenerLimits>,
 }
 
 impl ClientInfo {
-    /// The forwarding values for a client at `addr` that connected over `proto`.
-    pub fn new(addr: SocketAddr, proto: &'static str) -> Self {
+    /// The forwarding values for a client at `addr` that connected over `proto` to a listener
+    /// with `limits`.
+    pub fn new(addr: SocketAddr, proto: &'static str, limits: Arc<ListenerLimits>) -> Self {
         let ip = addr.ip();
         let node = match ip {
             IpAddr::V4(v4) => v4.to_string(),
@@ -58,6 +62,7 @@ impl ClientInfo {
             forwarded: value(format!("for={node};proto={proto}")),
             forwarded_host: OnceLock::new(),
             phase: ConnPhase::default(),
+            limits,
         }
     }
 }
@@ -324,7 +329,7 @@ mod tests {
             .await
             .unwrap();
         let (server, peer) = listener.accept().await.unwrap();
-        let info = Arc::new(ClientInfo::new(peer, "http"));
+        let info = Arc::new(ClientInfo::new(peer, "http", Default::default()));
         (
             client,
             ClientIo::new(server, info.clone(), idle, header),

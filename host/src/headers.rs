@@ -282,7 +282,11 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         h.insert(HOST, HeaderValue::from_static("example.com:8080"));
-        let client = ClientInfo::new("192.0.2.7:5555".parse().unwrap(), "http");
+        let client = ClientInfo::new(
+            "192.0.2.7:5555".parse().unwrap(),
+            "http",
+            Default::default(),
+        );
         add_forwarding(&mut h, &client);
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 192.0.2.7");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
@@ -294,7 +298,11 @@ mod tests {
         let mut h = HeaderMap::new();
         add_forwarding(
             &mut h,
-            &ClientInfo::new("[2001:db8::1]:80".parse().unwrap(), "https"),
+            &ClientInfo::new(
+                "[2001:db8::1]:80".parse().unwrap(),
+                "https",
+                Default::default(),
+            ),
         );
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "2001:db8::1");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "https");
@@ -388,7 +396,7 @@ mod tests {
                 // One `ClientInfo` for every request, as on one connection.
                 // Each request twice, in both orders: every host is once the first seen (and
                 // remembered) and once a repeat or a different one.
-                let info = ClientInfo::new(addr, proto);
+                let info = ClientInfo::new(addr, proto, Default::default());
                 for req in requests.iter().chain(requests.iter().rev()) {
                     let (mut got, mut want) = (req.clone(), req.clone());
                     add_forwarding(&mut got, &info);

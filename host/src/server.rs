@@ -18,7 +18,7 @@
 use crate::access_log::AccessLog;
 use crate::client_io::ClientInfo;
 use crate::client_io::ClientIo;
-use crate::config::{Config, ConfigError, ListenerConfig, Protocol};
+use crate::config::{Config, ConfigError, ListenerConfig, ListenerLimits, Protocol};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::plugin::{BreakerOptions, PluginError, PluginRuntime, PluginWatcher, RuntimeOptions};
@@ -258,7 +258,15 @@ impl Server {
                 },
                 _ => None,
             };
-            serving.push((listener, Arc::new(Serving { config, tls })));
+            let limits = Arc::new(config.limits.clone());
+            serving.push((
+                listener,
+                Arc::new(Serving {
+                    config,
+                    tls,
+                    limits,
+                }),
+            ));
         }
         // Each worker says it is done (drained, or past the deadline) by dropping its sender.
         let done = if workers == 0 {
@@ -335,6 +343,8 @@ impl Server {
 struct Serving {
     config: ListenerConfig,
     tls: Option<TlsAcceptor>,
+    /// The listener's limits, shared by its connections.
+    limits: Arc<ListenerLimits>,
 }
 
 /// Starts `workers` threads, each with its own event loop serving its own socket of every
@@ -498,6 +508,7 @@ async fn accept_loop(
         let proxy_from = config.proxy_protocol_from.clone();
         let listener_addr = config.address;
         let tls = serving.tls.clone();
+        let limits = serving.limits.clone();
         tokio::spawn(async move {
             let mut stream = stream;
             // Behind a front load balancer: the client is the one its PROXY header names.
@@ -521,6 +532,7 @@ async fn accept_loop(
             let client = Arc::new(ClientInfo::new(
                 peer,
                 if tls.is_some() { "https" } else { "http" },
+                limits,
             ));
             let io = ClientIo::new(stream, client.clone(), idle, header_timeout);
             let redirect = redirect_https;
