@@ -157,6 +157,7 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         },
         rollback_window: p.rollback_window,
         cache_dir: p.cache_dir.clone(),
+        max_file_size: p.max_file_size,
         ..RuntimeOptions::default()
     }
 }

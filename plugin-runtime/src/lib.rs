@@ -215,6 +215,8 @@ pub struct RuntimeOptions {
     pub rollback_window: Duration,
     /// Where compiled artifacts are cached; `None` for no disk cache.
     pub cache_dir: Option<PathBuf>,
+    /// A plugin file larger than this is refused before it is read. Default 64 MiB.
+    pub max_file_size: u64,
 }
 
 impl Default for RuntimeOptions {
@@ -228,6 +230,7 @@ impl Default for RuntimeOptions {
             breaker: BreakerOptions::default(),
             rollback_window: Duration::from_secs(300),
             cache_dir: None,
+            max_file_size: 64 << 20,
         }
     }
 }

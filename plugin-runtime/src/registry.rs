@@ -167,6 +167,51 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Reads a plugin file, refusing it before reading it whole when it is larger than `max` bytes or
+/// does not start with a WebAssembly header: a stray large file in the watched directory must not
+/// cost its size in memory. The read stops at `max` too, for a file that grows meanwhile.
+fn read_plugin_file(path: &Path, name: &str, max: u64) -> Result<Vec<u8>, PluginError> {
+    use std::io::Read;
+    let io = |source| PluginError::Io {
+        context: "cannot read plugin file",
+        path: path.to_owned(),
+        source,
+    };
+    let refuse = |reason: String| PluginError::NotWasm {
+        name: name.to_owned(),
+        source_desc: path.display().to_string(),
+        reason,
+    };
+    let too_large = |len: u64| {
+        refuse(format!(
+            "the file is {len} bytes, more than `[plugins] max_file_size` ({max} bytes)"
+        ))
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len > max {
+        return Err(too_large(len));
+    }
+    let mut header = [0u8; 8];
+    let mut got = 0;
+    while got < header.len() {
+        match file.read(&mut header[got..]).map_err(io)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    engine::detect(&header[..got]).map_err(refuse)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    bytes.extend_from_slice(&header[..got]);
+    file.take(max + 1 - got as u64)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// Everything behind a `PluginRuntime`.
 pub(crate) struct RuntimeInner {
     pub(crate) engine: Engine,
@@ -274,11 +319,7 @@ impl RuntimeInner {
                 reason: "the file name is not valid UTF-8".into(),
             })?
             .to_owned();
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Io {
-            context: "cannot read plugin file",
-            path: path.to_owned(),
-            source,
-        });
+        let bytes = read_plugin_file(path, &name, self.opts.max_file_size);
         let bytes = match bytes {
             Ok(b) => b,
             Err(e) => {
@@ -574,4 +615,54 @@ fn foreign_version(engine: &Engine, component: &wasmtime::component::Component) 
         .map(|(_, version)| version)
         .find(|&version| version != WIT_VERSION)
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory of this test process.
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("sg-read-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn plugin_files_are_refused_by_size_and_header_before_being_read_whole() {
+        let d = dir("plugin-files");
+        let big = d.join("big.wasm");
+        // Sparse: 1 GiB on paper, nothing on disk, and nothing read.
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        let e = read_plugin_file(&big, "big", 64 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1073741824 bytes, more than"), "{e}");
+        assert!(e.contains("max_file_size"), "{e}");
+
+        let text = d.join("text.wasm");
+        std::fs::write(&text, b"#!/bin/sh\necho not wasm\n").unwrap();
+        let e = read_plugin_file(&text, "text", 64 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a WebAssembly file"), "{e}");
+
+        let short = d.join("short.wasm");
+        std::fs::write(&short, b"\0as").unwrap();
+        let e = read_plugin_file(&short, "short", 64 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a WebAssembly file"), "{e}");
+
+        let good = d.join("good.wasm");
+        let bytes = b"\0asm\x01\0\0\0\x00\x01\x02".to_vec();
+        std::fs::write(&good, &bytes).unwrap();
+        assert_eq!(read_plugin_file(&good, "good", 64 << 20).unwrap(), bytes);
+        let e = read_plugin_file(&good, "good", 10).unwrap_err().to_string();
+        assert!(e.contains("11 bytes, more than"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
