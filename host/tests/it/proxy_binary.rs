@@ -382,6 +382,24 @@ fn check_validates_config_and_plugins_and_names_the_line_of_errors() {
         err.contains("sluicegate.toml:5:") && err.contains("unknown cluster `wbe`"),
         "{err}"
     );
+
+    // What `run` would take but cannot work deployed: refused by `check`, with the line.
+    let out = check(&good.replace("127.0.0.1:8080", "127.0.0.1:0"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sluicegate.toml:2:11: error: [[listeners]] address: port 0"),
+        "{err}"
+    );
+    // What works but is risky: a warning, and the config passes.
+    let out = check(&format!("[admin]\naddress = \"0.0.0.0:9901\"\n{good}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("sluicegate.toml:2:11: warning: [admin] address:")
+            && err.contains("loopback"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
