@@ -4,8 +4,8 @@
 //!
 //! A reload changes routes, the router, filters, clusters (endpoints, balancers, timeouts, retry
 //! policy; their connection pools and in-flight/latency figures start afresh) and the drain deadline.
-//! Listeners, the admin listener, the access log and the plugin directory stay as they were at
-//! start: changing them needs a restart (a reload that changes them logs a warning), except for
+//! Listeners (their limits too), the admin listener, the access log, the plugin directory and
+//! `[limits]` stay as they were at start: changing them needs a restart (a reload that changes them logs a warning), except for
 //! listener certificates and L4 clusters and SNI routes, which follow the reloaded config.
 
 use crate::config::{Config, ConfigError};
@@ -41,6 +41,7 @@ pub fn restart_only_changes(new: &Config, old: &Config) -> Vec<&'static str> {
         (new.admin != old.admin, "admin"),
         (new.access_log != old.access_log, "access log"),
         (new.plugins != old.plugins, "plugins"),
+        (new.limits != old.limits, "limits"),
     ]
     .into_iter()
     .filter_map(|(changed, what)| changed.then_some(what))
@@ -123,7 +124,7 @@ pub async fn reload(proxy: &Arc<Proxy>, path: &Path) -> Result<(), String> {
         if !changed.is_empty() {
             tracing::warn!(
                 changed = %changed.join(", "),
-                "listeners, admin, access log and plugin settings change only on restart"
+                "listeners, admin, access log, plugin and limits settings change only on restart"
             );
         }
         Gateway::build_from(config, &p.runtime, &p.metrics, Some(&old)).map_err(|e| e.to_string())
