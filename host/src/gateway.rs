@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{
     FilterHandle, LocalResponse, PluginRuntime, RequestHead, RouteDecision, RouterHandle,
 };
-use crate::routes::RouteTable;
+use crate::routes::{RouteSettings, RouteTable};
 use crate::upstream::{Cluster, plugin_error};
 use http::StatusCode;
 use std::borrow::Cow;
@@ -36,8 +36,8 @@ pub enum RouterFallback {
 
 /// Where a request goes, or how it is answered instead.
 pub(crate) enum Destination {
-    /// Forward to this cluster.
-    Cluster(Arc<Cluster>),
+    /// Forward to this cluster, with the matched route's settings.
+    Cluster(Arc<Cluster>, RouteSettings),
     /// A plugin's answer, with the reason for the access log.
     Plugin(LocalResponse, Cow<'static, str>),
     /// The proxy's own answer, with the reason.
@@ -183,7 +183,7 @@ impl Gateway {
         let host = headers::request_authority(&head.parts.uri, &head.parts.headers)
             .map(headers::strip_port);
         match table.route(host, head.parts.uri.path()) {
-            Some(i) => Destination::Cluster(self.clusters[i].clone()),
+            Some((i, settings)) => Destination::Cluster(self.clusters[i].clone(), settings),
             None => Destination::Local(StatusCode::NOT_FOUND, "no route".into()),
         }
     }
@@ -198,7 +198,7 @@ impl Gateway {
             // The handle checked the index against the names it was made with, which are
             // `clusters`; `get` only keeps a broken invariant from panicking here.
             Ok(RouteDecision::Cluster(i)) => match self.clusters.get(i) {
-                Some(c) => Ok(Destination::Cluster(c.clone())),
+                Some(c) => Ok(Destination::Cluster(c.clone(), RouteSettings::DEFAULT)),
                 None => Err(format!("router chose cluster {i}, which does not exist").into()),
             },
             Ok(RouteDecision::Respond(local)) => Ok(Destination::Plugin(

@@ -12,7 +12,10 @@ use crate::plugin::{
     EndpointId, Failure, HeaderOp, LocalResponse, PluginRuntime, RequestAction, RequestHead,
     RequestId, ResponseHead,
 };
-use crate::upstream::{ActiveRequest, BoxError, Cluster, InFlight, RequestBody, UpstreamBody};
+use crate::upstream::{
+    ActiveRequest, BoxError, Cluster, InFlight, RequestBody, RequestBodyError, RetryPermit,
+    UpstreamBody, UpstreamError, h1,
+};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{
@@ -184,10 +187,13 @@ impl Proxy {
         client: Arc<ClientInfo>,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         let start = Instant::now();
-        let (mut head, body, client_upgrade) = self.request_head(req, &client);
+        let (mut head, mut body, mut client_upgrade, refused) = self.request_head(req, &client);
         async move {
             let gateway = self.gateway();
             let mut done = Finish::new(self.clone(), client, head.clone(), start);
+            if let Some((status, reason)) = refused {
+                return done.local(status, reason.into());
+            }
 
             // An `http` listener with `redirect_to_https` answers everything with a redirect.
             if let Some(r) = head.parts.extensions.get::<crate::tls::RedirectHttps>() {
@@ -240,12 +246,40 @@ impl Proxy {
             }
 
             // Routing (after the filters, which may have changed the host).
-            let cluster = match gateway.route(&head, &self.metrics) {
-                Destination::Cluster(c) => c,
+            let (cluster, route) = match gateway.route(&head, &self.metrics) {
+                Destination::Cluster(c, route) => (c, route),
                 Destination::Plugin(local, reason) => return done.plugin_response(local, reason),
                 Destination::Local(status, reason) => return done.local(status, reason),
             };
             done.cluster = Some(cluster.clone());
+            // The smallest of the listener's, the route's and the cluster's body limits; a declared
+            // length over it is answered before any endpoint is picked or connected to.
+            let limit = [
+                done.client.limits.max_request_body,
+                route.max_request_body,
+                cluster.config.max_request_body,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if let Some(limit) = limit
+                && body.limit(limit).is_err()
+            {
+                return done.local(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body over max_request_body".into(),
+                );
+            }
+            if client_upgrade.is_some() && !route.upgrade {
+                // The route does not switch protocols: the request goes on as a plain one.
+                client_upgrade = None;
+                drop(done.head.take());
+                match Arc::get_mut(&mut head) {
+                    Some(h) => headers::drop_upgrade(&mut h.parts.headers),
+                    None => tracing::warn!("request head still shared: upgrade headers kept"),
+                }
+                done.head = Some(head.clone());
+            }
             done.active = Some(cluster.budget.request());
             self.forward(done, &gateway, &cluster, head, body, client_upgrade)
                 .await
@@ -253,9 +287,14 @@ impl Proxy {
     }
 
     /// The request's head as the plugins and the upstream see it (hop-by-hop headers gone, `Host` set,
-    /// forwarding headers and the request id added), its body, and the client's side of an upgrade.
+    /// forwarding headers and the request id added), its body, the client's side of an upgrade, and
+    /// the answer it gets instead when its head is refused (see [`refuse_head`]).
     /// Not in `handle`'s future: a local that was ever borrowed there keeps its room in the future's
     /// state across every await, even after it is moved out (the request and its parts, ~500 bytes).
+    #[expect(
+        clippy::type_complexity,
+        reason = "one use, destructured at once in `handle`"
+    )]
     fn request_head(
         &self,
         mut req: Request<Incoming>,
@@ -264,15 +303,20 @@ impl Proxy {
         Arc<RequestHead>,
         RequestBody,
         Option<hyper::upgrade::OnUpgrade>,
+        Option<(StatusCode, &'static str)>,
     ) {
         client.phase.request_started(req.version());
-        let upgrade =
-            req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let refused = refuse_head(&req, client.limits.max_uri_length);
+        let upgrade = refused.is_none()
+            && req.version() == Version::HTTP_11
+            && headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
 
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        if !parts.headers.contains_key(HOST)
+        // HTTP/1 requests were checked to have one `Host`; h2 ones name their authority in the URI.
+        if parts.version >= Version::HTTP_2
+            && !parts.headers.contains_key(HOST)
             && let Some(authority) = parts.uri.authority()
             && let Ok(v) = HeaderValue::from_str(authority.as_str())
         {
@@ -300,7 +344,8 @@ impl Proxy {
             client: client.addr,
             request_id,
         });
-        (head, RequestBody::new(body), client_upgrade)
+        let body = RequestBody::new(body, client.limits.body_read_timeout);
+        (head, body, client_upgrade, refused)
     }
 
     /// Tries endpoints of `cluster` until one answers, within the retry policy and budget.
@@ -321,8 +366,9 @@ impl Proxy {
             let policy = &cluster.config.retry;
             let idempotent = is_idempotent(&head.parts.method);
             let mut failure: Option<(StatusCode, &'static str)> = None;
-            // The retry permit is taken when a retry is decided, and held until the request ends.
-            let mut _permit = None;
+            // Retry permits are taken when a retry is decided, and all held until the request
+            // ends: the budget bounds one request's retries as well as the cluster's.
+            let mut permits: Option<RetryPermit> = None;
             if cluster.health.refusing() {
                 return done.local(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -358,25 +404,34 @@ impl Proxy {
                 done.push_tried(id);
                 let in_flight = cluster.facts.start(id);
                 let sent = Instant::now();
-                let result = tokio::time::timeout(
-                    cluster.config.response_timeout,
-                    cluster.pool.request(id, &head.parts, body.attempt()),
-                )
-                .await;
+                // The exchange keeps its own timeouts (connect, write, response head), each
+                // counted only while it waits on the endpoint: an upload may take as long as it
+                // keeps moving.
+                let result = cluster.pool.request(id, &head.parts, body.attempt()).await;
                 let elapsed = sent.elapsed();
                 done.upstream = Some(elapsed);
                 // Safe to send again: an idempotent method whose body (if any) no attempt has read yet.
                 let safe = idempotent && body.reusable();
                 match result {
-                    Err(_) => {
+                    Err(e) if e.is_client_fault() => {
+                        // The client's body failed (broken, too large, stalled, or the client
+                        // left): not the endpoint's failure, so it is neither observed nor
+                        // retried. The upstream connection was closed with the error (the
+                        // endpoint got part of a request).
+                        tracing::debug!(endpoint = %endpoint.address, error = %e, "request body failed (the client's fault)");
+                        let (status, reason) = client_fault(&e);
+                        return done.local(status, reason.into());
+                    }
+                    Err(e) if is_timeout(&e) => {
                         cluster
                             .health
                             .observe(id, None, Some(Failure::Timeout), elapsed);
+                        tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream attempt timed out");
                         // Timeouts are not retried: the endpoint may still be working on it.
                         failure = Some((StatusCode::GATEWAY_TIMEOUT, "upstream timeout"));
                         break;
                     }
-                    Ok(Err(e)) => {
+                    Err(e) => {
                         let connect = e.is_connect();
                         let kind = if connect {
                             Failure::Connect
@@ -399,14 +454,14 @@ impl Proxy {
                             break;
                         }
                         match cluster.budget.try_retry() {
-                            Some(p) => _permit = Some(p),
+                            Some(p) => hold(&mut permits, p),
                             None => {
                                 failure = Some((StatusCode::BAD_GATEWAY, "retry budget exhausted"));
                                 break;
                             }
                         }
                     }
-                    Ok(Ok(resp)) => {
+                    Ok(resp) => {
                         if let Some(stats) = cluster.facts.get(id) {
                             stats.record_latency_micros(elapsed.as_micros() as u64);
                         }
@@ -418,7 +473,7 @@ impl Proxy {
                             && let Some(p) = cluster.budget.try_retry()
                         {
                             // Without a permit the response goes to the client as it is.
-                            _permit = Some(p);
+                            hold(&mut permits, p);
                             failure = Some((StatusCode::BAD_GATEWAY, "retried status"));
                             drop(resp);
                             continue;
@@ -530,6 +585,74 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// Why an HTTP/1 request's head is refused before anything else: no `Host`, several, or one that
+/// is not an authority (400, as haproxy and nginx; RFC 9112 §3.2), or a target longer than
+/// `max_uri_length` (414). h2 requests carry their authority in the URI, which hyper checked. One
+/// lookup of `Host` and a byte scan of its value: the checks cost next to nothing per request.
+fn refuse_head(
+    req: &Request<Incoming>,
+    max_uri_length: usize,
+) -> Option<(StatusCode, &'static str)> {
+    if req.version() < Version::HTTP_2 {
+        let mut hosts = req.headers().get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (None, _) => return Some((StatusCode::BAD_REQUEST, "no Host header")),
+            (Some(_), Some(_)) => {
+                return Some((StatusCode::BAD_REQUEST, "more than one Host header"));
+            }
+            (Some(h), None) if !headers::is_valid_host(h.as_bytes()) => {
+                return Some((StatusCode::BAD_REQUEST, "invalid Host header"));
+            }
+            _ => {}
+        }
+    }
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    (target > max_uri_length).then_some((
+        StatusCode::URI_TOO_LONG,
+        "request target over max_uri_length",
+    ))
+}
+
+/// Keeps a new retry permit with those the request already holds.
+fn hold(permits: &mut Option<RetryPermit>, p: RetryPermit) {
+    match permits {
+        Some(held) => held.absorb(p),
+        None => *permits = Some(p),
+    }
+}
+
+/// Whether an attempt failed on one of the endpoint's timeouts (write or response head).
+fn is_timeout(e: &UpstreamError) -> bool {
+    matches!(e.exchange_error(), Some(h1::Error::Timeout(_)))
+}
+
+/// The answer to a request whose body was the client's fault.
+fn client_fault(e: &UpstreamError) -> (StatusCode, &'static str) {
+    match e.exchange_error() {
+        Some(h1::Error::RequestBody(RequestBodyError::TooLarge(_))) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body over max_request_body",
+        ),
+        Some(h1::Error::Timeout(_)) => (
+            StatusCode::REQUEST_TIMEOUT,
+            "no request body byte within body_read_timeout",
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "malformed or incomplete request body",
+        ),
+    }
+}
+
+/// How a response body's failure is reported to passive health.
+fn body_failure(e: &h1::Error) -> Failure {
+    match e {
+        h1::Error::Timeout(_) => Failure::Timeout,
+        h1::Error::Parse(_) | h1::Error::Invalid(_) => Failure::Protocol,
+        _ => Failure::Reset,
+    }
+}
+
 /// Applies plugin header operations; invalid names or values are skipped and logged.
 fn apply_ops(headers: &mut HeaderMap, ops: Vec<HeaderOp>) {
     for op in ops {
@@ -627,6 +750,22 @@ impl Finish {
             in_flight: None,
             active: None,
         })
+    }
+
+    /// The upstream response body failed mid-way: the endpoint's failure (observed by passive
+    /// health, logged) unless it was the client's request body that failed.
+    fn body_failed(&mut self, e: &h1::Error) {
+        self.reason = Some(format!("response body failed: {e}").into());
+        if e.is_client_fault() {
+            return;
+        }
+        if let (Some(cluster), Some(id)) = (&self.cluster, self.endpoint) {
+            cluster
+                .health
+                .observe(id, None, Some(body_failure(e)), self.start.elapsed());
+            let address = cluster.endpoint(id).map_or("", |e| e.address.as_str());
+            tracing::info!(endpoint = address, error = %e, "upstream response body failed");
+        }
     }
 
     fn tried(&self) -> &[EndpointId] {
@@ -781,9 +920,17 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|e| Box::new(e) as BoxError),
+            Inner::Upstream(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => {
+                    // Ends the response with an error: hyper closes an HTTP/1 client's
+                    // connection before the end and resets an h2 client's stream.
+                    if let Some(f) = this.finish.as_mut() {
+                        f.body_failed(&e);
+                    }
+                    Poll::Ready(Some(Err(Box::new(e) as BoxError)))
+                }
+                other => other.map_err(|e| Box::new(e) as BoxError),
+            },
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         };
         if let Poll::Ready(None | Some(Err(_))) = &polled {

@@ -9,7 +9,7 @@
 //! both the request and the response were complete, the response allowed keep-alive and nothing
 //! arrived beyond it.
 
-use super::body::{AttemptBody, BoxError};
+use super::body::{AttemptBody, RequestBodyError};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -20,8 +20,10 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// The longest response head accepted (nginx's and haproxy's defaults are 8 and 16 KB).
 const MAX_HEAD: usize = 64 * 1024;
@@ -53,9 +55,60 @@ pub enum Error {
     /// The response breaks HTTP/1.1 in another way.
     #[error("invalid response: {0}")]
     Invalid(&'static str),
-    /// The client's request body failed while it was forwarded.
+    /// The client's request body failed while it was forwarded (the client's fault).
     #[error("request body: {0}")]
-    RequestBody(BoxError),
+    RequestBody(#[from] RequestBodyError),
+    /// Nothing happened for as long as the [`Wait`] allows.
+    #[error("{}", .0.describe())]
+    Timeout(Wait),
+}
+
+impl Error {
+    /// Whether the client, not the endpoint, made the exchange fail: its request body was broken,
+    /// too large or stalled. Such a failure never counts against the endpoint and is not retried.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            Error::RequestBody(_) | Error::Timeout(Wait::ClientBody)
+        )
+    }
+}
+
+/// What an exchange is waiting for, each with its own timeout: only one at a time is timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// The endpoint to take request bytes (`write_timeout`).
+    Write,
+    /// The client to send more of its request body (the listener's `body_read_timeout`).
+    ClientBody,
+    /// The response head, once the request was sent whole (`response_timeout`).
+    Response,
+    /// The next bytes of the response body, while the proxy asks for them (`read_timeout`).
+    Read,
+}
+
+impl Wait {
+    fn describe(self) -> &'static str {
+        match self {
+            Wait::Write => "the endpoint took no request byte within write_timeout",
+            Wait::ClientBody => "the client sent no request body byte within body_read_timeout",
+            Wait::Response => "no response head within response_timeout of the request",
+            Wait::Read => "the endpoint sent no response body byte within read_timeout",
+        }
+    }
+}
+
+/// The endpoint's timeouts of a cluster (the client's body timeout comes with each request body).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For the TCP connection and the TLS handshake together.
+    pub connect: Duration,
+    /// From the request written whole (body included) to the response head.
+    pub response: Duration,
+    /// The longest silence within a response body while the proxy waits for it.
+    pub read: Duration,
+    /// The longest the endpoint may take no request byte while some wait to be written.
+    pub write: Duration,
 }
 
 /// TLS to an endpoint, as the cluster's connector makes it.
@@ -157,6 +210,10 @@ struct Writer {
     queue: VecDeque<Bytes>,
     /// Everything is written and flushed.
     done: bool,
+    /// The last `Pending` came from the client's body, not the socket.
+    waiting_client: bool,
+    /// Bytes were written or taken from the body since the last `Pending`.
+    progressed: bool,
 }
 
 /// One HTTP/1.1 connection to an endpoint.
@@ -166,6 +223,13 @@ pub struct Conn {
     /// The request head being written (kept for the next request's head).
     head: Vec<u8>,
     writer: Writer,
+    timeouts: Timeouts,
+    /// What the exchange waits for since its last progress, and until when; `None` while it makes
+    /// progress. Taken when an operation blocks, never per byte or body piece.
+    wait: Option<(Wait, Instant)>,
+    /// The connection's one timer, made at its first block. It is moved when it fires early, not
+    /// reset per request or per wait (that registers it again in the timer wheel every time).
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 /// A parsed response head and how its body is framed.
@@ -207,8 +271,8 @@ pub enum Chunk {
 }
 
 impl Conn {
-    /// A connection over `io`.
-    pub fn new(io: Io) -> Box<Conn> {
+    /// A connection over `io`, whose endpoint gets `timeouts`.
+    pub fn new(io: Io, timeouts: Timeouts) -> Box<Conn> {
         Box::new(Conn {
             io,
             read: BytesMut::with_capacity(READ_SIZE),
@@ -219,8 +283,69 @@ impl Conn {
                 chunked: false,
                 queue: VecDeque::new(),
                 done: true,
+                waiting_client: false,
+                progressed: false,
             },
+            timeouts,
+            wait: None,
+            sleep: None,
         })
+    }
+
+    /// After an operation blocked on `what`: the timeout error if its deadline has passed, else
+    /// `Pending` with the timer holding the task's waker. The deadline is taken at the first block
+    /// after progress, so time spent while the proxy does not ask (a client that does not read the
+    /// response) is not counted against the endpoint.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, what: Wait) -> Poll<Error> {
+        let due = match self.wait {
+            Some((w, due)) if w == what => due,
+            _ => {
+                let timeout = match what {
+                    Wait::Write => self.timeouts.write,
+                    Wait::Response => self.timeouts.response,
+                    Wait::Read => self.timeouts.read,
+                    Wait::ClientBody => match self.writer.body.as_ref() {
+                        Some(b) => b.idle_timeout().unwrap_or(self.timeouts.write),
+                        None => self.timeouts.write,
+                    },
+                };
+                let due = Instant::now() + timeout;
+                self.wait = Some((what, due));
+                due
+            }
+        };
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if sleep.deadline() > due {
+            sleep.as_mut().reset(due);
+        }
+        while sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= due {
+                self.wait = None;
+                return Poll::Ready(Error::Timeout(what));
+            }
+            sleep.as_mut().reset(due);
+        }
+        Poll::Pending
+    }
+
+    /// What the request's writing waits for after it blocked.
+    fn writer_wait(&self) -> Wait {
+        if self.writer.waiting_client {
+            Wait::ClientBody
+        } else {
+            Wait::Write
+        }
+    }
+
+    /// The request's writing progressed: a timed wait of the writer starts again at its next block.
+    fn note_write_progress(&mut self) {
+        if std::mem::take(&mut self.writer.progressed)
+            && matches!(self.wait, Some((Wait::Write | Wait::ClientBody, _)))
+        {
+            self.wait = None;
+        }
     }
 
     /// Whether an idle connection can carry another request: the endpoint has not closed it and
@@ -263,9 +388,8 @@ impl Conn {
         } else if let Some(n) = body.size_hint().exact() {
             length_header = Some(n);
             RequestFraming::Length
-        } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
-            // As hyper: these methods almost never have a body, and a body of unknown length
-            // would need chunked framing the endpoint may not expect.
+        } else if parts.method == Method::CONNECT {
+            // A CONNECT's bytes after its head are the tunnel's, never a body.
             RequestFraming::Empty
         } else {
             RequestFraming::Chunked
@@ -277,7 +401,10 @@ impl Conn {
             chunked: framing == RequestFraming::Chunked,
             queue: VecDeque::new(),
             done: false,
+            waiting_client: false,
+            progressed: false,
         };
+        self.wait = None;
     }
 
     /// Writes what it can of the request; ready when all of it is written and flushed.
@@ -286,16 +413,19 @@ impl Conn {
         if w.done {
             return Poll::Ready(Ok(()));
         }
+        w.waiting_client = false;
         while w.head_written < self.head.len() {
             w.head_written += ready!(poll_write_some(
                 &mut self.io,
                 cx,
                 &self.head[w.head_written..]
             ))?;
+            w.progressed = true;
         }
         loop {
             while let Some(front) = w.queue.front_mut() {
                 let n = ready!(poll_write_some(&mut self.io, cx, front))?;
+                w.progressed = true;
                 front.advance(n);
                 if front.is_empty() {
                     w.queue.pop_front();
@@ -307,6 +437,7 @@ impl Conn {
                     // Waiting for the client: what was written must reach the endpoint meanwhile
                     // (TLS may hold it).
                     ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                    w.waiting_client = true;
                     return Poll::Pending;
                 }
                 Poll::Ready(None) => {
@@ -316,7 +447,9 @@ impl Conn {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::RequestBody(e))),
+
                 Poll::Ready(Some(Ok(frame))) => {
+                    w.progressed = true;
                     // Trailers are not forwarded (hyper's client sent them only when the
                     // request's `Trailer` header named them, and that header is hop-by-hop here).
                     if let Ok(data) = frame.into_data()
@@ -359,8 +492,32 @@ impl Conn {
     }
 
     /// Sends the prepared request and reads the response head (`100 Continue` and other interim
-    /// responses skipped), writing the request body alongside as the endpoint takes it.
+    /// responses skipped), writing the request body alongside as the endpoint takes it. Times
+    /// out on the writer's wait (the endpoint's `write_timeout` or the client's body timeout) while
+    /// the request is being written, then on `response_timeout`.
     pub fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        method: &Method,
+    ) -> Poll<Result<ResponseHead, Error>> {
+        match self.poll_exchange_inner(cx, method) {
+            Poll::Pending => {
+                self.note_write_progress();
+                let what = if self.writer.done {
+                    Wait::Response
+                } else {
+                    self.writer_wait()
+                };
+                self.poll_deadline(cx, what).map(Err)
+            }
+            Poll::Ready(r) => {
+                self.wait = None;
+                Poll::Ready(r)
+            }
+        }
+    }
+
+    fn poll_exchange_inner(
         &mut self,
         cx: &mut Context<'_>,
         method: &Method,
@@ -402,8 +559,33 @@ impl Conn {
     }
 
     /// The next piece of the response body framed by `framing` (updated); `None` at its end.
-    /// Keeps writing an unfinished request body alongside.
+    /// Keeps writing an unfinished request body alongside. Times out when the endpoint sends
+    /// nothing for `read_timeout` while it is asked for more (or, while the request body is still
+    /// being sent and the client holds it back, on the client's body timeout).
     pub fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        framing: &mut Framing,
+    ) -> Poll<Option<Result<Bytes, Error>>> {
+        match self.poll_body_inner(cx, framing) {
+            Poll::Pending => {
+                self.note_write_progress();
+                let what = if !self.writer.done && self.writer.waiting_client {
+                    Wait::ClientBody
+                } else {
+                    Wait::Read
+                };
+                self.poll_deadline(cx, what).map(|e| Some(Err(e)))
+            }
+            Poll::Ready(r) => {
+                // Progress: the next block starts a new wait (no clock read here).
+                self.wait = None;
+                Poll::Ready(r)
+            }
+        }
+    }
+
+    fn poll_body_inner(
         &mut self,
         cx: &mut Context<'_>,
         framing: &mut Framing,
@@ -806,9 +988,17 @@ impl AsyncWrite for Upgraded {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::RequestBody;
+
+    /// Timeouts no test reaches unless it means to.
+    pub(crate) const TIMEOUTS: Timeouts = Timeouts {
+        connect: Duration::from_secs(30),
+        response: Duration::from_secs(30),
+        read: Duration::from_secs(30),
+        write: Duration::from_secs(30),
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -1079,7 +1269,7 @@ mod tests {
             seen
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
-        (Conn::new(Io::Plain(tcp)), server)
+        (Conn::new(Io::Plain(tcp), TIMEOUTS), server)
     }
 
     async fn exchange(conn: &mut Conn, method: Method) -> Result<ResponseHead, Error> {
@@ -1143,12 +1333,114 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let mut conn = Conn::new(Io::Plain(TcpStream::connect(addr).await.unwrap()));
+        let mut conn = Conn::new(Io::Plain(TcpStream::connect(addr).await.unwrap()), TIMEOUTS);
         let head = exchange(&mut conn, Method::GET).await.unwrap();
         assert!(matches!(
             body(&mut conn, head.framing).await,
             Err(Error::Closed)
         ));
+    }
+
+    /// A connection with `timeouts` to a server that reads one request head, writes `first`,
+    /// then waits for a word on the channel and writes `rest` (or holds the socket open).
+    async fn stalling(
+        first: &'static [u8],
+        rest: &'static [u8],
+        timeouts: Timeouts,
+    ) -> (Box<Conn>, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before its head");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(first).await.unwrap();
+            if wait.await.is_ok() {
+                s.write_all(rest).await.unwrap();
+            }
+            // Hold the socket until the client closes it.
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        (Conn::new(Io::Plain(tcp), timeouts), go)
+    }
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    #[tokio::test]
+    async fn a_response_head_that_never_comes_times_out_on_response_timeout() {
+        let timeouts = Timeouts {
+            response: SHORT,
+            ..TIMEOUTS
+        };
+        let (mut conn, _go) = stalling(b"", b"", timeouts).await;
+        let e = tokio::time::timeout(Duration::from_secs(10), exchange(&mut conn, Method::GET))
+            .await
+            .expect("the exchange ends well within 10 s")
+            .err()
+            .expect("no head, no response");
+        assert!(matches!(e, Error::Timeout(Wait::Response)), "{e}");
+        assert!(!e.is_client_fault());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_times_out_on_read_timeout() {
+        let timeouts = Timeouts {
+            read: SHORT,
+            ..TIMEOUTS
+        };
+        let (mut conn, _go) = stalling(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789",
+            b"",
+            timeouts,
+        )
+        .await;
+        let head = exchange(&mut conn, Method::GET).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), body(&mut conn, head.framing))
+            .await
+            .expect("the body ends well within 10 s");
+        assert!(matches!(got, Err(Error::Timeout(Wait::Read))), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn time_the_proxy_does_not_ask_for_the_body_is_not_the_endpoints() {
+        let timeouts = Timeouts {
+            read: Duration::from_secs(2),
+            ..TIMEOUTS
+        };
+        let (mut conn, go) = stalling(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n0123456789",
+            b"abcdefghij",
+            timeouts,
+        )
+        .await;
+        let head = exchange(&mut conn, Method::GET).await.unwrap();
+        let mut framing = head.framing;
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            let piece = std::future::poll_fn(|cx| conn.poll_body(cx, &mut framing))
+                .await
+                .unwrap()
+                .unwrap();
+            got.extend_from_slice(&piece);
+        }
+        // A client that reads nothing for longer than read_timeout (backpressure).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        go.send(()).unwrap();
+        while let Some(piece) = std::future::poll_fn(|cx| conn.poll_body(cx, &mut framing)).await {
+            got.extend_from_slice(&piece.expect("the endpoint answered as soon as it was asked"));
+        }
+        assert_eq!(got, b"0123456789abcdefghij");
     }
 
     #[tokio::test]

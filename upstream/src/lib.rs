@@ -9,7 +9,7 @@ mod pool;
 mod retry;
 pub mod tls;
 
-pub use body::{AttemptBody, BoxError, RequestBody};
+pub use body::{AttemptBody, BoxError, RequestBody, RequestBodyError};
 pub use pool::{Pool, UpstreamBody, UpstreamError};
 pub use retry::{ActiveRequest, RetryBudget, RetryPermit};
 

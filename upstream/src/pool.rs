@@ -5,7 +5,7 @@
 //! connection and no lock is shared between workers.
 
 use super::body::{AttemptBody, BoxError};
-use super::h1::{self, Conn, Framing};
+use super::h1::{self, Conn, Framing, Timeouts};
 use super::tls::UpstreamConnector;
 use crate::EndpointId;
 use bytes::Bytes;
@@ -46,6 +46,19 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether the client, not the endpoint, made the attempt fail (see [`h1::Error::is_client_fault`]).
+    pub fn is_client_fault(&self) -> bool {
+        matches!(self, UpstreamError::Exchange { source, .. } if source.is_client_fault())
+    }
+
+    /// The exchange's error, if the attempt got as far as an exchange.
+    pub fn exchange_error(&self) -> Option<&h1::Error> {
+        match self {
+            UpstreamError::Exchange { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
     /// Whether the attempt failed before anything was sent.
     pub fn is_connect(&self) -> bool {
         matches!(
@@ -76,6 +89,7 @@ type Lists = Mutex<Vec<VecDeque<Idle>>>;
 pub struct Pool {
     targets: Vec<Target>,
     connector: UpstreamConnector,
+    timeouts: Timeouts,
     idle_timeout: Duration,
     max_idle: usize,
     /// Per thread: the lock is only contended when the reaper sweeps (each worker has its own lists).
@@ -93,14 +107,16 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool for `endpoints` (`host:port` each, by id), over `tls` (https) or clear text. Idle
-    /// connections close after `idle_timeout`; at most `max_idle` per endpoint and thread are kept.
+    /// A pool for `endpoints` (`host:port` each, by id), over `tls` (https) or clear text, whose
+    /// exchanges time out as `timeouts` say. Idle connections close after `idle_timeout`; at most
+    /// `max_idle` per endpoint and thread are kept.
     /// When called inside a Tokio runtime, a task closes expired idle connections until the pool is
     /// dropped.
     pub fn new(
         endpoints: &[http::uri::Authority],
         tls: bool,
         connector: UpstreamConnector,
+        timeouts: Timeouts,
         idle_timeout: Duration,
         max_idle: usize,
     ) -> Arc<Pool> {
@@ -120,6 +136,7 @@ impl Pool {
         let pool = Arc::new(Pool {
             targets,
             connector,
+            timeouts,
             idle_timeout,
             max_idle,
             threads: ThreadLocal::new(),
@@ -200,8 +217,12 @@ impl Pool {
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(failed)?;
-        let io = connector.call(target.uri.clone()).await.map_err(failed)?;
-        Ok(Conn::new(io.into()))
+        // The TCP connector has its own connect timeout; this one bounds the TLS handshake too.
+        let io = tokio::time::timeout(self.timeouts.connect, connector.call(target.uri.clone()))
+            .await
+            .map_err(|_| failed("connect timeout (TCP and TLS)".into()))?
+            .map_err(failed)?;
+        Ok(Conn::new(io.into(), self.timeouts))
     }
 
     /// The response, holding its connection until the body ends.
@@ -386,6 +407,7 @@ mod tests {
             endpoints,
             false,
             connector,
+            crate::h1::tests::TIMEOUTS,
             Duration::from_secs(30),
             max_idle,
         )

@@ -39,7 +39,7 @@ impl RetryBudget {
                 (r < limit).then_some(r + 1)
             })
             .ok()
-            .map(|_| RetryPermit(self.clone()))
+            .map(|_| RetryPermit(self.clone(), 1))
     }
 
     /// Retries in flight now.
@@ -58,13 +58,26 @@ impl Drop for ActiveRequest {
     }
 }
 
-/// A retry in flight.
+/// Retries in flight (one, or several a request took), given back when it drops.
 #[derive(Debug)]
-pub struct RetryPermit(Arc<RetryBudget>);
+pub struct RetryPermit(Arc<RetryBudget>, u32);
+
+impl RetryPermit {
+    /// Holds `other`'s retries with this permit's: a request keeps every retry it took until it
+    /// ends, so the budget bounds one request's retries as well as the cluster's.
+    pub fn absorb(&mut self, mut other: RetryPermit) {
+        self.1 += std::mem::take(&mut other.1);
+    }
+
+    /// Retries this permit holds.
+    pub fn count(&self) -> u32 {
+        self.1
+    }
+}
 
 impl Drop for RetryPermit {
     fn drop(&mut self) {
-        self.0.retries.fetch_sub(1, Ordering::Relaxed);
+        self.0.retries.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -88,6 +101,22 @@ mod tests {
             budget.try_retry().is_some(),
             "a finished retry gives its permit back"
         );
+    }
+
+    #[test]
+    fn a_permit_holds_every_retry_it_absorbed_until_it_drops() {
+        let budget = RetryBudget::new(0.0, 3);
+        let _r = budget.request();
+        let mut held = budget.try_retry().unwrap();
+        held.absorb(budget.try_retry().unwrap());
+        held.absorb(budget.try_retry().unwrap());
+        assert_eq!((held.count(), budget.retries_in_flight()), (3, 3));
+        assert!(
+            budget.try_retry().is_none(),
+            "one request took the whole budget"
+        );
+        drop(held);
+        assert_eq!(budget.retries_in_flight(), 0);
     }
 
     #[test]

@@ -5,7 +5,8 @@ mod facts;
 
 pub(crate) use facts::{ClusterFacts, InFlight};
 pub(crate) use sluicegate_upstream::{
-    ActiveRequest, BoxError, Pool, RequestBody, RetryBudget, UpstreamBody, h1, tls,
+    ActiveRequest, BoxError, Pool, RequestBody, RequestBodyError, RetryBudget, RetryPermit,
+    UpstreamBody, UpstreamError, h1, tls,
 };
 
 use crate::config::{ClusterConfig, ConfigError, PluginUse};
@@ -210,10 +211,17 @@ impl Cluster {
         )
         .map_err(tls_error)?;
         let authorities: Vec<_> = endpoints.iter().map(|e| e.authority.clone()).collect();
+        let timeouts = h1::Timeouts {
+            connect: config.connect_timeout,
+            response: config.response_timeout,
+            read: config.read_timeout,
+            write: config.write_timeout,
+        };
         let pool = Pool::new(
             &authorities,
             config.tls.is_some(),
             connector,
+            timeouts,
             config.idle_timeout,
             config.max_idle_per_endpoint,
         );
