@@ -396,8 +396,7 @@ fn check_validates_config_and_plugins_and_names_the_line_of_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("sluicegate.toml:2:11: warning: [admin] address:")
-            && err.contains("loopback"),
+        err.contains("sluicegate.toml:2:11: warning: [admin] address:") && err.contains("loopback"),
         "{err}"
     );
 }
