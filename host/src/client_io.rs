@@ -1,5 +1,7 @@
-//! A client connection's deadlines, kept by its I/O: the idle timeout (no byte either way) and the
-//! header read timeout (a request's head must arrive in time), with one timer per connection.
+//! A client connection's deadlines, kept by its I/O: the idle timeout (no byte either way; for
+//! HTTP/2, no open stream, whatever control frames the client sends), the header read timeout (a
+//! request's head must arrive in time) and the send timeout (the client must take our bytes), with
+//! one timer per connection.
 //!
 //! hyper's own header read timer is not used: it makes, registers and drops a timer for every
 //! request and polls the connection once more after each head (about 3% of a proxied request's
@@ -10,6 +12,11 @@
 //! the next head once that request's response has ended. The I/O does not see where hyper's buffer
 //! splits requests, so the start of a head that came pipelined, read with the request before it, and
 //! then stalls, goes unseen: the idle timeout closes that connection, as any silent one.
+//!
+//! HTTP/2 keeps its count of open streams in [`ConnPhase`] too: a client that PINGs (or sends
+//! SETTINGS, or WINDOW_UPDATEs) with no stream open is idle, as nginx and haproxy count it, so its
+//! bytes do not move the idle deadline. A timed-out HTTP/2 connection is closed without a GOAWAY:
+//! the deadline is seen by the I/O under hyper, which can only fail the connection.
 
 use crate::config::ListenerLimits;
 use http::HeaderValue;
@@ -70,17 +77,21 @@ impl ClientInfo {
 /// Where a client connection is between its requests, and how many heads it has had; shared by
 /// the connection's I/O and its requests. The count tells the I/O that a head it saw start has
 /// arrived even when its response has already ended by the time the I/O looks. Plain loads and
-/// stores, no read-modify-write: HTTP/1 requests run one after another in the connection's task,
-/// and HTTP/2 ones, which may run at once, only ever set `NO_HEADS`.
+/// stores, no read-modify-write, for HTTP/1: its requests run one after another in the
+/// connection's task. HTTP/2 requests, which may run at once, set `H2` and count their streams
+/// with atomic adds (the second word), for the idle timeout and to tell an idle connection that
+/// may be closed to make room for a new one.
 #[derive(Debug, Default)]
-pub struct ConnPhase(AtomicU32);
+pub struct ConnPhase(AtomicU32, AtomicU32);
 
 /// The state, in the low two bits: the bytes read next start a request's head (the start state).
 const BETWEEN: u32 = 0;
 /// A request's head has arrived and its response has not ended: bytes read are its body.
 const IN_REQUEST: u32 = 1;
-/// HTTP/2, or an upgraded (tunnelled) connection: no head deadline, only the idle timeout.
+/// An upgraded (tunnelled) connection: no head deadline, only the idle timeout.
 const NO_HEADS: u32 = 2;
+/// HTTP/2: no head deadline; idle while no stream is open.
+const H2: u32 = 3;
 const STATE: u32 = 3;
 /// One head, in the count above the state bits.
 const HEAD: u32 = 4;
@@ -90,26 +101,57 @@ impl ConnPhase {
     /// once, so it has no head deadline from then on.
     pub fn request_started(&self, version: http::Version) {
         let v = self.0.load(Ordering::Relaxed);
-        if v & STATE == NO_HEADS {
+        if version >= http::Version::HTTP_2 {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            if v & STATE != H2 {
+                self.0
+                    .store((v & !STATE).wrapping_add(HEAD) | H2, Ordering::Relaxed);
+            }
             return;
         }
-        let state = if version >= http::Version::HTTP_2 {
-            NO_HEADS
-        } else {
-            IN_REQUEST
-        };
-        self.0
-            .store((v & !STATE).wrapping_add(HEAD) | state, Ordering::Relaxed);
+        if v & STATE >= NO_HEADS {
+            return;
+        }
+        self.0.store(
+            (v & !STATE).wrapping_add(HEAD) | IN_REQUEST,
+            Ordering::Relaxed,
+        );
     }
 
     /// A request's response has ended (or the client went away). `upgraded`: it switched
     /// protocols, so what follows is a tunnel, not heads.
     pub fn request_ended(&self, upgraded: bool) {
         let v = self.0.load(Ordering::Relaxed);
-        if v & STATE == IN_REQUEST {
-            let next = if upgraded { NO_HEADS } else { BETWEEN };
-            self.0.store(v & !STATE | next, Ordering::Relaxed);
+        match v & STATE {
+            IN_REQUEST => {
+                let next = if upgraded { NO_HEADS } else { BETWEEN };
+                self.0.store(v & !STATE | next, Ordering::Relaxed);
+            }
+            H2 => {
+                // Never below zero, whatever the order of a stream's start and end.
+                let _ = self
+                    .1
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
+            _ => {}
         }
+    }
+
+    /// Whether the connection is an idle keep-alive one, which may be closed to make room for a
+    /// new client without losing a request: HTTP/1.1 between requests after at least one (not a
+    /// fresh connection, whose first head the header timeout bounds), or HTTP/2 with no open stream.
+    pub(crate) fn idle_keep_alive(&self) -> bool {
+        let v = self.0.load(Ordering::Relaxed);
+        match v & STATE {
+            BETWEEN => v >= HEAD,
+            H2 => self.1.load(Ordering::Relaxed) == 0,
+            _ => false,
+        }
+    }
+
+    /// HTTP/2 with no open stream: the client's bytes (PINGs) do not keep it alive.
+    fn h2_without_streams(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & STATE == H2 && self.1.load(Ordering::Relaxed) == 0
     }
 
     /// `Some(heads so far)` while the connection waits for a head.
@@ -119,8 +161,10 @@ impl ConnPhase {
     }
 }
 
-/// A client connection that fails with `TimedOut` after `idle` without a byte read or written, or
-/// when a request's head has not arrived within `header` of its start.
+/// A client connection that fails with `TimedOut` after `idle` without a byte read or written (for
+/// HTTP/2: without an open stream), when a request's head has not arrived within `header` of its
+/// start, or when its writes stay blocked (the client takes none of our bytes) for the listener's
+/// `send_timeout`, however much it sends meanwhile.
 ///
 /// The clock is read and the timer looked at only when an operation would block, which is when the
 /// connection may start to idle: a read or write that makes progress just marks the connection busy.
@@ -128,11 +172,19 @@ impl ConnPhase {
 /// runtime's timer wheel several times a request), and not polled again while it already holds the
 /// waker of the task that polls the connection and has not fired. A head's deadline is taken when
 /// an operation blocks after its first bytes and dropped at the first block after the head arrived;
-/// a head that arrives in one read costs no timer work.
+/// a head that arrives in one read costs no timer work. The send deadline is taken when a write
+/// blocks after one that made progress (a response larger than the socket's buffer), and dropped
+/// by the next write that makes progress: one store per write.
 pub struct ClientIo {
     inner: TcpStream,
     idle: Duration,
     header: Duration,
+    send: Duration,
+    /// Since when writes have been blocked without a byte taken; `None` while they make progress.
+    write_blocked: Option<Instant>,
+    /// Whether an HTTP/2 stream was open when `last` was taken: the first block after the last
+    /// stream ends still counts as progress (the stream's end), later ones not.
+    streams_open: bool,
     /// The client, whose [`ConnPhase`] its requests keep.
     client: Arc<ClientInfo>,
     /// When the connection was last seen making progress (precisely: the first operation that
@@ -154,6 +206,7 @@ pub struct ClientIo {
 enum Expired {
     Idle,
     Header,
+    Send,
 }
 
 impl ClientIo {
@@ -166,10 +219,14 @@ impl ClientIo {
     ) -> Self {
         let now = Instant::now();
         let head_due = now + header;
+        let send = client.limits.send_timeout;
         ClientIo {
             inner,
             idle,
             header,
+            send,
+            write_blocked: None,
+            streams_open: false,
             client,
             last: now,
             busy: false,
@@ -184,11 +241,27 @@ impl ClientIo {
         &self.client.phase
     }
 
-    /// After an operation returned `Pending`: whether a deadline has passed.
-    fn expired(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
+    /// After an operation returned `Pending` (a write when `writing`): whether a deadline has
+    /// passed.
+    fn expired(&mut self, cx: &mut Context<'_>, writing: bool) -> Option<Expired> {
         if self.busy {
             self.busy = false;
-            self.last = Instant::now();
+            // An HTTP/2 connection without streams idles whatever it reads or writes (PINGs and
+            // their acks); the block right after its last stream ended starts that idle time.
+            let streams_open = !self.phase().h2_without_streams();
+            if streams_open || self.streams_open {
+                self.last = Instant::now();
+            }
+            self.streams_open = streams_open;
+        }
+        if writing && self.write_blocked.is_none() {
+            let now = Instant::now();
+            self.write_blocked = Some(now);
+            let due = now + self.send;
+            if self.sleep.deadline() > due {
+                self.sleep.as_mut().reset(due);
+                self.armed = None;
+            }
         }
         if let Some((_, heads)) = self.head_due {
             if self.phase().waiting_head() != Some(heads) {
@@ -217,11 +290,18 @@ impl ClientIo {
             if idle_due <= now {
                 return Some(Expired::Idle);
             }
-            let due = match self.head_due {
+            let mut due = match self.head_due {
                 Some((head_due, _)) if head_due <= now => return Some(Expired::Header),
                 Some((head_due, _)) => head_due.min(idle_due),
                 None => idle_due,
             };
+            if let Some(since) = self.write_blocked {
+                let send_due = since + self.send;
+                if send_due <= now {
+                    return Some(Expired::Send);
+                }
+                due = due.min(send_due);
+            }
             self.sleep.as_mut().reset(due);
         }
         self.armed = Some(cx.waker().clone());
@@ -229,8 +309,8 @@ impl ClientIo {
     }
 
     /// What a blocked operation returns: `Pending`, or the error of a passed deadline.
-    fn blocked<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
-        match self.expired(cx) {
+    fn blocked<T>(&mut self, cx: &mut Context<'_>, writing: bool) -> Poll<std::io::Result<T>> {
+        match self.expired(cx, writing) {
             None => Poll::Pending,
             Some(Expired::Idle) => Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -239,6 +319,10 @@ impl ClientIo {
             Some(Expired::Header) => Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "client request header read timeout",
+            ))),
+            Some(Expired::Send) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client send timeout: the client takes none of the response",
             ))),
         }
     }
@@ -263,7 +347,7 @@ impl AsyncRead for ClientIo {
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => this.blocked(cx),
+            Poll::Pending => this.blocked(cx, false),
         }
     }
 }
@@ -278,9 +362,10 @@ impl AsyncWrite for ClientIo {
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(r) => {
                 this.busy = true;
+                this.write_blocked = None;
                 Poll::Ready(r)
             }
-            Poll::Pending => this.blocked(cx),
+            Poll::Pending => this.blocked(cx, true),
         }
     }
 
@@ -293,9 +378,10 @@ impl AsyncWrite for ClientIo {
         match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
             Poll::Ready(r) => {
                 this.busy = true;
+                this.write_blocked = None;
                 Poll::Ready(r)
             }
-            Poll::Pending => this.blocked(cx),
+            Poll::Pending => this.blocked(cx, true),
         }
     }
 
@@ -352,6 +438,120 @@ mod tests {
         io.read_exact(&mut buf).await.unwrap();
         info.phase.request_started(Version::HTTP_11);
         info.phase.request_ended(false);
+    }
+
+    /// The client of a listener whose send timeout is `send`, with the server side's I/O.
+    async fn connected_send(send: Duration) -> (TcpStream, ClientIo) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let limits = ListenerLimits {
+            send_timeout: send,
+            ..Default::default()
+        };
+        let info = Arc::new(ClientInfo::new(peer, "http", Arc::new(limits)));
+        (client, ClientIo::new(server, info, HOUR, HOUR))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_none_of_our_bytes_is_closed_at_the_send_timeout() {
+        let (mut client, mut io) = connected_send(Duration::from_secs(5)).await;
+        let chunk = vec![0u8; 256 * 1024];
+        // Fill the socket buffers until a write blocks, while the client keeps sending.
+        let started = Instant::now();
+        let err = loop {
+            client.write_all(b"x").await.unwrap();
+            if let Err(e) = io.write_all(&chunk).await {
+                break e;
+            }
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("send"), "{err}");
+        assert_eq!(started.elapsed().as_secs(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_takes_bytes_in_time_is_not_closed() {
+        let (mut client, mut io) = connected_send(Duration::from_secs(5)).await;
+        let reader = tokio::spawn(async move {
+            // 1 MB a second. The kernel lets our writes go on only once a good part of its send
+            // buffer (megabytes on loopback) has drained, so the client must take that much
+            // within the send timeout, as with nginx's `send_timeout`.
+            let mut buf = vec![0u8; 1024 * 1024];
+            let mut total = 0;
+            while total < 32 * 1024 * 1024 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                client.read_exact(&mut buf).await.unwrap();
+                total += buf.len();
+            }
+        });
+        let chunk = vec![0u8; 1024 * 1024];
+        for _ in 0..32 {
+            io.write_all(&chunk).await.unwrap();
+        }
+        drop(io);
+        reader.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_pings_without_a_stream_do_not_keep_a_connection_alive() {
+        let (idle, header) = (Duration::from_secs(20), Duration::from_secs(10));
+        let (mut client, mut io, info) = connected(idle, header).await;
+        let mut buf = [0u8; 4];
+        client.write_all(b"head").await.unwrap();
+        io.read_exact(&mut buf).await.unwrap();
+        info.phase.request_started(Version::HTTP_2);
+        assert!(!info.phase.idle_keep_alive());
+        // A stream open 30 s with bytes moving: not idle.
+        for _ in 0..6 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            client.write_all(b"data").await.unwrap();
+            io.read_exact(&mut buf).await.unwrap();
+        }
+        info.phase.request_ended(false);
+        assert!(info.phase.idle_keep_alive());
+        client.write_all(b"last").await.unwrap();
+        io.read_exact(&mut buf).await.unwrap();
+        let ended = Instant::now();
+        // PINGs every 5 s from then on move nothing: closed 20 s after the stream ended.
+        let err = loop {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            if ended.elapsed() < Duration::from_secs(20) {
+                client.write_all(b"ping").await.unwrap();
+            }
+            match tokio::time::timeout(Duration::from_millis(1), io.read_exact(&mut buf)).await {
+                Ok(Ok(_)) | Err(_) => continue,
+                Ok(Err(e)) => break e,
+            }
+        };
+        assert!(err.to_string().contains("idle"), "{err}");
+        assert!(
+            ended.elapsed() <= Duration::from_secs(21),
+            "{:?}",
+            ended.elapsed()
+        );
+    }
+
+    #[test]
+    fn idle_keep_alive_is_between_requests_or_without_streams() {
+        let p = ConnPhase::default();
+        assert!(!p.idle_keep_alive(), "a fresh connection is not keep-alive");
+        p.request_started(Version::HTTP_11);
+        assert!(!p.idle_keep_alive());
+        p.request_ended(false);
+        assert!(p.idle_keep_alive());
+        let h2 = ConnPhase::default();
+        h2.request_started(Version::HTTP_2);
+        h2.request_started(Version::HTTP_2);
+        h2.request_ended(false);
+        assert!(!h2.idle_keep_alive());
+        h2.request_ended(false);
+        h2.request_ended(false);
+        assert!(h2.idle_keep_alive());
+        h2.request_started(Version::HTTP_2);
+        assert!(!h2.idle_keep_alive(), "never counted below zero");
     }
 
     #[tokio::test(start_paused = true)]
@@ -434,7 +634,7 @@ mod tests {
         let (idle, header) = (Duration::from_secs(20), Duration::from_secs(10));
         for (version, ended, upgraded) in [
             (Version::HTTP_11, false, false), // a request body, while the request lasts
-            (Version::HTTP_2, true, false),
+            (Version::HTTP_2, false, false),  // with a stream open
             (Version::HTTP_11, true, true),
         ] {
             let (mut client, mut io, info) = connected(idle, header).await;

@@ -15,6 +15,7 @@ mod accept;
 pub(crate) mod access_log;
 pub(crate) mod admin;
 pub(crate) mod client_io;
+pub(crate) mod conn_limit;
 pub mod demo;
 pub mod gateway;
 pub(crate) mod headers;

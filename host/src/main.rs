@@ -100,6 +100,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
+    // Every client connection and its backend connection take a descriptor: the soft limit (often
+    // 1024) would cap the proxy long before the machine does. The cap derived from it is logged
+    // when the server starts.
+    match sluicegate::server::raise_nofile_limit() {
+        Ok(nofile) => tracing::info!(nofile, "descriptor limit (RLIMIT_NOFILE) raised"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit (RLIMIT_NOFILE)"),
+    }
     // Read as every reload reads it (relative paths in it must resolve the same way each time).
     let path = sluicegate::reload::config_path(&path);
     let config = sluicegate::reload::load(&path)?;

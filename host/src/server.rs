@@ -19,6 +19,8 @@ use crate::access_log::AccessLog;
 use crate::client_io::ClientInfo;
 use crate::client_io::ClientIo;
 use crate::config::{Config, ConfigError, ListenerConfig, ListenerLimits, Protocol};
+pub use crate::conn_limit::raise_nofile_limit;
+use crate::conn_limit::{ConnLimits, ListenerSlots, Slot};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::plugin::{BreakerOptions, PluginError, PluginRuntime, PluginWatcher, RuntimeOptions};
@@ -241,6 +243,12 @@ impl Server {
         workers: usize,
     ) -> Result<(), StartError> {
         let proxy = self.proxy.clone();
+        let limits = Arc::new(ConnLimits::new(&proxy.gateway().config.limits));
+        tracing::info!(
+            nofile = limits.nofile,
+            max_connections = limits.max_connections,
+            "client connection cap"
+        );
         let (stop_tx, stop_rx) = watch::channel(false);
         // Kept until the server stops: each polls its listener's certificate files.
         let mut cert_watchers = Vec::new();
@@ -272,14 +280,14 @@ impl Server {
         // Each worker says it is done (drained, or past the deadline) by dropping its sender.
         let done = if workers == 0 {
             let (tx, rx) = oneshot::channel::<()>();
-            let (proxy, stop) = (proxy.clone(), stop_rx.clone());
+            let (proxy, stop, limits) = (proxy.clone(), stop_rx.clone(), limits.clone());
             tokio::spawn(async move {
-                serve_listeners(serving, proxy, stop, "main").await;
+                serve_listeners(serving, proxy, limits, stop, "main").await;
                 drop(tx);
             });
             vec![rx]
         } else {
-            match start_workers(serving, workers, &proxy, &stop_rx) {
+            match start_workers(serving, workers, &proxy, &limits, &stop_rx) {
                 Ok(done) => done,
                 Err((started, e)) => {
                     let _ = stop_tx.send(true);
@@ -292,9 +300,14 @@ impl Server {
         };
         // The admin API stays up while draining, so `/ready` can say 503.
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-        let admin_task = listeners
-            .admin
-            .map(|admin| tokio::spawn(crate::admin::serve(admin, proxy.clone(), admin_stop_rx)));
+        let admin_task = listeners.admin.map(|admin| {
+            tokio::spawn(crate::admin::serve(
+                admin,
+                proxy.clone(),
+                limits.clone(),
+                admin_stop_rx,
+            ))
+        });
 
         shutdown.await;
         let deadline = proxy.gateway().config.drain_timeout;
@@ -357,6 +370,7 @@ fn start_workers(
     serving: Vec<(TcpListener, Arc<Serving>)>,
     workers: usize,
     proxy: &Arc<Proxy>,
+    limits: &Arc<ConnLimits>,
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<oneshot::Receiver<()>>, (Vec<oneshot::Receiver<()>>, StartError)> {
     let mut done = Vec::new();
@@ -405,7 +419,7 @@ fn start_workers(
             Err(e) => return Err((done, e)),
         };
         let (tx, rx) = oneshot::channel::<()>();
-        let (proxy, stop) = (proxy.clone(), stop.clone());
+        let (proxy, stop, limits) = (proxy.clone(), stop.clone(), limits.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("sluicegate-worker-{worker}"))
             .spawn(move || {
@@ -420,7 +434,7 @@ fn start_workers(
                             ),
                         }
                     }
-                    serve_listeners(listeners, proxy, stop, &worker.to_string()).await;
+                    serve_listeners(listeners, proxy, limits, stop, &worker.to_string()).await;
                 });
                 // Connections still open past the drain deadline close with the runtime.
                 drop(runtime);
@@ -439,6 +453,7 @@ fn start_workers(
 async fn serve_listeners(
     listeners: Vec<(TcpListener, Arc<Serving>)>,
     proxy: Arc<Proxy>,
+    limits: Arc<ConnLimits>,
     stop: watch::Receiver<bool>,
     worker: &str,
 ) {
@@ -449,11 +464,18 @@ async fn serve_listeners(
         .into_iter()
         .map(|(listener, s)| {
             let (proxy, stop, conns) = (proxy.clone(), stop.clone(), conns_tx.clone());
+            // Named by the bound address: a configured port 0 is a real one by now.
+            let address = listener.local_addr().unwrap_or(s.config.address);
+            let slots = proxy
+                .metrics
+                .listener_slots(address, s.config.limits.max_connections);
+            let capped = (limits.clone(), slots);
             match s.config.protocol {
                 Protocol::Tcp | Protocol::TlsPassthrough => tokio::spawn(crate::l4::accept_loop(
                     listener,
                     s.config.clone(),
                     proxy,
+                    capped,
                     stop,
                     conns,
                     accepted.clone(),
@@ -462,6 +484,7 @@ async fn serve_listeners(
                     listener,
                     s,
                     proxy,
+                    capped,
                     stop,
                     conns,
                     accepted.clone(),
@@ -484,21 +507,20 @@ async fn accept_loop(
     listener: TcpListener,
     serving: Arc<Serving>,
     proxy: Arc<Proxy>,
+    (limits, slots): (Arc<ConnLimits>, ListenerSlots),
     mut stop: watch::Receiver<bool>,
     conns: mpsc::Sender<()>,
     accepted: Counter,
 ) {
     let config = &serving.config;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // The header read timeout is kept by `ClientIo`, hyper's per-request timer is off.
-        .header_read_timeout(None)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_builder(&serving.limits));
     while let Some((stream, peer)) = crate::accept::accept(&listener, &mut stop).await {
         accepted.inc();
+        // At a cap, this loop accepts nothing more until the connection in hand has a slot.
+        let slot = tokio::select! {
+            slot = limits.admit(&slots) => slot,
+            _ = stop.changed() => break,
+        };
         let proxy = proxy.clone();
         let builder = builder.clone();
         let mut stop = stop.clone();
@@ -535,6 +557,7 @@ async fn accept_loop(
                 if tls.is_some() { "https" } else { "http" },
                 limits,
             ));
+            slot.evictable(client.clone());
             let io = ClientIo::new(stream, client.clone(), idle, header_timeout);
             let redirect = redirect_https;
             let service = {
@@ -553,14 +576,22 @@ async fn accept_loop(
                 })
             };
             let result = match tls {
-                None => serve_connection(&builder, TokioIo::new(io), service, &mut stop).await,
+                None => {
+                    serve_connection(&builder, TokioIo::new(io), service, &mut stop, &slot).await
+                }
                 Some(acceptor) => {
                     // The handshake gets the header read timeout: a client that stalls in it
                     // holds a connection like one that stalls in its headers.
                     match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
                         Ok(Ok(tls_stream)) => {
-                            serve_connection(&builder, TokioIo::new(tls_stream), service, &mut stop)
-                                .await
+                            serve_connection(
+                                &builder,
+                                TokioIo::new(tls_stream),
+                                service,
+                                &mut stop,
+                                &slot,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -585,18 +616,76 @@ async fn accept_loop(
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
             proxy.metrics.open_connections.dec();
+            drop(slot);
             drop(conns);
         });
     }
 }
 
-/// Serves HTTP on one client connection until it ends; on `stop`, finishes in-flight requests
-/// (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY).
+/// The initial HTTP/2 stream window: what a client may send on one stream before its request is
+/// read (spec default 64 KB), enough for an upload to keep a 1 Gb/s, 2 ms path busy.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// The initial HTTP/2 connection window: what all of a connection's request bodies may hold
+/// unread at once.
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Response bytes queued per HTTP/2 stream for a client that does not read (h2's default is
+/// ~400 KB, so 100 streams of a large file held 40 MB per connection). 64 KB is one full default
+/// window, so a reading client is never starved by it: the upstream body is read again as soon as
+/// the client's window lets the queue drain.
+const H2_SEND_BUFFER: usize = 64 * 1024;
+/// Streams a client may reset before the server has accepted them (the rapid-reset attack,
+/// CVE-2023-44487); hyper's default, written down so it stays.
+const H2_PENDING_RESETS: usize = 20;
+/// Streams the server may reset because the client broke the protocol before the connection is
+/// closed with a GOAWAY (CVE-2025-8671, "MadeYouReset"); hyper's default, written down.
+const H2_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// The HTTP/1.1 + HTTP/2 server of a listener, bounded by its `limits`: what one connection and
+/// one stream may hold in memory is fixed here.
+fn http_builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let h1_buffer = limits
+        .max_header_size
+        .clamp(HYPER_MIN_BUFFER, u32::MAX as usize);
+    let mut h1 = builder.http1();
+    // The header read timeout is kept by `ClientIo`, hyper's per-request timer is off.
+    h1.header_read_timeout(None)
+        .keep_alive(true)
+        // One bound for both directions: the head being read (past it hyper answers 431), and
+        // the response bytes queued for a client that does not read (~400 KB by default, which
+        // 3,000 such clients of a large file turned into 1.1 GB).
+        .max_buf_size(h1_buffer);
+    // hyper keeps up to 100 headers on the stack; any other number costs an allocation per
+    // request, so it is set only when the config asks for another.
+    if limits.max_headers != ListenerLimits::default().max_headers {
+        h1.max_headers(limits.max_headers);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(h1_buffer as u32)
+        .max_send_buf_size(H2_SEND_BUFFER)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .adaptive_window(false)
+        .max_pending_accept_reset_streams(H2_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_LOCAL_ERROR_RESETS);
+    builder
+}
+
+/// hyper's smallest HTTP/1 buffer (it panics below it; the config refuses less too).
+const HYPER_MIN_BUFFER: usize = 8 * 1024;
+
+/// Serves HTTP on one client connection until it ends; on `stop`, or when the connection caps
+/// evict it, finishes in-flight requests (HTTP/1.1 closes after the current response, at once
+/// between requests; HTTP/2 sends GOAWAY).
 async fn serve_connection<I, S>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
     stop: &mut watch::Receiver<bool>,
+    slot: &Slot,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -611,9 +700,16 @@ where
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let changed = stop.changed();
-    tokio::pin!(changed);
-    // Polled only when the signal wakes the connection, not on each of its requests' wake-ups.
-    let stopping = PollWhenWoken::new(changed);
+    let evicted = slot.evicted().notified();
+    let either = async {
+        tokio::select! {
+            _ = changed => {}
+            _ = evicted => {}
+        }
+    };
+    tokio::pin!(either);
+    // Polled only when a signal wakes the connection, not on each of its requests' wake-ups.
+    let stopping = PollWhenWoken::new(either);
     tokio::select! {
         biased;
         r = conn.as_mut() => r,

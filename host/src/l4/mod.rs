@@ -13,6 +13,7 @@ pub mod sni;
 
 use crate::access_log::rfc3339_now;
 use crate::config::{ListenerConfig, Protocol, server_name_matches};
+use crate::conn_limit::{ConnLimits, ListenerSlots};
 use crate::metrics::L4Metrics;
 use crate::plugin::{EndpointId, Failure, RequestHead};
 use crate::proxy::Proxy;
@@ -59,10 +60,13 @@ struct Entry<'a> {
 
 /// Accepts connections on an L4 listener until `stop`; each connection holds a `conns` sender.
 /// Connections already open are not cut on shutdown: they end by themselves or with the process.
+/// They count under the connection caps like HTTP ones, but are never evicted (an L4 connection
+/// has no idle point between requests).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     config: ListenerConfig,
     proxy: Arc<Proxy>,
+    (limits, slots): (Arc<ConnLimits>, ListenerSlots),
     mut stop: watch::Receiver<bool>,
     conns: mpsc::Sender<()>,
     accepted: prometheus_client::metrics::counter::Counter,
@@ -70,6 +74,11 @@ pub(crate) async fn accept_loop(
     let config = Arc::new(config);
     while let Some((stream, peer)) = crate::accept::accept(&listener, &mut stop).await {
         accepted.inc();
+        // At a cap, this loop accepts nothing more until the connection in hand has a slot.
+        let slot = tokio::select! {
+            slot = limits.admit(&slots) => slot,
+            _ = stop.changed() => break,
+        };
         let proxy = proxy.clone();
         let config = config.clone();
         let conns = conns.clone();
@@ -88,6 +97,7 @@ pub(crate) async fn accept_loop(
                     proxy.metrics.l4.refused(config.address, "proxy_protocol");
                 }
             }
+            drop(slot);
             drop(conns);
         });
     }

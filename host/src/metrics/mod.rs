@@ -48,6 +48,11 @@ struct WorkerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HealthLabels {
     cluster: String,
     endpoint: String,
@@ -224,6 +229,9 @@ pub struct Metrics {
     /// Client connections open now.
     pub open_connections: Gauge,
     worker_connections: Family<WorkerLabels, Counter>,
+    listener_open: Family<ListenerLabels, Gauge>,
+    listener_evicted: Family<ListenerLabels, Counter>,
+    listener_held: Family<ListenerLabels, Counter>,
     unrouted: EndpointMetrics,
     /// L4 (tcp, tls-passthrough) connection and byte counters.
     pub l4: L4Metrics,
@@ -345,6 +353,25 @@ impl Metrics {
             "Client connections accepted, by worker thread (the kernel spreads them)",
             worker_connections.clone(),
         );
+        let listener_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "sluicegate_listener_open_connections",
+            "Client connections open now, by listener (HTTP and L4)",
+            listener_open.clone(),
+        );
+        let listener_evicted = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "sluicegate_listener_connections_evicted",
+            "Idle keep-alive connections closed to make room under a connection cap, by listener",
+            listener_evicted.clone(),
+        );
+        let listener_held = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "sluicegate_listener_connections_held",
+            "New connections that found a connection cap reached with none idle and waited for a \
+             slot (accepting stops meanwhile), by listener",
+            listener_held.clone(),
+        );
         let l4 = L4Metrics::default();
         let leases = Arc::new(Leases {
             counts: Mutex::new(HashMap::new()),
@@ -398,6 +425,9 @@ impl Metrics {
             fallbacks,
             open_connections,
             worker_connections,
+            listener_open,
+            listener_evicted,
+            listener_held,
             unrouted,
             health,
             l4,
@@ -450,6 +480,25 @@ impl Metrics {
                 worker: worker.to_string(),
             })
             .clone()
+    }
+
+    /// The connection gauges and counters of the listener at `address`, for its connection cap
+    /// (once per accept loop).
+    pub(crate) fn listener_slots(
+        &self,
+        address: std::net::SocketAddr,
+        max_connections: Option<usize>,
+    ) -> crate::conn_limit::ListenerSlots {
+        let labels = ListenerLabels {
+            listener: address.to_string(),
+        };
+        crate::conn_limit::ListenerSlots {
+            address,
+            max_connections,
+            open: self.listener_open.get_or_create(&labels).clone(),
+            evicted: self.listener_evicted.get_or_create(&labels).clone(),
+            held: self.listener_held.get_or_create(&labels).clone(),
+        }
     }
 
     /// The Prometheus text exposition: families in registration order, the series of each sorted

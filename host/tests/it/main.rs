@@ -7,6 +7,7 @@ mod plugin_support;
 mod tls_support;
 
 mod config_examples;
+mod edge_connections;
 mod host_fixes;
 mod panic_mode;
 mod plugin_build;
