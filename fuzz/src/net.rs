@@ -147,6 +147,20 @@ async fn http_shot(addr: SocketAddr, input: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Connects to `addr`, writes a request that asks for `connection: close` and reads to the close:
+/// no half-close, so a proxy slow to answer (a loaded machine) is waited for, up to [`HANG`].
+async fn http_close_shot(addr: SocketAddr, request: &[u8]) -> Result<Vec<u8>, String> {
+    let mut stream = tokio::time::timeout(HANG, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .write_all(request)
+        .await
+        .map_err(|e| format!("writing a well-formed request: {e}"))?;
+    read_to_close(&mut stream).await
+}
+
 /// The status code of the first response in `bytes`, or what they are instead.
 fn status_of(bytes: &[u8]) -> String {
     if bytes.is_empty() {
@@ -330,7 +344,7 @@ impl Harness {
 
     /// A plain GET on the HTTP listener, routed to the `good` backend, answered 200.
     async fn http_serves(addr: SocketAddr) -> Result<(), String> {
-        let got = http_shot(
+        let got = http_close_shot(
             addr,
             b"GET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         )
@@ -499,7 +513,7 @@ impl Target for ResponseTarget {
         };
         self.harness.check(
             async move {
-                let got = http_shot(
+                let got = http_close_shot(
                     addr,
                     b"GET /fuzz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
                 )
