@@ -2,6 +2,7 @@
 //! must answer every mistake with an error that names its line, never a panic.
 
 use crate::Target;
+use crate::net::HANG;
 use sluicegate_config::{Config, ConfigError};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -93,10 +94,16 @@ impl Target for ConfigTarget {
         // The loader reads text (`read_to_string`): bytes that are not UTF-8 never reach `parse`, so
         // the fuzzer gives it their lossy reading.
         let text = String::from_utf8_lossy(input);
+        let start = std::time::Instant::now();
         let parsed = catch_unwind(AssertUnwindSafe(|| {
             Config::parse(&text, "fuzz.toml", &self.base)
         }))
         .map_err(|panic| format!("Config::parse panicked: {}", panic_text(&*panic)))?;
+        // A hang bound, far above the milliseconds a 16 KB config takes even in a debug build on a
+        // loaded machine: a loader stuck on some input is a finding like a panic.
+        if start.elapsed() > HANG {
+            return Err(format!("Config::parse took {:?}", start.elapsed()));
+        }
         match parsed {
             Ok(_) => Ok("ok".into()),
             Err(ConfigError::Invalid {
