@@ -466,12 +466,22 @@ impl Proxy {
                             stats.record_latency_micros(elapsed.as_micros() as u64);
                         }
                         let status = resp.status().as_u16();
-                        cluster.health.observe(id, Some(status), None, elapsed);
+                        // A 5xx is judged before it is passed on (an ejection it causes is in
+                        // place when the client has it). Any other answer is judged when its body
+                        // has ended: one that stalls or breaks mid-way is a failure, not a success
+                        // that would reset the endpoint's count of consecutive errors.
+                        let judge_now = status >= 500;
+                        if judge_now {
+                            cluster.health.observe(id, Some(status), None, elapsed);
+                        }
                         if attempt < policy.attempts
                             && safe
                             && policy.on_status.contains(&status)
                             && let Some(p) = cluster.budget.try_retry()
                         {
+                            if !judge_now {
+                                cluster.health.observe(id, Some(status), None, elapsed);
+                            }
                             // Without a permit the response goes to the client as it is.
                             hold(&mut permits, p);
                             failure = Some((StatusCode::BAD_GATEWAY, "retried status"));
@@ -480,6 +490,9 @@ impl Proxy {
                         }
                         done.endpoint = Some(id);
                         done.in_flight = Some(in_flight);
+                        if !judge_now {
+                            done.judge = Some((status, elapsed));
+                        }
                         return self.respond(done, gateway, cluster, head, resp, client_upgrade);
                     }
                 }
@@ -725,6 +738,9 @@ struct Finish {
     reason: Option<Cow<'static, str>>,
     in_flight: Option<InFlight>,
     active: Option<ActiveRequest>,
+    /// The endpoint's answer (status, time to its head) still to be reported to passive health
+    /// when the response body ends, unless the body fails first.
+    judge: Option<(u16, Duration)>,
 }
 
 impl Finish {
@@ -749,6 +765,7 @@ impl Finish {
             reason: None,
             in_flight: None,
             active: None,
+            judge: None,
         })
     }
 
@@ -759,6 +776,7 @@ impl Finish {
         if e.is_client_fault() {
             return;
         }
+        self.judge = None;
         if let (Some(cluster), Some(id)) = (&self.cluster, self.endpoint) {
             cluster
                 .health
@@ -827,6 +845,11 @@ impl Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
+        if let (Some((status, d)), Some(cluster), Some(id)) =
+            (self.judge.take(), &self.cluster, self.endpoint)
+        {
+            cluster.health.observe(id, Some(status), None, d);
+        }
         let total = self.start.elapsed();
         if self.status == 0 {
             // Dropped before any response: the client went away (nginx's 499).

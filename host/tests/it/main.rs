@@ -8,6 +8,7 @@ mod tls_support;
 
 mod config_examples;
 mod edge_connections;
+mod edge_requests;
 mod edge_robustness;
 mod host_fixes;
 mod panic_mode;
