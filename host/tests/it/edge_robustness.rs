@@ -314,6 +314,16 @@ impl RawBackend {
 /// and, when given, the cluster `good` routed from `/good` (to show the proxy still serves while `web`
 /// misbehaves).
 fn config(listener_extra: &str, web: SocketAddr, good: Option<SocketAddr>) -> String {
+    config_with(listener_extra, "", web, good)
+}
+
+/// [`config`] with `cluster_extra` keys (and tables) in the cluster `web`.
+fn config_with(
+    listener_extra: &str,
+    cluster_extra: &str,
+    web: SocketAddr,
+    good: Option<SocketAddr>,
+) -> String {
     let mut text = format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n{listener_extra}\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
          [access_log]\nenabled = false\n\n"
@@ -322,7 +332,7 @@ fn config(listener_extra: &str, web: SocketAddr, good: Option<SocketAddr>) -> St
         text.push_str("[[routes]]\npath_prefix = \"/good\"\ncluster = \"good\"\n\n");
     }
     text.push_str(&format!(
-        "[[routes]]\ncluster = \"web\"\n\n[[clusters]]\nname = \"web\"\n[[clusters.endpoints]]\naddress = \"{web}\"\n\n"
+        "[[routes]]\ncluster = \"web\"\n\n[[clusters]]\nname = \"web\"\n{cluster_extra}\n[[clusters.endpoints]]\naddress = \"{web}\"\n\n"
     ));
     if let Some(good) = good {
         text.push_str(&format!(
@@ -787,7 +797,14 @@ async fn a_huge_chunk_size_over_the_body_limit_is_413() {
 
 #[tokio::test]
 async fn a_malformed_chunked_body_is_400_and_does_not_eject_the_backend() {
-    let (proxy, backend, _dir) = start_ok("").await;
+    let backend = RawBackend::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    // One failure counted against the endpoint ejects it (for a minute), and a cluster with no
+    // endpoint left refuses (no panic-mode spreading): a client's broken body taken for the
+    // backend's fault would leave nothing to serve the requests after it.
+    let outlier = "panic_action = \"refuse\"\n[clusters.outlier]\nconsecutive_5xx = 1\nconsecutive_gateway_errors = 1\n\
+                   base_ejection_time = \"60s\"\n";
+    let proxy = Proxy::start(&config_with("", outlier, backend.addr, None), dir.path()).await;
     let cases: [&[u8]; 3] = [
         b"POST /bad HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
         b"POST /bad HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
