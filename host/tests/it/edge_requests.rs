@@ -477,3 +477,84 @@ async fn backend_failures_still_eject_with_this_outlier_config() {
     )
     .await;
 }
+
+/// A backend that reads a request head and then nothing more, keeping the connection open.
+async fn deaf_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1];
+                while !seen.ends_with(b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => seen.push(buf[0]),
+                    }
+                }
+                // Holds the socket, unread, until the test ends.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_endpoint_that_takes_no_request_byte_fails_at_write_timeout_and_is_ejected() {
+    let deaf = deaf_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        &config(&[deaf], "", "write_timeout = \"1s\"", ""),
+        dir.path(),
+    )
+    .await;
+    for _ in 0..2 {
+        // 64 MB: more than every socket buffer between the client and the backend holds.
+        const LEN: usize = 64 << 20;
+        let s = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut read, mut write) = s.into_split();
+        let writer = tokio::spawn(async move {
+            let req = head("POST", "/upload", &format!("content-length: {LEN}\r\n"));
+            write.write_all(req.as_bytes()).await?;
+            let piece = vec![b'w'; 1 << 20];
+            for _ in 0..LEN >> 20 {
+                write.write_all(&piece).await?;
+            }
+            Ok::<_, std::io::Error>(write)
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read_all = async {
+            while let Ok(n) = read.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read_all)
+            .await
+            .expect("the exchange ends within 10 s (write_timeout 1 s)");
+        // The 504 may be lost to the reset of a connection closed with the client's bytes unread;
+        // when it arrives, it says so.
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 504"),
+            "{text}"
+        );
+        writer.abort();
+    }
+    // Two timeouts in a row: ejected (consecutive_gateway_errors = 2).
+    wait_for(
+        "the deaf endpoint ejected",
+        WAIT,
+        async || endpoint(&proxy, deaf).await,
+        |e| e["health"]["ejected"] == true,
+    )
+    .await;
+}
