@@ -602,10 +602,7 @@ fn is_idempotent(m: &Method) -> bool {
 /// is not an authority (400, as haproxy and nginx; RFC 9112 §3.2), or a target longer than
 /// `max_uri_length` (414). h2 requests carry their authority in the URI, which hyper checked. One
 /// lookup of `Host` and a byte scan of its value: the checks cost next to nothing per request.
-fn refuse_head(
-    req: &Request<Incoming>,
-    max_uri_length: usize,
-) -> Option<(StatusCode, &'static str)> {
+fn refuse_head<B>(req: &Request<B>, max_uri_length: usize) -> Option<(StatusCode, &'static str)> {
     if req.version() < Version::HTTP_2 {
         let mut hosts = req.headers().get_all(HOST).iter();
         match (hosts.next(), hosts.next()) {
@@ -997,5 +994,32 @@ mod tests {
             assert_eq!(id.as_slice(), format!("{prefix:08x}{n:016x}").as_bytes());
         }
         assert_ne!(request_id(0x1a2b_3c4d, 41), request_id(0x1a2b_3c4d, 42));
+    }
+
+    #[test]
+    fn http1_heads_need_one_valid_host_and_a_short_enough_target() {
+        let req = |version: Version, target: &str, hosts: &[&str]| {
+            let mut b = Request::builder().version(version).uri(target);
+            for h in hosts {
+                b = b.header(HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        let refused = |r: &Request<()>| refuse_head(r, 16).map(|(s, _)| s.as_u16());
+        let h11 = Version::HTTP_11;
+        assert_eq!(refused(&req(h11, "/", &["example.com:80"])), None);
+        assert_eq!(refused(&req(Version::HTTP_10, "/", &["a"])), None);
+        for hosts in [&[][..], &["a", "a"], &["a b"], &[""]] {
+            assert_eq!(refused(&req(h11, "/", hosts)), Some(400), "{hosts:?}");
+        }
+        assert_eq!(refused(&req(Version::HTTP_10, "/", &[])), Some(400));
+        // h2 names its authority in the URI.
+        assert_eq!(refused(&req(Version::HTTP_2, "http://a/", &[])), None);
+        assert_eq!(refused(&req(h11, "/0123456789abcde", &["a"])), None);
+        assert_eq!(refused(&req(h11, "/0123456789?abcde", &["a"])), Some(414));
+        assert_eq!(
+            refused(&req(Version::HTTP_2, "http://a/0123456789abcdef", &[])),
+            Some(414)
+        );
     }
 }
