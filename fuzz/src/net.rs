@@ -174,6 +174,76 @@ fn status_of(bytes: &[u8]) -> String {
     }
 }
 
+/// What is wrong with a request head the proxy forwarded, if anything: the smuggling oracle of the
+/// `request` target. Whatever a client sends, what reaches a backend is one unambiguous HTTP/1.1
+/// message: a request line of three parts, CRLF line ends only (no bare CR or LF), no NUL, no
+/// folded line, header names without white space, one Host at most, and one framing (a single
+/// Content-Length of digits, or `Transfer-Encoding: chunked` alone).
+pub fn forwarded_head_problem(head: &[u8]) -> Option<String> {
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")? + 2;
+    let mut lengths = 0;
+    let mut hosts = 0;
+    let mut codings = Vec::new();
+    for (i, line) in head[..end].split(|b| *b == b'\n').enumerate() {
+        let Some(line) = line.strip_suffix(b"\r") else {
+            if line.is_empty() {
+                continue; // after the last CRLF
+            }
+            return Some(format!(
+                "a bare LF after {:?}",
+                String::from_utf8_lossy(line)
+            ));
+        };
+        let text = String::from_utf8_lossy(line);
+        if line.contains(&b'\r') || line.contains(&0) {
+            return Some(format!("a bare CR or a NUL in {text:?}"));
+        }
+        if i == 0 {
+            let parts: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+            if parts.len() != 3 || parts[2] != b"HTTP/1.1" || parts.iter().any(|p| p.is_empty()) {
+                return Some(format!("a request line {text:?}"));
+            }
+            continue;
+        }
+        if line.starts_with(b" ") || line.starts_with(b"\t") {
+            return Some(format!("a folded line {text:?}"));
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            return Some(format!("a header line without a colon {text:?}"));
+        };
+        let name = &line[..colon];
+        if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
+            return Some(format!("a header name {text:?}"));
+        }
+        let value = String::from_utf8_lossy(&line[colon + 1..])
+            .trim()
+            .to_string();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Some(format!("a Content-Length {value:?}"));
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            codings.push(value);
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        }
+    }
+    if lengths > 1 {
+        return Some(format!("{lengths} Content-Length headers"));
+    }
+    if hosts > 1 {
+        return Some(format!("{hosts} Host headers"));
+    }
+    if lengths > 0 && !codings.is_empty() {
+        return Some("Content-Length and Transfer-Encoding together".into());
+    }
+    if !codings.is_empty() && !(codings.len() == 1 && codings[0].eq_ignore_ascii_case("chunked")) {
+        return Some(format!("Transfer-Encoding {codings:?}"));
+    }
+    None
+}
+
 /// What one backend connection does after reading the request head.
 #[derive(Clone)]
 enum Behaviour {
@@ -184,7 +254,7 @@ enum Behaviour {
 }
 
 /// A backend on loopback; its task ends with the harness's runtime.
-async fn backend(behaviour: Behaviour) -> SocketAddr {
+async fn backend(behaviour: Behaviour, problems: Arc<Mutex<Vec<String>>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -193,6 +263,7 @@ async fn backend(behaviour: Behaviour) -> SocketAddr {
                 continue;
             };
             let behaviour = behaviour.clone();
+            let problems = problems.clone();
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 let mut buf = vec![0u8; 16 * 1024];
@@ -204,6 +275,14 @@ async fn backend(behaviour: Behaviour) -> SocketAddr {
                                     Ok(0) | Err(_) => return,
                                     Ok(n) => got.extend_from_slice(&buf[..n]),
                                 }
+                            }
+                            // Recorded before answering: by the time the client has the answer,
+                            // the problem is there to be seen.
+                            if let Some(p) = forwarded_head_problem(&got) {
+                                problems.lock().unwrap().push(format!(
+                                    "the backend received {p}: {:?}",
+                                    String::from_utf8_lossy(&got[..got.len().min(2000)])
+                                ));
                             }
                             let answer = answer.lock().unwrap().clone();
                             let _ = stream.write_all(&answer).await;
@@ -246,6 +325,8 @@ pub struct Harness {
     http: SocketAddr,
     tcp: SocketAddr,
     tls: SocketAddr,
+    /// What the backends found wrong in the requests the proxy forwarded.
+    problems: Arc<Mutex<Vec<String>>>,
     /// What the `web` backend answers (the response target mutates it).
     answer: Arc<Mutex<Vec<u8>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -273,10 +354,16 @@ impl Harness {
         let answer = Arc::new(Mutex::new(OK_ANSWER.to_vec()));
         let cache_dir = cache_dir.to_path_buf();
         let answer2 = answer.clone();
+        let problems = Arc::new(Mutex::new(Vec::new()));
+        let problems2 = problems.clone();
         let (http, tcp, tls, stop) = rt.block_on(async move {
-            let web = backend(Behaviour::Answer(answer2)).await;
-            let good = backend(Behaviour::Answer(Arc::new(Mutex::new(OK_ANSWER.to_vec())))).await;
-            let echo = backend(Behaviour::Echo).await;
+            let web = backend(Behaviour::Answer(answer2), problems2.clone()).await;
+            let good = backend(
+                Behaviour::Answer(Arc::new(Mutex::new(OK_ANSWER.to_vec()))),
+                problems2.clone(),
+            )
+            .await;
+            let echo = backend(Behaviour::Echo, problems2).await;
             // Three listeners on port 0 need three addresses: 127.0.0.1-3, all loopback.
             // Short timeouts of the listeners: each input ends fast; no retries, no ejection, so
             // one input's fault does not change how the next is treated.
@@ -315,6 +402,7 @@ impl Harness {
         Harness {
             rt,
             threads,
+            problems,
             http,
             tcp,
             tls,
@@ -340,6 +428,10 @@ impl Harness {
             return Err(format!(
                 "{panics} panic(s) in the process during this input"
             ));
+        }
+        let problems: Vec<String> = std::mem::take(&mut *self.problems.lock().unwrap());
+        if !problems.is_empty() {
+            return Err(problems.join("\n"));
         }
         Ok(signature)
     }
@@ -673,6 +765,31 @@ impl Target for SniTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_smuggling_oracle_accepts_one_framing_and_names_the_rest() {
+        let ok = b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello";
+        assert_eq!(forwarded_head_problem(ok), None);
+        let chunked = b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(forwarded_head_problem(chunked), None);
+        for bad in [
+            &b"POST /a HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+            b"POST /a HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+            b"POST /a HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nx: a\r\n b\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nx: a\nb: c\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nx: a\rb\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nx : a\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                forwarded_head_problem(bad).is_some(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn the_client_hello_frames_its_lengths() {
