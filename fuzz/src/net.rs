@@ -238,7 +238,7 @@ pub fn forwarded_head_problem(head: &[u8]) -> Option<String> {
     if lengths > 0 && !codings.is_empty() {
         return Some("Content-Length and Transfer-Encoding together".into());
     }
-    if !codings.is_empty() && !(codings.len() == 1 && codings[0].eq_ignore_ascii_case("chunked")) {
+    if !codings.is_empty() && (codings.len() != 1 || !codings[0].eq_ignore_ascii_case("chunked")) {
         return Some(format!("Transfer-Encoding {codings:?}"));
     }
     None
