@@ -37,14 +37,15 @@
 #                             the clients' JSON results, the proxy's config and logs, /status and /metrics
 #                             (Sluicegate), haproxy's `show stat`
 #   QUICK=1 bench/edge.sh     a quick check of the mechanics (~6 min): fewer clients (h2 5 x 100 streams,
-#                             slow readers 200 / 1000, idle 4,000), HOLD=4, AFTER_WAIT=3, IDLE=10, PING_EVERY=3,
+#                             slow readers 200 / 1000, idle 4,000), HOLD=4, RAMP_MAX=20, AFTER_WAIT=3, IDLE=10, PING_EVERY=3,
 #                             STALL_CAP=15
 #   PROXIES=sluicegate ROWS="4-9" bench/edge.sh     one proxy, one row (the RSS rows then have no nginx
 #                             figure to compare with: their verdict is "n/a")
 #
 # Settings (environment, defaults in brackets): BIN (the proxy [target/release/sluicegate]; not built here:
 # `cargo build --release -p sluicegate`), PROXIES ["sluicegate haproxy nginx"], ROWS ["1 2a 2b 5 6 3 4-9"],
-# HOLD (s each flood is held once open [15]), AFTER_WAIT (s between the end of the abuse and the "after" RSS
+# HOLD (s each flood is held once open [15]), RAMP_MAX (s a flood's clients take to open their connections;
+# those not open by then are given up and counted as errors "ramp_max" [60; QUICK: 20]), AFTER_WAIT (s between the end of the abuse and the "after" RSS
 # [10]), H2_CONNS [20], H2_STREAMS [200], SLOW_CONNS_A [1000], SLOW_CONNS_B [5000], IDLE_CONNS [20000],
 # IDLE_PROCS [4], BADCHUNK_COUNT [20: ten per endpoint of the cluster], UPLOAD_MB [300], UPLOAD_RATE [50],
 # STALL_CAP [75], PING_EVERY [20], IDLE (the proxies' client idle timeout, s [60]), UPSTREAM_TIMEOUT (s [5]),
@@ -84,13 +85,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/bench/common.sh"
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
-    : "${HOLD:=4}" "${AFTER_WAIT:=3}" "${H2_CONNS:=5}" "${H2_STREAMS:=100}" "${SLOW_CONNS_A:=200}" "${SLOW_CONNS_B:=1000}"
+    : "${HOLD:=4}" "${RAMP_MAX:=20}" "${AFTER_WAIT:=3}" "${H2_CONNS:=5}" "${H2_STREAMS:=100}" "${SLOW_CONNS_A:=200}" "${SLOW_CONNS_B:=1000}"
     : "${IDLE_CONNS:=4000}" "${IDLE_PROCS:=2}" "${UPLOAD_MB:=300}" "${STALL_CAP:=15}" "${PING_EVERY:=3}" "${IDLE:=10}"
 fi
 BIN=${BIN:-target/release/sluicegate}
 PROXIES=${PROXIES:-"sluicegate haproxy nginx"}
 ROWS=${ROWS:-"1 2a 2b 5 6 3 4-9"}
 HOLD=${HOLD:-15}
+RAMP_MAX=${RAMP_MAX:-60}
 AFTER_WAIT=${AFTER_WAIT:-10}
 H2_CONNS=${H2_CONNS:-20}
 H2_STREAMS=${H2_STREAMS:-200}
@@ -119,7 +121,7 @@ die() { log "error: $*"; exit 1; }
 [[ $BIN == /* ]] || { [[ -e $BIN ]] && BIN=$PWD/$BIN || BIN=$ROOT/$BIN; }
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 is_num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
-for v in HOLD AFTER_WAIT H2_CONNS H2_STREAMS SLOW_CONNS_A SLOW_CONNS_B IDLE_CONNS IDLE_PROCS BADCHUNK_COUNT STALL_CAP \
+for v in HOLD RAMP_MAX AFTER_WAIT H2_CONNS H2_STREAMS SLOW_CONNS_A SLOW_CONNS_B IDLE_CONNS IDLE_PROCS BADCHUNK_COUNT STALL_CAP \
     IDLE UPSTREAM_TIMEOUT PROBES RSS_SLACK_MB MAX_SECONDS; do
     is_uint "${!v}" || die "$v must be a whole number, not '${!v}'"
 done
@@ -463,26 +465,26 @@ probe() {
 # ---------------------------------------------------------------- the abuse of each row
 # abuse row dir: runs the row's clients against the proxy (in the foreground), their results in $dir/abuse.json.
 abuse() {
-    local row=$1 dir=$2 bound=$((HOLD + 120)) i pids=()
+    local row=$1 dir=$2 bound=$((HOLD + RAMP_MAX + 60)) i pids=()
     case $row in
-    1) timeout "$bound" python3 "$CLIENTS" --port "$PORT_H2C" h2flood --conns "$H2_CONNS" --streams "$H2_STREAMS" --hold "$HOLD" \
+    1) timeout "$bound" python3 "$CLIENTS" --port "$PORT_H2C" h2flood --conns "$H2_CONNS" --streams "$H2_STREAMS" --hold "$HOLD" --ramp-max "$RAMP_MAX" \
         >"$dir/abuse.json" 2>>"$dir/clients.log" || true ;;
     2a | 2b)
         local n=$SLOW_CONNS_A
         [[ $row == 2a ]] || n=$SLOW_CONNS_B
-        timeout "$bound" python3 "$CLIENTS" --port "$PORT_H1" h1slow --conns "$n" --hold "$HOLD" \
+        timeout "$bound" python3 "$CLIENTS" --port "$PORT_H1" h1slow --conns "$n" --hold "$HOLD" --ramp-max "$RAMP_MAX" \
             >"$dir/abuse.json" 2>>"$dir/clients.log" || true ;;
     5)
         local per=$(((IDLE_CONNS + IDLE_PROCS - 1) / IDLE_PROCS))
         for ((i = 0; i < IDLE_PROCS; i++)); do
-            timeout "$bound" python3 "$CLIENTS" --port "$PORT_H1" idle --conns "$per" --hold "$HOLD" --parallel 500 \
+            timeout "$bound" python3 "$CLIENTS" --port "$PORT_H1" idle --conns "$per" --hold "$HOLD" --ramp-max "$RAMP_MAX" --parallel 500 \
                 --connect-timeout 3 >"$dir/abuse.$i.json" 2>>"$dir/clients.log" &
             pids+=($!)
         done
         PIDS+=("${pids[@]}")
         for i in "${pids[@]}"; do wait "$i" || true; forget_pid "$i"; done
         jq -cs '{opened: (map(.opened // 0) | add), wanted: (map(.wanted // 0) | add), ramp_s: (map(.ramp_s // 0) | max),
-                 closed_by_server: (map(.closed_by_server // 0) | add), errors: (map(.errors // {} | to_entries) | add | group_by(.key)
+                 closed_by_server: (map(.closed_by_server // 0) | add), errors: (map(.errors // {} | to_entries) | add // [] | group_by(.key)
                  | map({key: .[0].key, value: (map(.value) | add)}) | from_entries)}' "$dir"/abuse.*.json >"$dir/abuse.json" ;;
     6) # then 2 s more of the legit loop: an ejection shows in it too
         timeout 300 python3 "$CLIENTS" --port "$PORT_H1" badchunk --count "$BADCHUNK_COUNT" >"$dir/abuse.json" 2>>"$dir/clients.log" || true

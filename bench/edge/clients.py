@@ -187,22 +187,27 @@ def request(path, host="localhost", extra=""):
 
 
 async def hold_many(args, opener):
-    """Opens args.conns connections with opener(i) -> socket (at most args.parallel connecting at
-    once), holds them args.hold seconds, closes them. Reports how many opened and how many failed."""
+    """Opens args.conns connections with opener(i, sem) -> socket (which holds sem while it connects
+    and sends: at most args.parallel at once; those not open after args.ramp_max s are given up), holds them args.hold seconds, closes them. Reports how many opened and how many failed."""
     raise_nofile()
     sem = asyncio.Semaphore(args.parallel)
     socks, errors = [], {}
     t0 = time.monotonic()
 
     async def one(i):
-        async with sem:
-            try:
-                socks.append(await opener(i))
-            except Exception as e:  # noqa: BLE001 - counted by kind
-                k = type(e).__name__
-                errors[k] = errors.get(k, 0) + 1
+        try:
+            socks.append(await opener(i, sem))
+        except Exception as e:  # noqa: BLE001 - counted by kind
+            k = type(e).__name__
+            errors[k] = errors.get(k, 0) + 1
 
-    await asyncio.gather(*(one(i) for i in range(args.conns)))
+    tasks = [asyncio.ensure_future(one(i)) for i in range(args.conns)]
+    _, pending = await asyncio.wait(tasks, timeout=args.ramp_max)
+    for t in pending:  # still connecting when the ramp's time is up: given up
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending)
+        errors["ramp_max"] = len(pending)
     ramp = time.monotonic() - t0
     log("%d of %d connections open after %.1fs (errors: %s); holding %ss" % (len(socks), args.conns, ramp, errors or "none", args.hold))
     await asyncio.sleep(args.hold)
@@ -226,29 +231,32 @@ async def hold_many(args, opener):
 
 
 async def cmd_h2flood(args):
-    async def opener(i):
-        s = await connect(args.host, args.port)
-        loop = asyncio.get_running_loop()
-        out = h2_open(big_window=True)
-        out += b"".join(h2_get(1 + 2 * k, args.path) for k in range(args.streams))
-        await asyncio.wait_for(loop.sock_sendall(s, out), 5)
-        return s
+    async def opener(i, sem):
+        async with sem:
+            s = await connect(args.host, args.port)
+            loop = asyncio.get_running_loop()
+            out = h2_open(big_window=True)
+            out += b"".join(h2_get(1 + 2 * k, args.path) for k in range(args.streams))
+            await asyncio.wait_for(loop.sock_sendall(s, out), 5)
+            return s
     return await hold_many(args, opener)
 
 
 async def cmd_h1slow(args):
-    async def opener(i):
-        s = await connect(args.host, args.port, rcvbuf=args.rcvbuf)
-        await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(s, request(args.path)), 5)
-        return s
+    async def opener(i, sem):
+        async with sem:
+            s = await connect(args.host, args.port, rcvbuf=args.rcvbuf)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(s, request(args.path)), 5)
+            return s
     return await hold_many(args, opener)
 
 
 async def cmd_idle(args):
-    async def opener(i):
+    async def opener(i, sem):
         loop = asyncio.get_running_loop()
-        s = await connect(args.host, args.port, timeout=args.connect_timeout)
-        await asyncio.wait_for(loop.sock_sendall(s, request(args.path)), 5)
+        async with sem:  # the connect and the request; the answer is awaited outside
+            s = await connect(args.host, args.port, timeout=args.connect_timeout)
+            await asyncio.wait_for(loop.sock_sendall(s, request(args.path)), 5)
         try:  # the answer (small), then idle
             await asyncio.wait_for(loop.sock_recv(s, 65536), 5)
         except asyncio.TimeoutError:
@@ -540,6 +548,7 @@ def main():
         s.add_argument("--conns", type=int, default=100)
         s.add_argument("--hold", type=float, default=15)
         s.add_argument("--parallel", type=int, default=200, help="connections being opened at once")
+        s.add_argument("--ramp-max", type=float, default=60, help="s to open them; those not open by then are given up")
         return s
 
     s = flood("h2flood", "/big")
