@@ -44,7 +44,7 @@
 #
 # Settings (environment, defaults in brackets): BIN (the proxy [target/release/sluicegate]; not built here:
 # `cargo build --release -p sluicegate`), PROXIES ["sluicegate haproxy nginx"], ROWS ["1 2a 2b 5 6 3 4-9"],
-# HOLD (s each flood is held once open [15]), RAMP_MAX (s a flood's clients take to open their connections;
+# HOLD (s each flood is held once open [10]), RAMP_MAX (s a flood's clients take to open their connections;
 # those not open by then are given up and counted as errors "ramp_max" [60; QUICK: 20]), AFTER_WAIT (s between the end of the abuse and the "after" RSS
 # [10]), H2_CONNS [20], H2_STREAMS [200], SLOW_CONNS_A [1000], SLOW_CONNS_B [5000], IDLE_CONNS [20000],
 # IDLE_PROCS [4], BADCHUNK_COUNT [20: ten per endpoint of the cluster], UPLOAD_MB [300], UPLOAD_RATE [50],
@@ -91,7 +91,7 @@ fi
 BIN=${BIN:-target/release/sluicegate}
 PROXIES=${PROXIES:-"sluicegate haproxy nginx"}
 ROWS=${ROWS:-"1 2a 2b 5 6 3 4-9"}
-HOLD=${HOLD:-15}
+HOLD=${HOLD:-10}
 RAMP_MAX=${RAMP_MAX:-60}
 AFTER_WAIT=${AFTER_WAIT:-10}
 H2_CONNS=${H2_CONNS:-20}
@@ -553,11 +553,20 @@ run_cell() { # proxy row
     local alive=true
     kill -0 "$PROXY_PID" 2>/dev/null || alive=false
     stop_proxy "$PROXY_PID"
-    # The access log's line count (the log itself can be large).
-    local f
+    # The access logs' line counts (the logs themselves can be large: haproxy's is its stdout), and the
+    # first 50 and last 100 lines of a long error log.
+    local f n
     for f in "$dir/access.log" "$dir/proxy.stdout.log"; do
-        [[ -e $f ]] && wc -l <"$f" >"$f.lines"
-        [[ $f != "$dir/access.log" ]] || rm -f "$f"
+        [[ -e $f ]] || continue
+        wc -l <"$f" >"$f.lines"
+        [[ $f != "$dir/access.log" && $proxy != haproxy ]] || rm -f "$f"
+    done
+    rm -f "$dir/haproxy.sock"
+    for f in "$dir/error.log" "$dir/proxy.stderr.log"; do
+        [[ -e $f ]] || continue
+        n=$(wc -l <"$f")
+        ((n > 200)) || continue
+        { head -50 "$f"; echo "... ($((n - 150)) lines left out; $n in all)"; tail -100 "$f"; } >"$f.tmp" && mv "$f.tmp" "$f"
     done
     jq -cn --arg proxy "$proxy" --arg row "$row" --argjson base "$base" --argjson after "${after:-0}" \
         --argjson tr "$((tr1 - tr0))" --argjson abuse_s "$abuse_s" --argjson alive "$alive" \
@@ -590,7 +599,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         "$(free -g | awk '/^Mem:/ {print $2}') GB; $(uname -r); RLIMIT_NOFILE $NOFILE; load average at start $LOAD_START, at end $LOAD_END;" \
         "the rows took ${RUN_SECONDS}s$([[ $QUICK != 1 ]] || echo " (QUICK=1)")"
     echo "Sluicegate $SG_VERSION (${BIN#"$ROOT"/}, built $SG_BUILT); $(haproxy -v 2>/dev/null | head -1 | awk '{print "haproxy", $3}');" \
-        "$(nginx -v 2>&1 | sed 's/.*: //'). Settings: HOLD=$HOLD s, AFTER_WAIT=$AFTER_WAIT s, H2 $H2_CONNS x $H2_STREAMS streams," \
+        "$(nginx -v 2>&1 | sed 's/.*: //'). Settings: HOLD=$HOLD s, RAMP_MAX=$RAMP_MAX s, AFTER_WAIT=$AFTER_WAIT s, H2 $H2_CONNS x $H2_STREAMS streams," \
         "slow readers $SLOW_CONNS_A / $SLOW_CONNS_B, idle $IDLE_CONNS over $IDLE_PROCS processes, $BADCHUNK_COUNT bad chunked POSTs," \
         "upload ${UPLOAD_MB} MB at ${UPLOAD_RATE} MB/s, idle timeout ${IDLE}s, upstream timeouts ${UPSTREAM_TIMEOUT}s," \
         "PING every ${PING_EVERY}s, legit GET every ${LEGIT_INTERVAL}s"
