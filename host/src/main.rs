@@ -7,6 +7,13 @@ use sluicegate::server::{Listeners, Server, runtime_options};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The process's allocator. glibc's per-thread arenas keep what they freed: after 3,000 clients
+/// that never read a 1 MB response had gone, ~220 MB stayed resident of 240 MB. jemalloc with its
+/// background threads gives freed pages back (a few seconds after they are freed: ~30 MB 15 s
+/// later), and served small requests no slower under wrk.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A load balancer and edge proxy whose decisions are WebAssembly components.
 #[derive(Parser)]
 #[command(version, about)]
