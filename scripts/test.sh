@@ -14,7 +14,7 @@ cargo clippy -q --workspace --all-targets -- -D warnings
 cargo clippy -q -p sluicegate -p sluicegate-plugin-runtime --all-targets --features native-choice -- -D warnings
 echo "== no module cycles inside a crate (Cargo refuses them between crates)"
 python3 scripts/module-cycles.py host/src config/src upstream/src plugin-runtime/src plugin-build/src sdk/src \
-    plugins/*/src examples/header-hash/src tests/plugins/*/src
+    fuzz/src plugins/*/src examples/header-hash/src tests/plugins/*/src
 echo "== embedded default plugins are the build of their source"
 scripts/default-plugins.sh check
 echo "== the SDK packages on its own (a plugin crate outside this repository can depend on it)"

@@ -314,8 +314,9 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
 
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        // HTTP/1 requests were checked to have one `Host`; h2 ones name their authority in the URI.
-        if parts.version >= Version::HTTP_2
+        // HTTP/1.1 requests were checked to have one `Host`; h2 ones name their authority in the
+        // URI, and an HTTP/1.0 one may (absolute form) without a `Host`.
+        if parts.version != Version::HTTP_11
             && !parts.headers.contains_key(HOST)
             && let Some(authority) = parts.uri.authority()
             && let Ok(v) = HeaderValue::from_str(authority.as_str())
@@ -520,6 +521,9 @@ impl Proxy {
             None
         };
         let (mut parts, body) = resp.into_parts();
+        // The proxy answers in its own version (RFC 9110 §6.2), not the endpoint's: hyper sends
+        // HTTP/1.1, or HTTP/1.0 to a client that asked in it (h2 ignores the field).
+        parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers, upstream_upgrade.is_some());
         if !gateway.filters.is_empty() {
             parts.headers =
@@ -606,6 +610,9 @@ fn refuse_head<B>(req: &Request<B>, max_uri_length: usize) -> Option<(StatusCode
     if req.version() < Version::HTTP_2 {
         let mut hosts = req.headers().get_all(HOST).iter();
         match (hosts.next(), hosts.next()) {
+            // HTTP/1.0 did not have it (haproxy's `option httpchk` and old clients still send
+            // none); the upstream request then names the endpoint.
+            (None, _) if req.version() == Version::HTTP_10 => {}
             (None, _) => return Some((StatusCode::BAD_REQUEST, "no Host header")),
             (Some(_), Some(_)) => {
                 return Some((StatusCode::BAD_REQUEST, "more than one Host header"));
@@ -1012,7 +1019,10 @@ mod tests {
         for hosts in [&[][..], &["a", "a"], &["a b"], &[""]] {
             assert_eq!(refused(&req(h11, "/", hosts)), Some(400), "{hosts:?}");
         }
-        assert_eq!(refused(&req(Version::HTTP_10, "/", &[])), Some(400));
+        assert_eq!(refused(&req(Version::HTTP_10, "/", &[])), None);
+        for hosts in [&["a", "b"][..], &["a b"]] {
+            assert_eq!(refused(&req(Version::HTTP_10, "/", hosts)), Some(400));
+        }
         // h2 names its authority in the URI.
         assert_eq!(refused(&req(Version::HTTP_2, "http://a/", &[])), None);
         assert_eq!(refused(&req(h11, "/0123456789abcde", &["a"])), None);
