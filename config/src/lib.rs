@@ -222,7 +222,8 @@ pub struct ClusterConfig {
     pub balancer: PluginUse,
     /// The balancer used when `balancer` faults.
     pub fallback_balancer: PluginUse,
-    /// Timeout to establish a TCP connection to an endpoint.
+    /// Timeout to establish a connection to an endpoint: TCP, and the TLS handshake with
+    /// `[clusters.tls]`.
     pub connect_timeout: Duration,
     /// From the request sent whole (its body included) to the response head.
     pub response_timeout: Duration,

@@ -102,7 +102,10 @@ pub struct ListenerLimits {
     pub max_headers: usize,
     /// The longest request target (path and query). Past it: 414.
     pub max_uri_length: usize,
-    /// The largest request body; `None`: no limit. Past it: 413.
+    /// The largest request body; `None`: no limit. Past it: 413 (a declared `Content-Length`
+    /// before anything is sent; a chunked body where its bytes pass it). A chunk's declared size is
+    /// not seen (hyper reads sizes up to `FFFFFFFFFFFFFFFF`): such a body ends at this limit, or at
+    /// `body_read_timeout` (408) when its bytes stop.
     pub max_request_body: Option<u64>,
     /// HTTP/2 streams a client may have open at once on one connection.
     pub h2_max_concurrent_streams: u32,
