@@ -7,7 +7,11 @@
 //! keep-alive HTTP connection (HTTP/1.1 between requests, HTTP/2 without an open stream) is asked
 //! to close, as nginx does, and the new connection takes its slot; when none is idle the accept
 //! loop stops until a slot frees, and the kernel's backlog holds the clients meanwhile (no spinning
-//! on `EMFILE`).
+//! on `EMFILE`). Idle connections are asked to close in batches (a 64th of the cap, at most
+//! [`EVICT_BATCH`]; nginx drains 32), and a connection asked to close no longer counts: under a
+//! flood of idle connections the accept loop keeps taking new ones instead of waiting for each
+//! close in turn while clients' SYNs pile up in the backlog. The cap is then exceeded by at most a
+//! batch, for as long as the closes take, which the descriptor reserve covers.
 //!
 //! The bookkeeping is one mutex taken when a connection opens and when it closes, never per
 //! request; the search for an idle connection runs only at a cap.
@@ -21,6 +25,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// The most idle connections asked to close at once at a cap (a 64th of the cap, at least one).
+pub(crate) const EVICT_BATCH: usize = 32;
 
 /// How often a connection held at a cap looks again for an idle one to evict: connections going
 /// idle do not signal it (that would cost every request), only closing ones do.
@@ -50,11 +57,26 @@ pub(crate) struct ConnLimits {
 
 #[derive(Debug, Default)]
 struct Inner {
-    open: usize,
+    /// Open connections, and those of them asked to close.
+    count: Count,
     next_id: u64,
     /// Open connections by age (ids grow), for the oldest idle one.
     conns: BTreeMap<u64, Entry>,
-    per_listener: HashMap<SocketAddr, usize>,
+    per_listener: HashMap<SocketAddr, Count>,
+}
+
+/// Connections open in a scope (every listener, or one), and how many of them were asked to close.
+#[derive(Clone, Copy, Debug, Default)]
+struct Count {
+    open: usize,
+    evicting: usize,
+}
+
+impl Count {
+    /// The connections that stay: those asked to close are on their way out.
+    fn staying(self) -> usize {
+        self.open - self.evicting
+    }
 }
 
 #[derive(Debug)]
@@ -63,7 +85,7 @@ struct Entry {
     /// Set for HTTP connections once they serve: where they are between requests.
     client: Option<Arc<ClientInfo>>,
     evict: Arc<Notify>,
-    /// Asked to close; not asked again, and no other is asked while it closes.
+    /// Asked to close; not asked again, and no longer counted against the caps.
     evicting: bool,
 }
 
@@ -122,7 +144,7 @@ impl ConnLimits {
 
     /// Client connections open now (every listener).
     pub(crate) fn open(&self) -> usize {
-        self.lock().open
+        self.lock().count.open
     }
 
     /// A slot for a new connection on `listener`: at once when under both caps, else after
@@ -145,56 +167,93 @@ impl ConnLimits {
         }
     }
 
-    /// A slot if there is room; else asks the oldest idle connection in the full scope to close.
+    /// A slot if there is room (counting the connections asked to close as gone); else asks the
+    /// oldest idle connections in the full scope to close, a batch at a time, and takes a slot
+    /// if that made room.
     fn try_admit(self: &Arc<Self>, listener: &ListenerSlots) -> Option<Slot> {
         let mut inner = self.lock();
-        let here = inner
-            .per_listener
-            .get(&listener.address)
-            .copied()
-            .unwrap_or(0);
-        let listener_full = listener.max_connections.is_some_and(|max| here >= max);
-        let global_full = inner.open >= self.max_connections;
-        if !listener_full && !global_full {
-            let id = inner.next_id;
-            inner.next_id += 1;
-            inner.open += 1;
-            *inner.per_listener.entry(listener.address).or_insert(0) += 1;
-            let evict = Arc::new(Notify::new());
-            inner.conns.insert(
-                id,
-                Entry {
-                    listener: listener.address,
-                    client: None,
-                    evict: evict.clone(),
-                    evicting: false,
-                },
-            );
-            listener.open.inc();
-            return Some(Slot {
-                limits: self.clone(),
-                id,
+        let mut asked_batch = false;
+        loop {
+            let here = inner
+                .per_listener
+                .get(&listener.address)
+                .copied()
+                .unwrap_or_default();
+            let listener_full = listener
+                .max_connections
+                .is_some_and(|max| here.staying() >= max);
+            let global_full = inner.count.staying() >= self.max_connections;
+            if !listener_full && !global_full {
+                return Some(self.take_slot(&mut inner, listener));
+            }
+            if asked_batch || !self.ask_idle_to_close(&mut inner, listener, listener_full) {
+                return None;
+            }
+            asked_batch = true;
+        }
+    }
+
+    fn take_slot(self: &Arc<Self>, inner: &mut Inner, listener: &ListenerSlots) -> Slot {
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.count.open += 1;
+        inner.per_listener.entry(listener.address).or_default().open += 1;
+        let evict = Arc::new(Notify::new());
+        inner.conns.insert(
+            id,
+            Entry {
                 listener: listener.address,
-                open: listener.open.clone(),
-                evict,
-            });
+                client: None,
+                evict: evict.clone(),
+                evicting: false,
+            },
+        );
+        listener.open.inc();
+        Slot {
+            limits: self.clone(),
+            id,
+            listener: listener.address,
+            open: listener.open.clone(),
+            evict,
         }
-        // The full scope: this listener when it is at its own cap, else every listener.
+    }
+
+    /// Asks a batch of the oldest idle connections of the full scope (`listener`'s
+    /// own when it is at its cap, else every listener's) to close; whether any was.
+    fn ask_idle_to_close(
+        &self,
+        inner: &mut Inner,
+        listener: &ListenerSlots,
+        listener_full: bool,
+    ) -> bool {
         let scope = listener_full.then_some(listener.address);
-        let in_scope = |e: &Entry| scope.is_none_or(|a| e.listener == a);
-        if inner.conns.values().any(|e| e.evicting && in_scope(e)) {
-            return None;
+        let cap = match listener.max_connections {
+            Some(max) if listener_full => max,
+            _ => self.max_connections,
+        };
+        let batch = (cap / 64).clamp(1, EVICT_BATCH);
+        let mut asked = Vec::new();
+        for e in inner.conns.values_mut() {
+            if asked.len() == batch {
+                break;
+            }
+            if !e.evicting
+                && scope.is_none_or(|a| e.listener == a)
+                && e.client.as_ref().is_some_and(|c| c.phase.idle_keep_alive())
+            {
+                e.evicting = true;
+                e.evict.notify_one();
+                asked.push(e.listener);
+            }
         }
-        let oldest_idle = inner
-            .conns
-            .values_mut()
-            .find(|e| in_scope(e) && e.client.as_ref().is_some_and(|c| c.phase.idle_keep_alive()));
-        if let Some(e) = oldest_idle {
-            e.evicting = true;
-            e.evict.notify_one();
-            listener.evicted.inc();
+        inner.count.evicting += asked.len();
+        for address in &asked {
+            if let Some(c) = inner.per_listener.get_mut(address) {
+                c.evicting += 1;
+            }
         }
-        None
+        listener.evicted.inc_by(asked.len() as u64);
+        !asked.is_empty()
     }
 }
 
@@ -226,10 +285,12 @@ impl Drop for Slot {
     fn drop(&mut self) {
         {
             let mut inner = self.limits.lock();
-            inner.conns.remove(&self.id);
-            inner.open -= 1;
+            let evicting = inner.conns.remove(&self.id).is_some_and(|e| e.evicting);
+            inner.count.open -= 1;
+            inner.count.evicting -= usize::from(evicting);
             if let Some(n) = inner.per_listener.get_mut(&self.listener) {
-                *n -= 1;
+                n.open -= 1;
+                n.evicting -= usize::from(evicting);
             }
         }
         self.open.dec();
@@ -279,7 +340,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn at_the_cap_the_oldest_idle_connection_is_evicted() {
+    async fn at_the_cap_idle_connections_are_asked_to_close_and_no_longer_count() {
         let config = LimitsConfig {
             max_connections: Some(100),
             ..Default::default()
@@ -300,19 +361,73 @@ mod tests {
         for cl in &clients[1..] {
             cl.phase.request_ended(false);
         }
+        // The oldest idle one is asked to close (a cap of 3 makes batches of one), and the new
+        // connection is taken at once.
+        let d = limits.admit(&l).await;
+        b.evicted().notified().await;
+        assert_eq!(l.evicted.get(), 1);
+        assert_eq!(l.held.get(), 0);
+        assert_eq!(
+            limits.open(),
+            4,
+            "over the cap by the closing one, while it closes"
+        );
+        // Then c; a is busy, so the next one after waits.
+        let e = limits.admit(&l).await;
+        c.evicted().notified().await;
+        assert_eq!(limits.open(), 5);
         let next = tokio::spawn({
             let (limits, l) = (limits.clone(), l.clone());
             async move { limits.admit(&l).await }
         });
-        b.evicted().notified().await;
-        assert_eq!(l.evicted.get(), 1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !next.is_finished(),
+            "held: only a busy connection is left to the cap"
+        );
         assert_eq!(l.held.get(), 1);
-        drop(b);
-        let d = next.await.unwrap();
+        assert_eq!(l.evicted.get(), 2, "a busy connection is never asked");
+        drop((b, c));
+        assert_eq!(limits.open(), 3);
+        tokio::task::yield_now().await;
+        assert!(!next.is_finished(), "a, d and e fill the cap");
+        drop(d);
+        let f = next.await.unwrap();
         assert_eq!(limits.open(), 3);
         assert_eq!(l.open.get(), 3);
-        drop((a, c, d));
+        drop((a, e, f));
         assert_eq!(limits.open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_cap_asks_a_batch_of_idle_connections_at_once() {
+        let config = LimitsConfig {
+            max_connections: Some(640),
+            ..Default::default()
+        };
+        let limits = Arc::new(ConnLimits::with_nofile(&config, 20_000));
+        let l = slots(None);
+        let mut open = Vec::new();
+        for _ in 0..640 {
+            let slot = limits.admit(&l).await;
+            let cl = client();
+            slot.evictable(cl.clone());
+            cl.phase.request_started(Version::HTTP_11);
+            cl.phase.request_ended(false);
+            open.push((slot, cl));
+        }
+        // A 64th of 640: ten are asked, and the next nine connections need no new batch.
+        for _ in 0..10 {
+            open.push((limits.admit(&l).await, client()));
+        }
+        assert_eq!(l.evicted.get(), 10);
+        for (slot, _) in &open[..10] {
+            slot.evicted().notified().await;
+        }
+        assert_eq!(limits.open(), 650);
+        let _next = limits.admit(&l).await;
+        assert_eq!(l.evicted.get(), 20, "a second batch");
+        assert_eq!(l.held.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]

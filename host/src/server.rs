@@ -137,7 +137,8 @@ fn bind_shared(address: SocketAddr, first: bool) -> std::io::Result<std::net::Tc
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
-    socket.listen(1024)?;
+    // Clients wait here while a cap holds the accept loop (the kernel bounds it by somaxconn).
+    socket.listen(4096)?;
     Ok(socket.into())
 }
 
