@@ -1,5 +1,6 @@
-# What the bench scripts share (sourced by bench/run.sh and bench/faults.sh): installing what is
-# missing, loopback ports, and stopping what they started. The scripts define `log` and `die`.
+# What the bench scripts share (sourced by bench/run.sh, bench/faults.sh and bench/edge.sh): installing
+# what is missing, loopback ports, a scratch directory and the processes started, stopped on exit, and a
+# bound on the whole run. The scripts define `log` and `die`.
 
 declare -A TAKEN=()
 PORT=
@@ -48,4 +49,33 @@ install_pkgs() { # package...
     export DEBIAN_FRONTEND=noninteractive
     local try="timeout 600 apt-get install -y -q --no-install-recommends $*"
     $try >&2 || { timeout 300 apt-get update -q >&2 && $try >&2; } || die "apt-get install $* failed"
+}
+
+# The processes a script starts (every one is stopped on exit) and its scratch directory (removed on
+# exit unless KEEP_WORK is set), named /tmp/sluicegate-$1.XXXXXX.
+start_work() { # name
+    PIDS=()
+    WORK=$(mktemp -d "/tmp/sluicegate-$1.XXXXXX")
+    chmod 755 "$WORK" # nginx workers run as nobody and read the backends' files
+    trap 'stop_all "${PIDS[@]}"; [[ -n ${KEEP_WORK:-} ]] || rm -rf "$WORK"' EXIT
+    trap 'exit 130' INT TERM
+}
+
+# Process $1 has exited: no longer one to stop.
+forget_pid() { # pid
+    local p keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# Ends the script (TERM, whose trap then stops everything) once $1 seconds have passed. The watchdog's
+# sleep is killed with it (else the sleep would hold the script's stdout open after the exit).
+bound_run() { # seconds
+    (
+        trap 'kill $sleeper 2>/dev/null; exit 0' TERM
+        sleep "$1" &
+        sleeper=$!
+        wait $sleeper && log "time bound (${1}s) reached" && kill -TERM $$
+    ) &
+    PIDS+=($!)
 }

@@ -137,20 +137,7 @@ NOFILE=$(ulimit -n)
 ((NOFILE >= 4096)) || log "warning: RLIMIT_NOFILE is only $NOFILE: the floods will be cut short by it"
 
 # ---------------------------------------------------------------- processes: every one is killed on exit
-PIDS=()
-WORK=$(mktemp -d /tmp/sluicegate-edge.XXXXXX)
-chmod 755 "$WORK" # nginx workers run as nobody and read the backend's files
-cleanup() {
-    stop_all "${PIDS[@]}"
-    [[ -n ${KEEP_WORK:-} ]] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-forget_pid() { # pid: no longer ours to kill (it has exited)
-    local p keep=()
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
+start_work edge
 
 # ---------------------------------------------------------------- tools
 need_pkgs=()
@@ -161,13 +148,7 @@ command -v jq >/dev/null || need_pkgs+=(jq)
 install_pkgs "${need_pkgs[@]}"
 
 # ---------------------------------------------------------------- the bound on the whole run
-(
-    trap 'kill $sleeper 2>/dev/null; exit 0' TERM
-    sleep "$MAX_SECONDS" &
-    sleeper=$!
-    wait $sleeper && log "time bound (${MAX_SECONDS}s) reached" && kill -TERM $$
-) &
-PIDS+=($!)
+bound_run "$MAX_SECONDS"
 
 RESULTS=${RESULTS:-$ROOT/bench/results/$STAMP-edge}
 mkdir -p "$RESULTS"

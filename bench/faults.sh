@@ -78,21 +78,7 @@ for w in $WORKERS_LIST; do is_uint "$w" && ((w > 0)) || die "WORKERS_LIST: '$w' 
 for f in $FAULTS; do [[ $f == spin || $f == panic || $f == alloc ]] || die "FAULTS: '$f' is not one of spin, panic, alloc"; done
 
 # ---------------------------------------------------------------- processes: every one is killed on exit
-PIDS=()
-WORK=$(mktemp -d /tmp/sluicegate-faults.XXXXXX)
-chmod 755 "$WORK" # nginx workers run as nobody and read the backend's files
-cleanup() {
-    local pid alive
-    stop_all "${PIDS[@]}"
-    [[ -n ${KEEP_WORK:-} ]] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-forget_pid() { # pid: no longer ours to kill (it has exited)
-    local p keep=()
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
+start_work faults
 
 # ---------------------------------------------------------------- tools
 need_pkgs=()
@@ -111,13 +97,7 @@ CASE_EST=$((WARMUP + 2 * ROUNDS * DURATION + (2 * ROUNDS - 1) * (SETTLE + 1) + 5
 MAX_SECONDS=${MAX_SECONDS:-$((1800 + NCASES * (WARMUP + 2 * ROUNDS * DURATION + (2 * ROUNDS - 1) * (SWAP_TIMEOUT + SETTLE + 10) + 120)))}
 log "$NCASES cases (workers: $WORKERS_LIST; faults: $FAULTS), $ROUNDS rounds of a healthy and an after phase of ${DURATION}s each;" \
     "about ${CASE_EST}s per case, $(((NCASES * CASE_EST + 59) / 60)) min in all; the run is bounded to ${MAX_SECONDS}s"
-(
-    trap 'kill $sleeper 2>/dev/null; exit 0' TERM
-    sleep "$MAX_SECONDS" &
-    sleeper=$!
-    wait $sleeper && log "time bound reached" && kill -TERM $$
-) &
-PIDS+=($!)
+bound_run "$MAX_SECONDS"
 
 RESULTS=${RESULTS:-$ROOT/bench/results/$STAMP-faults}
 mkdir -p "$RESULTS"

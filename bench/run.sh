@@ -43,16 +43,7 @@ log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- processes: every one is killed on exit
-PIDS=()
-WORK=$(mktemp -d /tmp/sluicegate-bench.XXXXXX)
-chmod 755 "$WORK" # nginx workers run as nobody and read the backend's files
-cleanup() {
-    local pid
-    stop_all "${PIDS[@]}"
-    [[ -n ${KEEP_WORK:-} ]] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+start_work bench
 
 # ---------------------------------------------------------------- tools
 need_pkgs=()
@@ -641,15 +632,7 @@ nconns=$(wc -w <<<"$CONNS"); nbodies=$(wc -w <<<"$BODIES"); npin=$(wc -w <<<"$PI
 planned=$((RUNS * ${#TARGETS[@]} * nconns * nbodies + PINNED * RUNS * npinned * npin * nbodies + L4 * RUNS * ntcp * nl4))
 MAX_SECONDS=${MAX_SECONDS:-$((planned * (DURATION + 3) + 120 + PICK_BENCH * 900))}
 log "$planned wrk runs of ${DURATION}s planned; the run is bounded to ${MAX_SECONDS}s"
-# The bound: a watchdog that ends this script (whose trap then kills everything).
-# Its sleep is killed with it (else the sleep would hold our stdout open after the exit).
-(
-    trap 'kill $sleeper 2>/dev/null; exit 0' TERM
-    sleep "$MAX_SECONDS" &
-    sleeper=$!
-    wait $sleeper && log "time bound reached" && kill -TERM $$
-) &
-PIDS+=($!)
+bound_run "$MAX_SECONDS"
 
 RESULTS=${RESULTS:-$ROOT/bench/results/$STAMP}
 mkdir -p "$RESULTS"
