@@ -349,6 +349,25 @@ impl Proxy {
     }
 }
 
+/// The proxy's `/status`.
+pub async fn status(proxy: &Proxy) -> serde_json::Value {
+    let (code, body) = get(&http1_client(), &proxy.admin_url("/status")).await;
+    assert_eq!(code, StatusCode::OK);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The `/status` entry of the endpoint at `addr` in the first cluster.
+pub async fn endpoint(proxy: &Proxy, addr: SocketAddr) -> serde_json::Value {
+    let s = status(proxy).await;
+    s["clusters"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == addr.to_string())
+        .cloned()
+        .expect("endpoint in /status")
+}
+
 /// A config with the listener and admin on port 0, one cluster `web` of `backends`, routed from `/`.
 /// The access log is off unless `top_extra` configures it.
 pub fn config_for(backends: &[SocketAddr], cluster_extra: &str, top_extra: &str) -> String {

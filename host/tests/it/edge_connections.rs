@@ -171,8 +171,7 @@ async fn at_the_cap_with_every_connection_busy_new_ones_wait_while_probes_keep_t
     };
     let before = probes().await;
     wait_for("more passing probes", BOUND, probes, |n| *n >= before + 3.0).await;
-    let (_, status) = get(&http1_client(), &proxy.admin_url("/status")).await;
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let status = crate::common::status(&proxy).await;
     assert_eq!(
         status["clusters"][0]["endpoints"][0]["healthy"], true,
         "{status}"

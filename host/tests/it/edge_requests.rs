@@ -5,7 +5,9 @@
 //! upgrade request as a plain one; an upload is not cut by `response_timeout`; and a response body
 //! that stalls ends (HTTP/1.1 and h2) and counts against its endpoint.
 
-use crate::common::{Backend, Proxy, WAIT, h2c_client, http1_client, scrape, send, sum, wait_for};
+use crate::common::{
+    Backend, Proxy, WAIT, endpoint, h2c_client, http1_client, scrape, send, sum, wait_for,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
@@ -34,20 +36,6 @@ fn config(backends: &[SocketAddr], listener: &str, cluster: &str, routes: &str) 
         text.push_str(&format!("[[clusters.endpoints]]\naddress = \"{b}\"\n"));
     }
     text
-}
-
-/// The `/status` entry of the endpoint at `addr` in cluster `web`.
-async fn endpoint(proxy: &Proxy, addr: SocketAddr) -> serde_json::Value {
-    let (code, body) = crate::common::get(&http1_client(), &proxy.admin_url("/status")).await;
-    assert_eq!(code, StatusCode::OK);
-    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
-    s["clusters"][0]["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["address"] == addr.to_string())
-        .cloned()
-        .expect("endpoint in /status")
 }
 
 /// Waits until the proxy has ended `n` requests of cluster `web` (its counters are written when a

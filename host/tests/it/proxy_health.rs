@@ -6,7 +6,7 @@ use crate::common;
 use crate::tls_support;
 
 use bytes::Bytes;
-use common::{Proxy, WAIT, get, http1_client, parse_prometheus, wait_for};
+use common::{Proxy, WAIT, endpoint, get, http1_client, parse_prometheus, status, wait_for};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -151,24 +151,6 @@ fn config(backends: &[&Switchable], cluster_keys: &str, tables: &str, top: &str)
 }
 
 const ACTIVE: &str = "[clusters.health_check]\npath = \"/health\"\ninterval = \"100ms\"\njitter = \"10ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 3\n";
-
-async fn status(proxy: &Proxy) -> serde_json::Value {
-    let (code, body) = get(&http1_client(), &proxy.admin_url("/status")).await;
-    assert_eq!(code, StatusCode::OK);
-    serde_json::from_str(&body).unwrap()
-}
-
-/// The `/status` entry of the endpoint at `addr` in cluster `web`.
-async fn endpoint(proxy: &Proxy, addr: SocketAddr) -> serde_json::Value {
-    let s = status(proxy).await;
-    s["clusters"][0]["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["address"] == addr.to_string())
-        .cloned()
-        .expect("endpoint in /status")
-}
 
 async fn healthy(proxy: &Proxy, addr: SocketAddr) -> bool {
     endpoint(proxy, addr).await["healthy"].as_bool().unwrap()
