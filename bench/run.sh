@@ -7,7 +7,7 @@
 #                           prints the binary's path, for SLUICEGATE_BIN (with PGO_VARIANT=native: the
 #                           native-choice build, for SLUICEGATE_NATIVE_BIN)
 #
-# Settings (environment): DURATION (s, default 10), RUNS (3), CONNS ("50 200"), BODIES ("small"; also "1k"
+# Settings (environment): DURATION (s, default 10), RUNS (3), CONNS ("50 200 1000"), BODIES ("small"; also "1k"
 # and "64k"), PINNED (auto|0|1: the pinned placement when 2+ CPUs), PIN_CONNS ("50"), L4 (auto|0|1), L4_CONNS
 # ("50"), PICK_BENCH (1|0: the plugin-boundary micro-benchmark), NATIVE (1|0: the sluicegate-native rows),
 # PINGORA (auto|0|1: the pingora rows; auto skips them when the peer cannot be built), SLUICEGATE_BIN /
@@ -15,14 +15,15 @@
 # PGO_SECONDS (pgo mode: seconds per training load, 4), PGO_VARIANT (pgo mode: wasm|native, wasm),
 # PLUGIN_DIR (the Wasm build's plugin directory: a router.wasm or round-robin.wasm there replaces the
 # embedded build, to measure new plugin builds without rebuilding the proxy), MAX_SECONDS (hard bound on
-# the whole run; default from the plan).
+# the whole run; default from the plan), LOG (1|0: the access log on, to a file, in sluicegate, haproxy and
+# nginx, as users run them; 0: off everywhere, the tuned comparison).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/bench/common.sh"
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
-CONNS=${CONNS:-"50 200"}
+CONNS=${CONNS:-"50 200 1000"}
 BODIES=${BODIES:-small}
 PINNED=${PINNED:-auto}
 PIN_CONNS=${PIN_CONNS:-50}
@@ -34,6 +35,7 @@ PINGORA=${PINGORA:-auto}
 BUILD=${BUILD:-1}
 PROFILE_SECONDS=${PROFILE_SECONDS:-10}
 PLUGIN_DIR=${PLUGIN_DIR:-}
+LOG=${LOG:-1}
 MODE=${1:-bench}
 NCPU=$(nproc)
 TICK=$(getconf CLK_TCK)
@@ -41,6 +43,15 @@ STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+[[ $LOG == 0 || $LOG == 1 ]] || die "LOG must be 0 or 1, not '$LOG'"
+
+# Descriptors: wrk at 1,000 connections needs more than the usual 1,024, and so do the proxies (two per
+# proxied connection); the soft limit is raised to the hard one for this script and all it starts.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+max_conns=0
+for c in $CONNS $PIN_CONNS $L4_CONNS; do if ((c > max_conns)); then max_conns=$c; fi; done
+((NOFILE > 2 * max_conns + 200)) || log "warning: RLIMIT_NOFILE is $NOFILE, too low for ${max_conns} connections through a proxy"
 
 # ---------------------------------------------------------------- processes: every one is killed on exit
 start_work bench
@@ -157,10 +168,50 @@ start() { # name logfile cmd... ; sets STARTED to the pid
     PIDS+=("$STARTED")
 }
 
+# The backend ports: every proxy balances round-robin over the four; "direct" is B1 alone.
 free_port; B1=$PORT
 free_port; B2=$PORT
+free_port; B3=$PORT
+free_port; B4=$PORT
+BACKENDS=("$B1" "$B2" "$B3" "$B4")
 
-# ---------------------------------------------------------------- backends: one nginx, two ports
+# ---------------------------------------------------------------- the proxies' access logs (LOG=1)
+# Each proxy that logs writes to access.log in its directory: ACCESS_LOG[pid] is the file. Sluicegate and
+# nginx append (O_APPEND), so emptying the file (`: >`) between runs starts it again at 0. haproxy logs to
+# its stdout (`log stdout`), which the shell opens with `>>`, but once it logs, haproxy has set
+# O_NONBLOCK on it with F_SETFL, which drops O_APPEND: it goes on writing at its own offset, and an
+# emptied file turns sparse (a hole up to that offset, no blocks on disk). LOG_AT_OFFSET[pid]=1 marks
+# such a writer: its lines of a run are the ones past its offset (/proc/<pid>/fdinfo/1) at the start.
+declare -A ACCESS_LOG=() LOG_AT_OFFSET=()
+LOG_DISK_PEAK_KB=0
+# log_start pid: empties the target's log; prints where this run's lines start (bytes; - when no log).
+log_start() {
+    local f=${ACCESS_LOG[$1]:-}
+    [[ -n $f ]] || { echo -; return; }
+    : >"$f"
+    if [[ -n ${LOG_AT_OFFSET[$1]:-} ]]; then
+        awk '/^pos:/ {print $2}' "/proc/$1/fdinfo/1" 2>/dev/null || echo 0
+    else
+        echo 0
+    fi
+}
+# log_lines pid start: sets LOG_LINES to the lines written since log_start (- when no log), then empties
+# the file; keeps the peak of the logs' blocks on disk (all proxies together) in LOG_DISK_PEAK_KB.
+LOG_LINES=-
+log_lines() {
+    local f=${ACCESS_LOG[$1]:-} kb
+    LOG_LINES=-
+    [[ -n $f && $2 != - ]] || return 0
+    sleep 0.3 # Sluicegate's log thread, the lines of requests cut short when wrk closes
+    kb=$(du -ck "${ACCESS_LOG[@]}" 2>/dev/null | awk 'END {print $1 + 0}')
+    ((kb <= LOG_DISK_PEAK_KB)) || LOG_DISK_PEAK_KB=$kb
+    LOG_LINES=$(tail -c +$(($2 + 1)) "$f" | wc -l)
+    : >"$f"
+}
+# Empties every proxy's log (between the loads of the profile and pgo modes).
+logs_empty() { local f; for f in "${ACCESS_LOG[@]}"; do : >"$f"; done; }
+
+# ---------------------------------------------------------------- backends: one nginx, four ports
 BODY_small="hello from the backend"
 mkdir -p "$WORK/backend/www" "$WORK/backend/tmp"
 head -c 1024 /dev/zero | tr '\0' 'a' >"$WORK/backend/www/1k"
@@ -170,13 +221,13 @@ nginx_common() { # dir
     cat <<EOF
 pid $1/nginx.pid;
 error_log $1/error.log warn;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile $NOFILE;
 events { worker_connections 16384; }
 EOF
 }
-nginx_http_common() { # dir
+nginx_http_common() { # dir access_log-setting
     cat <<EOF
-    access_log off;
+    access_log $2;
     keepalive_requests 1000000;
     keepalive_timeout 300s;
     client_body_temp_path $1/tmp; proxy_temp_path $1/tmp; fastcgi_temp_path $1/tmp;
@@ -187,7 +238,7 @@ EOF
     echo "worker_processes ${BACKEND_WORKERS:-$NCPU};"
     nginx_common "$WORK/backend"
     echo "http {"
-    nginx_http_common "$WORK/backend"
+    nginx_http_common "$WORK/backend" off
     cat <<EOF
     default_type text/plain;
     open_file_cache max=16 inactive=1h;
@@ -195,6 +246,8 @@ EOF
     server {
         listen 127.0.0.1:$B1;
         listen 127.0.0.1:$B2;
+        listen 127.0.0.1:$B3;
+        listen 127.0.0.1:$B4;
         root $WORK/backend/www;
         location = /small { return 200 "$BODY_small\n"; }
     }
@@ -203,8 +256,7 @@ EOF
 } >"$WORK/backend/nginx.conf"
 start backend "$WORK/backend/out.log" nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -e "$WORK/backend/error.log" -g 'daemon off;'
 BACKEND_PID=$STARTED
-wait_port "$B1" "$BACKEND_PID" backend
-wait_port "$B2" "$BACKEND_PID" backend
+for b in "${BACKENDS[@]}"; do wait_port "$b" "$BACKEND_PID" backend; done
 
 # ---------------------------------------------------------------- the proxies (all started once; idle ones cost nothing)
 # Targets: name|workers|pid|http port|tcp port ("-" when none)
@@ -252,9 +304,15 @@ EOF
 [admin]
 enabled = true
 address = "127.0.0.1:$pa"
-
-[access_log]
-enabled = false
+EOF
+        # LOG=1: the access log as it runs by default (one JSON line per request, per connection on L4),
+        # to a file.
+        if [[ $LOG == 1 ]]; then
+            printf '\n[access_log]\npath = "%s"\n' "$dir/access.log"
+        else
+            printf '\n[access_log]\nenabled = false\n'
+        fi
+        cat <<EOF
 
 [shutdown]
 drain_timeout = "1s"
@@ -285,18 +343,12 @@ name = "web"
 balancer = "native-round-robin"
 EOF
         fi
-        cat <<EOF
-max_idle_per_endpoint = 256
-
-[[clusters.endpoints]]
-address = "127.0.0.1:$B1"
-
-[[clusters.endpoints]]
-address = "127.0.0.1:$B2"
-EOF
+        echo "max_idle_per_endpoint = 256"
+        for b in "${BACKENDS[@]}"; do printf '\n[[clusters.endpoints]]\naddress = "127.0.0.1:%s"\n' "$b"; done
         [[ -n $variant || -z $PLUGIN_DIR ]] || printf '\n[plugins]\ndir = "%s"\n' "$PLUGIN_DIR"
     } >"$dir/sluicegate.toml"
     start "$name-$t" "$dir/out.log" env RUST_LOG=warn "$bin" run --config "$dir/sluicegate.toml"
+    [[ $LOG == 0 ]] || ACCESS_LOG[$STARTED]=$dir/access.log
     wait_port "$p" "$STARTED" "$name-$t"
     [[ $L4 == 0 || -n $variant ]] && pt=-
     TARGETS+=("$name|$t|$STARTED|$p|$pt")
@@ -312,11 +364,21 @@ start_haproxy() { # threads
 global
     nbthread $t
     maxconn 4000
+EOF
+        # LOG=1: haproxy's HTTP log format (option httplog; tcplog on L4), as raw lines on its stdout,
+        # which is the file access.log (haproxy writes no file itself; `log stdout` is what its
+        # container images use).
+        [[ $LOG == 0 ]] || echo "    log stdout format raw local0"
+        cat <<EOF
 
 defaults
+    maxconn 4000
     timeout connect 5s
     timeout client 300s
     timeout server 300s
+EOF
+        [[ $LOG == 0 ]] || printf '    log global\n    option httplog\n'
+        cat <<EOF
 
 frontend fe_http
     mode http
@@ -327,24 +389,37 @@ backend be_http
     mode http
     balance roundrobin
     http-reuse always
-    server b1 127.0.0.1:$B1
-    server b2 127.0.0.1:$B2
 EOF
-        [[ $L4 == 0 ]] || cat <<EOF
+        for i in "${!BACKENDS[@]}"; do echo "    server b$((i + 1)) 127.0.0.1:${BACKENDS[$i]}"; done
+        [[ $L4 == 0 ]] || {
+            cat <<EOF
 
 frontend fe_tcp
     mode tcp
+EOF
+            [[ $LOG == 0 ]] || echo "    option tcplog"
+            cat <<EOF
     bind 127.0.0.1:$pt
     default_backend be_tcp
 
 backend be_tcp
     mode tcp
     balance roundrobin
-    server b1 127.0.0.1:$B1
-    server b2 127.0.0.1:$B2
 EOF
+            for i in "${!BACKENDS[@]}"; do echo "    server b$((i + 1)) 127.0.0.1:${BACKENDS[$i]}"; done
+        }
     } >"$dir/haproxy.cfg"
-    start "haproxy-$t" "$dir/out.log" haproxy -db -f "$dir/haproxy.cfg"
+    if [[ $LOG == 1 ]]; then
+        # stdout (the log lines) to access.log, opened for appending; stderr (haproxy's own alerts and
+        # warnings) to out.log.
+        haproxy -db -f "$dir/haproxy.cfg" >>"$dir/access.log" 2>"$dir/out.log" &
+        STARTED=$!
+        PIDS+=("$STARTED")
+        ACCESS_LOG[$STARTED]=$dir/access.log
+        LOG_AT_OFFSET[$STARTED]=1
+    else
+        start "haproxy-$t" "$dir/out.log" haproxy -db -f "$dir/haproxy.cfg"
+    fi
     wait_port "$p" "$STARTED" "haproxy-$t"
     [[ $L4 == 0 ]] && pt=-
     TARGETS+=("haproxy|$t|$STARTED|$p|$pt")
@@ -360,12 +435,12 @@ start_nginx() { # workers
         echo "worker_processes $w;"
         nginx_common "$dir"
         echo "http {"
-        nginx_http_common "$dir"
+        # LOG=1: nginx's default access log (the combined format, unbuffered), to a file.
+        if [[ $LOG == 1 ]]; then nginx_http_common "$dir" "$dir/access.log"; else nginx_http_common "$dir" off; fi
+        echo "    upstream be {"
+        for b in "${BACKENDS[@]}"; do echo "        server 127.0.0.1:$b;"; done
         cat <<EOF
-    upstream be {
-        server 127.0.0.1:$B1;
-        server 127.0.0.1:$B2;
-        keepalive 256;
+        keepalive 1024;
         keepalive_requests 1000000;
         keepalive_timeout 300s;
     }
@@ -379,11 +454,16 @@ start_nginx() { # workers
     }
 }
 EOF
-        [[ $L4 == 0 ]] || cat <<EOF
-stream {
-    upstream be_tcp {
-        server 127.0.0.1:$B1;
-        server 127.0.0.1:$B2;
+        [[ $L4 == 0 ]] || {
+            echo "stream {"
+            # The stream module has no default log format: its documentation's "basic" one.
+            [[ $LOG == 0 ]] || cat <<EOF
+    log_format basic '\$remote_addr [\$time_local] \$protocol \$status \$bytes_sent \$bytes_received \$session_time';
+    access_log $dir/access.log basic;
+EOF
+            echo "    upstream be_tcp {"
+            for b in "${BACKENDS[@]}"; do echo "        server 127.0.0.1:$b;"; done
+            cat <<EOF
     }
     server {
         listen 127.0.0.1:$pt reuseport;
@@ -391,8 +471,10 @@ stream {
     }
 }
 EOF
+        }
     } >"$dir/nginx.conf"
     start "nginx-$w" "$dir/out.log" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;'
+    [[ $LOG == 0 ]] || ACCESS_LOG[$STARTED]=$dir/access.log
     wait_port "$p" "$STARTED" "nginx-$w"
     [[ $L4 == 0 ]] && pt=-
     TARGETS+=("nginx|$w|$STARTED|$p|$pt")
@@ -402,13 +484,16 @@ EOF
 # --no-work-stealing: one single-threaded runtime per thread, like the other proxies' per-worker loops
 # (Pingora's one accept loop hands each connection to one of them). --keepalive-pool is Pingora's
 # upstream_keepalive_pool_size: idle connections across all upstreams, per thread (Pingora multiplies it
-# by the threads into one process-wide pool); 2 x 256 = 256 per upstream, as Sluicegate's
-# max_idle_per_endpoint and nginx's keepalive 256. None of these limits binds at wrk's connection counts.
+# by the threads into one process-wide pool); 4 x 256 = 256 per upstream, as Sluicegate's
+# max_idle_per_endpoint and nginx's keepalive 1024 (per worker, over the four). No access log: the peer
+# has none.
 start_pingora() {
     local t=$1 p
     free_port; p=$PORT
+    local ups=() b
+    for b in "${BACKENDS[@]}"; do ups+=(--upstream "127.0.0.1:$b"); done
     start "pingora-$t" "$WORK/pingora-$t.log" "$PINGORA_BIN" --listen "127.0.0.1:$p" --threads "$t" \
-        --upstream "127.0.0.1:$B1" --upstream "127.0.0.1:$B2" --no-work-stealing --keepalive-pool $((2 * 256))
+        "${ups[@]}" --no-work-stealing --keepalive-pool $((${#BACKENDS[@]} * 256))
     wait_port "$p" "$STARTED" "pingora-$t"
     TARGETS+=("pingora|$t|$STARTED|$p|-")
 }
@@ -446,14 +531,16 @@ WRK_CPU=
 RAW=
 one_run() {
     local placement=$1 layer=$2 name=$3 workers=$4 pid=$5 url=$6 conns=$7 body=$8 rep=$9
-    local pids out u0 s0 u1 s1 reqs rps p50 p99 errs load
+    local pids out u0 s0 u1 s1 reqs rps p50 p99 errs load log0
     pids=$(target_pids "$pid")
+    log0=$(log_start "$pid")
     read -r u0 s0 <<<"$(cpu_ticks $pids)"
     out=$(timeout $((DURATION + 30)) $WRK_CPU wrk -t1 -c"$conns" -d"${DURATION}s" --latency "$url" 2>&1) || {
         log "wrk failed against $name: $out"
         return 0
     }
     read -r u1 s1 <<<"$(cpu_ticks $pids)"
+    log_lines "$pid" "$log0"
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
@@ -463,9 +550,9 @@ one_run() {
     local cpu_us sys_us per_req='BEGIN { if (r > 0) printf "%.2f", t / hz * 1e6 / r; else print "nan" }'
     cpu_us=$(awk -v t=$((u1 - u0 + s1 - s0)) -v hz="$TICK" -v r="${reqs:-0}" "$per_req")
     sys_us=$(awk -v t=$((s1 - s0)) -v hz="$TICK" -v r="${reqs:-0}" "$per_req")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$placement" "$layer" "$body" "$conns" "$name" "$workers" \
-        "$rep" "${rps:-0}" "${p50:-nan}" "${p99:-nan}" "$cpu_us" "$(peak_rss_kb $pids)" "$errs" "$load" "$sys_us" >>"$RAW"
-    log "$placement $layer $body c$conns $name/$workers #$rep: ${rps:-0} req/s p50 ${p50}us p99 ${p99}us cpu ${cpu_us}us/req (sys $sys_us) errors $errs load $load"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$placement" "$layer" "$body" "$conns" "$name" "$workers" \
+        "$rep" "${rps:-0}" "${p50:-nan}" "${p99:-nan}" "$cpu_us" "$(peak_rss_kb $pids)" "$errs" "$load" "$sys_us" "${reqs:-0}" "$LOG_LINES" >>"$RAW"
+    log "$placement $layer $body c$conns $name/$workers #$rep: ${rps:-0} req/s p50 ${p50}us p99 ${p99}us cpu ${cpu_us}us/req (sys $sys_us) errors $errs load $load; ${reqs:-0} requests, log lines $LOG_LINES"
 }
 
 path_of() { case $1 in small) echo /small ;; *) echo "/$1" ;; esac; }
@@ -494,6 +581,7 @@ if [[ $MODE == pgo ]]; then
         log "training: $2, $1 connections (${secs}s)"
         out=$(timeout $((secs + 30)) wrk -t1 -c"$1" -d"${secs}s" "$2" 2>&1) || die "wrk failed against $2: $out"
         grep -q 'Non-2xx\|Socket errors' <<<"$out" && die "errors in the training load against $2: $out"
+        logs_empty
         return 0
     }
     for t in "${TARGETS[@]}"; do
@@ -542,6 +630,7 @@ if [[ $MODE == profile ]]; then
         IFS='|' read -r name _ pid p _ <<<"$t"
         u="http://127.0.0.1:$p/small"
         wrk -t1 -c50 -d2s "$u" >/dev/null
+        logs_empty
         pids=$(target_pids "$pid")
         read -r v0 n0 < <(ctx_switches $pids)
         perf stat -e task-clock,context-switches -p "$(tr ' ' ',' <<<"$pids")" -o "$out/stat-$name.txt" -- sleep "$PROFILE_SECONDS" &
@@ -557,6 +646,7 @@ if [[ $MODE == profile ]]; then
     done
     IFS='|' read -r _ _ SG_PID SG_PORT _ <<<"${TARGETS[0]}"
     url="http://127.0.0.1:$SG_PORT/small"
+    logs_empty
     log "perf stat + record (${PROFILE_SECONDS}s of wrk -t1 -c50)"
     perf stat -e task-clock,context-switches,cpu-migrations,page-faults -p "$SG_PID" -o "$out/stat.txt" -- sleep "$PROFILE_SECONDS" &
     STAT_PID=$!
@@ -588,6 +678,7 @@ if [[ $MODE == profile ]]; then
     echo "== the proxy's own steps and the libraries' per-request work, inclusive"
     grep -E 'sluicegate::|hyper_util::client::legacy::(client::Client|pool)|wasmtime::runtime::component::func::Func::call|malloc|free|memmove|memcpy|HeaderMap.*clone|time::(sleep|timeout)|TimerEntry|Instant::now|clock_gettime' "$out/children.txt" |
         sed 's/ *-  *- *$//; s/ *$//' | cut -c1-180 | head -45 || true
+    logs_empty
     log "syscalls per request (strace -c, ${PROFILE_SECONDS}s; strace slows the proxy, the counts per request still hold)"
     strace -c -f -p "$SG_PID" -o "$out/strace.txt" &
     STRACE_PID=$!
@@ -630,14 +721,14 @@ for t in "${TARGETS[@]}"; do
 done
 nconns=$(wc -w <<<"$CONNS"); nbodies=$(wc -w <<<"$BODIES"); npin=$(wc -w <<<"$PIN_CONNS"); nl4=$(wc -w <<<"$L4_CONNS")
 planned=$((RUNS * ${#TARGETS[@]} * nconns * nbodies + PINNED * RUNS * npinned * npin * nbodies + L4 * RUNS * ntcp * nl4))
-MAX_SECONDS=${MAX_SECONDS:-$((planned * (DURATION + 3) + 120 + PICK_BENCH * 900))}
+MAX_SECONDS=${MAX_SECONDS:-$((planned * (DURATION + 4) + 120 + PICK_BENCH * 900))}
 log "$planned wrk runs of ${DURATION}s planned; the run is bounded to ${MAX_SECONDS}s"
 bound_run "$MAX_SECONDS"
 
 RESULTS=${RESULTS:-$ROOT/bench/results/$STAMP}
 mkdir -p "$RESULTS"
 RAW=$RESULTS/raw.tsv
-printf 'placement\tlayer\tbody\tconns\ttarget\tworkers\trep\trps\tp50_us\tp99_us\tcpu_us_per_req\tpeak_rss_kb\terrors\tload1\tsys_us_per_req\n' >"$RAW"
+printf 'placement\tlayer\tbody\tconns\ttarget\tworkers\trep\trps\tp50_us\tp99_us\tcpu_us_per_req\tpeak_rss_kb\terrors\tload1\tsys_us_per_req\trequests\tlog_lines\n' >"$RAW"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 all_proxy_pids() {
@@ -702,6 +793,7 @@ if [[ $PINNED == 1 ]]; then
     set_affinity "0-$((NCPU - 1))" $(target_pids "$BACKEND_PID") $(all_proxy_pids)
 fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+[[ $LOG == 0 ]] || log "access logs: at most $((LOG_DISK_PEAK_KB / 1024)) MB on disk at once (each emptied after its run)"
 
 # ---------------------------------------------------------------- the table: medians, ratios in the same run
 TABLE=$RESULTS/table.md
@@ -712,11 +804,18 @@ PG_VERSION=
     echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $NCPU CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo);" \
         "$(uname -r); load average at start $LOAD_START, at end $LOAD_END"
     echo "Sluicegate $SG_VERSION (${SLUICEGATE_BIN#"$ROOT"/}); $(nginx -v 2>&1 | sed 's/.*: //'); haproxy $(haproxy -v | awk 'NR==1 {print $3}'); wrk -t1, ${DURATION}s," \
-        "${PG_VERSION}median of $RUNS interleaved runs; bodies: $BODIES"
+        "${PG_VERSION}median of $RUNS interleaved runs; bodies: $BODIES; 4 backend ports, round-robin"
+    if [[ $LOG == 1 ]]; then
+        echo "Access log: LOG=1, on, each to a file, in sluicegate (its default JSON lines), haproxy (option httplog, log" \
+            "stdout to a file) and nginx (access_log, combined format, unbuffered); pingora: no log (the peer has none)." \
+            "The logs' peak on disk: $((LOG_DISK_PEAK_KB / 1024)) MB (emptied after every run)."
+    else
+        echo "Access log: LOG=0, off in every proxy (the tuned comparison; pingora has none)."
+    fi
     echo
-    echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | of it sys | peak RSS MB | errors | × haproxy | × nginx | × pingora | × direct | × sluicegate-native |"
-    echo "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    awk -F'\t' -v runs="$RUNS" '
+    echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | of it sys | peak RSS MB | errors | log lines/req | × haproxy | × nginx | × pingora | × direct | × sluicegate-native |"
+    echo "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' -v runs="$RUNS" -v logon="$LOG" '
         function median(list,   a, n, i, j, t) {
             n = split(list, a, " ")
             for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
@@ -729,6 +828,7 @@ PG_VERSION=
             rps[k] = rps[k] " " $8; p50[k] = p50[k] " " $9; p99[k] = p99[k] " " $10; cpu[k] = cpu[k] " " $11; sys[k] = sys[k] " " $15
             if ($12 > rss[k]) rss[k] = $12
             err[k] += $13
+            if ($17 != "" && $17 != "-" && $16 > 0) lpr[k] = lpr[k] " " $17 / $16
         }
         END {
             for (i = 1; i <= nk; i++) { k = order[i]; m[k] = median(rps[k]) }
@@ -745,8 +845,11 @@ PG_VERSION=
                 rd = (d in m) && m[d] > 0 ? sprintf("%.2f", m[k] / m[d]) : "-"
                 # Only on the Wasm rows: what the plugin boundary costs them in throughput.
                 rv = f[5] == "sluicegate" && (v in m) && m[v] > 0 ? sprintf("%.2f", m[k] / m[v]) : "-"
-                printf "| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %s | %.1f | %d | %s | %s | %s | %s | %s |\n",
-                    f[1], f[2], f[3], f[4], f[5], f[6], m[k], median(p50[k]), median(p99[k]), median(cpu[k]), median(sys[k]), rss[k] / 1024, err[k], rh, rn, rg, rd, rv
+                # Access log lines per request (wrk counts the requests it completed; the ones cut short at
+                # its end are logged too, so a little over 1.00 at many connections).
+                lg = f[5] == "direct" ? "-" : f[5] == "pingora" ? "no log" : logon == 0 ? "off" : lpr[k] == "" ? "?" : sprintf("%.2f", median(lpr[k]))
+                printf "| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %s | %.1f | %d | %s | %s | %s | %s | %s | %s |\n",
+                    f[1], f[2], f[3], f[4], f[5], f[6], m[k], median(p50[k]), median(p99[k]), median(cpu[k]), median(sys[k]), rss[k] / 1024, err[k], lg, rh, rn, rg, rd, rv
             }
         }' "$RAW"
     echo
@@ -754,7 +857,9 @@ PG_VERSION=
     echo "against the same worker count (pingora is HTTP only: no × pingora on tcp rows); CPU µs/req is the proxy's"
     echo "utime+stime (all its processes) over the run / requests, \"of it sys\" the stime part (the kernel's); for"
     echo "\"direct\" both are the backend nginx's. Peak RSS"
-    echo "is VmHWM summed over the proxy's processes."
+    echo "is VmHWM summed over the proxy's processes. Log lines/req: the access log's lines over wrk's completed requests"
+    echo "(requests cut short when wrk stops are logged too: a little over 1.00 at 1,000 connections); tcp rows log one line"
+    echo "per connection."
     echo "sluicegate: the Wasm router and round-robin balancer on every request; sluicegate-native: the same proxy built"
     echo "with --features native-choice, route table and a plain-Rust round-robin (no Wasm call). × sluicegate-native is"
     echo "sluicegate's req/s against it, same workers: below 1.00 by what the plugin boundary costs."
