@@ -6,6 +6,7 @@
 //! Plugin names are only checked when the proxy builds the config into a running state, because that
 //! needs the plugin runtime; this crate knows nothing of it, so anything can read a config.
 
+mod access_log;
 mod duration;
 mod health;
 mod limits;
@@ -14,6 +15,10 @@ mod plugins;
 mod raw;
 mod upstream;
 
+pub use access_log::{
+    AccessLogConfig, DEFAULT_JSON_FIELDS, DEFAULT_TEMPLATE, LogField, LogFormat, TextPart,
+    WhenFull, parse_template,
+};
 pub use duration::{ConfigDuration, MAX_DURATION, parse_duration};
 pub use health::{HealthCheckConfig, HealthConfig, OutlierConfig, PanicAction, ProbeKind};
 pub use limits::{
@@ -33,7 +38,7 @@ pub use upstream::{ProxyProtocol, UpstreamTlsConfig};
 use raw::{RawCluster, RawConfig};
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -129,15 +134,6 @@ pub struct ListenerConfig {
     pub proxy_protocol_from: Vec<Cidr>,
     /// Connection cap, size limits and the client-side timeouts.
     pub limits: ListenerLimits,
-}
-
-/// Access log settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AccessLogConfig {
-    /// Whether to write one JSON line per request.
-    pub enabled: bool,
-    /// File to append to; `None` for stdout.
-    pub path: Option<PathBuf>,
 }
 
 /// A plugin named by the config, with its settings (TOML text, empty for none).
@@ -485,15 +481,7 @@ impl Checker<'_> {
             (_, None) => Some(DEFAULT_ADMIN.parse().expect("valid default")),
         };
 
-        let access_log = AccessLogConfig {
-            enabled: raw.access_log.enabled.unwrap_or(true),
-            path: raw
-                .access_log
-                .path
-                .as_deref()
-                .filter(|p| *p != "-" && !p.is_empty())
-                .map(resolve),
-        };
+        let access_log = self.access_log(&raw.access_log, resolve)?;
         let plugins = self.plugins(&raw.plugins, resolve)?;
 
         let mut clusters = raw
@@ -816,7 +804,7 @@ address = "localhost:9002"
         assert_eq!(c.admin, Some(DEFAULT_ADMIN.parse().unwrap()));
         assert_eq!(
             c.access_log.path,
-            Some(PathBuf::from("/etc/sg/logs/access.log"))
+            Some(std::path::PathBuf::from("/etc/sg/logs/access.log"))
         );
         let Routing::Table(routes) = &c.routing else {
             panic!("expected a table")

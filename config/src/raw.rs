@@ -16,7 +16,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
-    pub access_log: RawAccessLog,
+    pub access_log: super::access_log::RawAccessLog,
     #[serde(default)]
     pub plugins: super::plugins::RawPlugins,
     #[serde(default)]
@@ -65,13 +65,6 @@ pub(super) struct RawListener {
 pub(super) struct RawAdmin {
     pub enabled: Option<bool>,
     pub address: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAccessLog {
-    pub enabled: Option<bool>,
-    pub path: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

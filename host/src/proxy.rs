@@ -2,7 +2,7 @@
 //! upstream (with retries inside the budget) -> response filters, then the access log and metrics
 //! when the response body ends.
 
-use crate::access_log::{AccessLog, Entry, rfc3339_now};
+use crate::access_log::{AccessLog, RequestLine};
 use crate::client_io::ClientInfo;
 use crate::config::FilterFault;
 use crate::gateway::{Destination, Gateway};
@@ -738,6 +738,8 @@ struct Finish {
     n_tried: usize,
     attempts: u32,
     status: u16,
+    /// Response body bytes sent to the client.
+    bytes_sent: u64,
     upstream: Option<Duration>,
     reason: Option<Cow<'static, str>>,
     in_flight: Option<InFlight>,
@@ -765,6 +767,7 @@ impl Finish {
             n_tried: 0,
             attempts: 0,
             status: 0,
+            bytes_sent: 0,
             upstream: None,
             reason: None,
             in_flight: None,
@@ -890,20 +893,16 @@ impl Drop for Finish {
             }
         }
         let n_tried = if self.n_tried > 1 { self.n_tried } else { 0 };
-        log.write(&Entry {
-            time: rfc3339_now(),
-            request_id: head.request_id.as_str(),
-            client: head.client.to_string(),
-            method: head.parts.method.as_str(),
-            host: headers::request_authority(&head.parts.uri, &head.parts.headers).unwrap_or(""),
-            path: head.parts.uri.path(),
+        log.request(&RequestLine {
+            head,
             status: self.status,
+            bytes_sent: self.bytes_sent,
             cluster: cluster.map(|c| c.config.name.as_str()),
             endpoint: endpoint.map(|e| e.address.as_str()),
             attempts: self.attempts,
             tried: &tried[..n_tried],
-            upstream_ms: self.upstream.map(|d| d.as_secs_f64() * 1e3),
-            total_ms: total.as_secs_f64() * 1e3,
+            upstream: self.upstream,
+            total,
             reason: self.reason.as_deref(),
         });
     }
@@ -960,8 +959,14 @@ impl Body for ProxyBody {
             },
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         };
-        if let Poll::Ready(None | Some(Err(_))) = &polled {
-            this.finish = None;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(f), Some(data)) = (this.finish.as_mut(), frame.data_ref()) {
+                    f.bytes_sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None | Some(Err(_))) => this.finish = None,
+            Poll::Pending => {}
         }
         polled
     }

@@ -195,16 +195,17 @@ impl Server {
             None => None,
         };
         let metrics = Metrics::new(runtime.clone());
-        let access_log = if !config.access_log.enabled {
-            AccessLog::disabled()
-        } else if let Some(path) = &config.access_log.path {
-            AccessLog::file(path).map_err(|source| StartError::AccessLog {
-                path: path.display().to_string(),
-                source,
-            })?
-        } else {
-            AccessLog::stdout()
-        };
+        let access_log =
+            AccessLog::open(&config.access_log, metrics.access_log.clone()).map_err(|source| {
+                StartError::AccessLog {
+                    path: config
+                        .access_log
+                        .path
+                        .as_ref()
+                        .map_or_else(|| "stdout".to_string(), |p| p.display().to_string()),
+                    source,
+                }
+            })?;
         let gateway = Gateway::build(config, &runtime, &metrics)?;
         let mut certs = Vec::new();
         for l in &gateway.config.listeners {
@@ -310,6 +311,9 @@ impl Server {
             ))
         });
 
+        let reopen_log = tokio::spawn(crate::access_log::reopen_on_sigusr1(
+            proxy.access_log().clone(),
+        ));
         shutdown.await;
         let deadline = proxy.gateway().config.drain_timeout;
         tracing::info!(?deadline, "shutting down: draining in-flight requests");
@@ -323,6 +327,10 @@ impl Server {
             let _ = t.await;
         }
         drop(cert_watchers);
+        reopen_log.abort();
+        // The last requests' lines, still in the workers' buffers, are in the file before the
+        // process may exit.
+        proxy.access_log().flush();
         drop(self);
         Ok(())
     }

@@ -11,7 +11,7 @@
 pub mod proxy_protocol;
 pub mod sni;
 
-use crate::access_log::rfc3339_now;
+use crate::access_log::ConnectionLine;
 use crate::config::{ListenerConfig, Protocol, server_name_matches};
 use crate::conn_limit::{ConnLimits, ListenerSlots};
 use crate::metrics::L4Metrics;
@@ -19,7 +19,6 @@ use crate::plugin::{EndpointId, Failure, RequestHead};
 use crate::proxy::Proxy;
 use crate::upstream::Cluster;
 use prometheus_client::metrics::counter::Counter;
-use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,29 +33,6 @@ const MAX_TRIED: usize = 16;
 
 /// Copy buffer per direction.
 const BUFFER: usize = 16 * 1024;
-
-/// One connection as logged.
-#[derive(Serialize, Debug)]
-struct Entry<'a> {
-    time: String,
-    connection_id: &'a str,
-    protocol: &'static str,
-    listener: String,
-    client: String,
-    sni: Option<&'a str>,
-    cluster: Option<&'a str>,
-    endpoint: Option<&'a str>,
-    attempts: u32,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    tried: &'a [&'a str],
-    bytes_from_client: u64,
-    bytes_to_client: u64,
-    #[serde(serialize_with = "crate::access_log::millis_opt")]
-    connect_ms: Option<f64>,
-    #[serde(serialize_with = "crate::access_log::millis")]
-    duration_ms: f64,
-    reason: Option<&'a str>,
-}
 
 /// Accepts connections on an L4 listener until `stop`; each connection holds a `conns` sender.
 /// Connections already open are not cut on shutdown: they end by themselves or with the process.
@@ -149,21 +125,20 @@ async fn connection(
     } else {
         Vec::new()
     };
-    log.write(&Entry {
-        time: rfc3339_now(),
+    log.connection(&ConnectionLine {
         connection_id: &id,
         protocol: listener.protocol.name(),
-        listener: listener.address.to_string(),
-        client: peer.to_string(),
+        listener: listener.address,
+        client: peer,
         sni: report.sni.as_deref(),
         cluster: cluster.map(|c| c.config.name.as_str()),
         endpoint: report.endpoint.and_then(address),
         attempts: report.tried.len() as u32,
         tried: &tried,
-        bytes_from_client: report.from_client,
-        bytes_to_client: report.to_client,
-        connect_ms: report.connect.map(|d| d.as_secs_f64() * 1e3),
-        duration_ms: start.elapsed().as_secs_f64() * 1e3,
+        from_client: report.from_client,
+        to_client: report.to_client,
+        connect: report.connect,
+        duration: start.elapsed(),
         reason: report.reason.as_deref(),
     });
 }

@@ -235,7 +235,51 @@ pub struct Metrics {
     unrouted: EndpointMetrics,
     /// L4 (tcp, tls-passthrough) connection and byte counters.
     pub l4: L4Metrics,
+    /// The access log's counters.
+    pub access_log: AccessLogMetrics,
     health: HealthMetrics,
+}
+
+/// The access log's figures, counted by its writer thread.
+#[derive(Clone, Debug, Default)]
+pub struct AccessLogMetrics {
+    /// Lines written.
+    pub written: Counter,
+    /// Lines dropped: the queue to the writer was full or the write failed.
+    pub dropped: Counter,
+    /// Failed writes and reopens.
+    pub errors: Counter,
+    /// Times the file was reopened.
+    pub reopened: Counter,
+}
+
+impl AccessLogMetrics {
+    fn register(&self, registry: &mut Registry) {
+        for (name, help, counter) in [
+            (
+                "sluicegate_access_log_lines",
+                "Access log lines written",
+                &self.written,
+            ),
+            (
+                "sluicegate_access_log_dropped_lines",
+                "Access log lines dropped: the disk did not keep up (when_full = \"drop\") or a write failed",
+                &self.dropped,
+            ),
+            (
+                "sluicegate_access_log_errors",
+                "Access log writes and reopens that failed",
+                &self.errors,
+            ),
+            (
+                "sluicegate_access_log_reopened",
+                "Times the access log file was reopened (SIGUSR1, or renamed or removed)",
+                &self.reopened,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+    }
 }
 
 /// Health-check figures: probes by result, state changes, health and panic gauges. Probes and
@@ -414,6 +458,8 @@ impl Metrics {
             health.panic.clone(),
         );
         l4.register(&mut registry);
+        let access_log = AccessLogMetrics::default();
+        access_log.register(&mut registry);
         registry.register_collector(Box::new(PluginCollector(runtime)));
         let unrouted = endpoint_metrics(&leases, &requests, "", "");
         Metrics {
@@ -431,6 +477,7 @@ impl Metrics {
             unrouted,
             health,
             l4,
+            access_log,
         }
     }
 

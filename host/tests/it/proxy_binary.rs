@@ -1,5 +1,6 @@
 //! The real `sluicegate` binary against backends run by the test: memory while streaming 100 MB
-//! both ways, config reloads through the file watcher, and draining on SIGTERM.
+//! both ways, config reloads through the file watcher, draining on SIGTERM (the access log's last
+//! lines written on the way out) and reopening the access log on SIGUSR1.
 
 use crate::common;
 
@@ -340,6 +341,62 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     .await
     .unwrap();
     assert_eq!(exit.code(), Some(0), "{}", stderr(&proxy));
+    // Read once the process has exited: the lines still in its buffers were written on the way
+    // out, though `flush` (a second) may not have come round.
+    let log = std::fs::read_to_string(dir_of(&proxy.config).join("access.log")).unwrap();
+    assert_eq!(log.matches("\"path\":\"/slow\"").count(), 5, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_access_log_for_rotation() {
+    let backend = Backend::start("1").await;
+    let proxy = start(&[&backend]).await;
+    let client = http1_client();
+    let url = format!("http://{}/", proxy.addr);
+    let log = dir_of(&proxy.config).join("access.log");
+    let rotated = dir_of(&proxy.config).join("access.log.1");
+    get(&client, &url).await;
+    wait_for(
+        "the first line",
+        WAIT,
+        async || std::fs::read_to_string(&log).unwrap_or_default(),
+        |t| t.lines().count() == 1,
+    )
+    .await;
+    // logrotate's way: rename, then SIGUSR1 in `postrotate`.
+    std::fs::rename(&log, &rotated).unwrap();
+    let usr1 = Command::new("kill")
+        .args(["-USR1", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(usr1.success());
+    let admin = proxy.admin.parse().unwrap();
+    common::wait_metric(admin, "sluicegate_access_log_reopened_total", &[], 1.0).await;
+    get(&client, &url).await;
+    wait_for(
+        "the second line, in the new file",
+        WAIT,
+        async || std::fs::read_to_string(&log).unwrap_or_default(),
+        |t| t.lines().count() == 1,
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap().lines().count(),
+        1
+    );
+    // Counted once written, a moment after the line is in the file.
+    let lines = common::wait_metric(admin, "sluicegate_access_log_lines_total", &[], 2.0).await;
+    assert_eq!(lines, 2.0);
+    let samples = common::scrape(admin).await;
+    assert_eq!(
+        common::sum(&samples, "sluicegate_access_log_dropped_lines_total", &[]),
+        0.0
+    );
+    assert!(
+        stderr(&proxy).contains("access log reopened"),
+        "{}",
+        stderr(&proxy)
+    );
 }
 
 #[test]
