@@ -9,7 +9,7 @@
 #
 # Settings (environment): DURATION (s, default 10), RUNS (3), CONNS ("50 200 1000"), BODIES ("small"; also "1k"
 # and "64k"), PINNED (auto|0|1: the pinned placement when 2+ CPUs), PIN_CONNS ("50"), L4 (auto|0|1), L4_CONNS
-# ("50"), PICK_BENCH (1|0: the plugin-boundary micro-benchmark), NATIVE (1|0: the sluicegate-native rows),
+# ("50"), PICK_BENCH (1|0: the plugin-boundary micro-benchmark), NATIVE (1|0: the sluicegate-native rows), NOLOG (1|0: with LOG=1, the sluicegate-nolog rows),
 # PINGORA (auto|0|1: the pingora rows; auto skips them when the peer cannot be built), SLUICEGATE_BIN /
 # SLUICEGATE_NATIVE_BIN / PINGORA_BIN (skip a build), BUILD (1|0), PROFILE_SECONDS (profile mode, 10),
 # PGO_SECONDS (pgo mode: seconds per training load, 4), PGO_VARIANT (pgo mode: wasm|native, wasm),
@@ -31,6 +31,7 @@ L4=${L4:-auto}
 L4_CONNS=${L4_CONNS:-50}
 PICK_BENCH=${PICK_BENCH:-1}
 NATIVE=${NATIVE:-1}
+NOLOG=${NOLOG:-1}
 PINGORA=${PINGORA:-auto}
 BUILD=${BUILD:-1}
 PROFILE_SECONDS=${PROFILE_SECONDS:-10}
@@ -262,11 +263,15 @@ for b in "${BACKENDS[@]}"; do wait_port "$b" "$BACKEND_PID" backend; done
 # Targets: name|workers|pid|http port|tcp port ("-" when none)
 TARGETS=()
 
-# start_sluicegate threads [native]: the normal build has the Wasm router and the Wasm balancer on every
-# request; "native" is the native-choice build with the route table and a plain-Rust round-robin, HTTP only.
+# start_sluicegate threads [native|nolog]: the normal build has the Wasm router and the Wasm balancer on every
+# request; "native" is the native-choice build with the route table and a plain-Rust round-robin, HTTP only;
+# "nolog" is the normal build and config with its access log off (LOG=1 runs only: what logging costs).
 start_sluicegate() {
-    local t=$1 variant=${2:-} name=sluicegate bin=$SLUICEGATE_BIN dir p pt pa
-    [[ -z $variant ]] || { name=sluicegate-$variant; bin=$SLUICEGATE_NATIVE_BIN; }
+    local t=$1 variant=${2:-} name=sluicegate bin=$SLUICEGATE_BIN dir p pt pa logs=$LOG
+    case $variant in
+        native) name=sluicegate-native; bin=$SLUICEGATE_NATIVE_BIN ;;
+        nolog) name=sluicegate-nolog; logs=0 ;;
+    esac
     dir=$WORK/$name-$t
     mkdir -p "$dir"
     free_port; p=$PORT
@@ -307,7 +312,7 @@ address = "127.0.0.1:$pa"
 EOF
         # LOG=1: the access log as it runs by default (one JSON line per request, per connection on L4),
         # to a file.
-        if [[ $LOG == 1 ]]; then
+        if [[ $logs == 1 ]]; then
             printf '\n[access_log]\npath = "%s"\n' "$dir/access.log"
         else
             printf '\n[access_log]\nenabled = false\n'
@@ -317,7 +322,7 @@ EOF
 [shutdown]
 drain_timeout = "1s"
 EOF
-        if [[ -z $variant ]]; then
+        if [[ $variant != native ]]; then
             cat <<EOF
 
 [router]
@@ -345,10 +350,10 @@ EOF
         fi
         echo "max_idle_per_endpoint = 256"
         for b in "${BACKENDS[@]}"; do printf '\n[[clusters.endpoints]]\naddress = "127.0.0.1:%s"\n' "$b"; done
-        [[ -n $variant || -z $PLUGIN_DIR ]] || printf '\n[plugins]\ndir = "%s"\n' "$PLUGIN_DIR"
+        [[ $variant == native || -z $PLUGIN_DIR ]] || printf '\n[plugins]\ndir = "%s"\n' "$PLUGIN_DIR"
     } >"$dir/sluicegate.toml"
     start "$name-$t" "$dir/out.log" env RUST_LOG=warn "$bin" run --config "$dir/sluicegate.toml"
-    [[ $LOG == 0 ]] || ACCESS_LOG[$STARTED]=$dir/access.log
+    [[ $logs == 0 ]] || ACCESS_LOG[$STARTED]=$dir/access.log
     wait_port "$p" "$STARTED" "$name-$t"
     [[ $L4 == 0 || -n $variant ]] && pt=-
     TARGETS+=("$name|$t|$STARTED|$p|$pt")
@@ -702,6 +707,10 @@ if [[ $NATIVE == 1 ]]; then
     start_sluicegate 1 native
     start_sluicegate 2 native
 fi
+if [[ $LOG == 1 && $NOLOG == 1 ]]; then
+    start_sluicegate 1 nolog
+    start_sluicegate 2 nolog
+fi
 start_haproxy 1
 start_haproxy 2
 start_nginx 1
@@ -813,8 +822,8 @@ PG_VERSION=
         echo "Access log: LOG=0, off in every proxy (the tuned comparison; pingora has none)."
     fi
     echo
-    echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | of it sys | peak RSS MB | errors | log lines/req | × haproxy | × nginx | × pingora | × direct | × sluicegate-native |"
-    echo "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| placement | layer | body | conns | target | workers | req/s | p50 µs | p99 µs | CPU µs/req | of it sys | peak RSS MB | errors | log lines/req | × haproxy | × nginx | × pingora | × direct | × sluicegate-native | × sluicegate-nolog |"
+    echo "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' -v runs="$RUNS" -v logon="$LOG" '
         function median(list,   a, n, i, j, t) {
             n = split(list, a, " ")
@@ -839,17 +848,20 @@ PG_VERSION=
                 h = base SUBSEP "haproxy" SUBSEP w; n = base SUBSEP "nginx" SUBSEP w; d = base SUBSEP "direct" SUBSEP "-"
                 g = base SUBSEP "pingora" SUBSEP w
                 v = base SUBSEP "sluicegate-native" SUBSEP w
+                o = base SUBSEP "sluicegate-nolog" SUBSEP w
                 rh = (h in m) && m[h] > 0 ? sprintf("%.2f", m[k] / m[h]) : "-"
                 rn = (n in m) && m[n] > 0 ? sprintf("%.2f", m[k] / m[n]) : "-"
                 rg = (g in m) && m[g] > 0 ? sprintf("%.2f", m[k] / m[g]) : "-"
                 rd = (d in m) && m[d] > 0 ? sprintf("%.2f", m[k] / m[d]) : "-"
                 # Only on the Wasm rows: what the plugin boundary costs them in throughput.
                 rv = f[5] == "sluicegate" && (v in m) && m[v] > 0 ? sprintf("%.2f", m[k] / m[v]) : "-"
+                # Only on the logging rows: what the access log costs them in throughput.
+                ro = f[5] == "sluicegate" && (o in m) && m[o] > 0 ? sprintf("%.2f", m[k] / m[o]) : "-"
                 # Access log lines per request (wrk counts the requests it completed; the ones cut short at
                 # its end are logged too, so a little over 1.00 at many connections).
-                lg = f[5] == "direct" ? "-" : f[5] == "pingora" ? "no log" : logon == 0 ? "off" : lpr[k] == "" ? "?" : sprintf("%.2f", median(lpr[k]))
-                printf "| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %s | %.1f | %d | %s | %s | %s | %s | %s | %s |\n",
-                    f[1], f[2], f[3], f[4], f[5], f[6], m[k], median(p50[k]), median(p99[k]), median(cpu[k]), median(sys[k]), rss[k] / 1024, err[k], lg, rh, rn, rg, rd, rv
+                lg = f[5] == "direct" ? "-" : f[5] == "pingora" ? "no log" : logon == 0 || f[5] == "sluicegate-nolog" ? "off" : lpr[k] == "" ? "?" : sprintf("%.2f", median(lpr[k]))
+                printf "| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %s | %.1f | %d | %s | %s | %s | %s | %s | %s | %s |\n",
+                    f[1], f[2], f[3], f[4], f[5], f[6], m[k], median(p50[k]), median(p99[k]), median(cpu[k]), median(sys[k]), rss[k] / 1024, err[k], lg, rh, rn, rg, rd, rv, ro
             }
         }' "$RAW"
     echo
@@ -863,6 +875,7 @@ PG_VERSION=
     echo "sluicegate: the Wasm router and round-robin balancer on every request; sluicegate-native: the same proxy built"
     echo "with --features native-choice, route table and a plain-Rust round-robin (no Wasm call). × sluicegate-native is"
     echo "sluicegate's req/s against it, same workers: below 1.00 by what the plugin boundary costs."
+    [[ $LOG == 0 || $NOLOG == 0 ]] || echo "sluicegate-nolog: the same build and config with its access log off; × sluicegate-nolog is sluicegate's req/s against it: below 1.00 by what its access log costs."
     [[ -z $PLUGIN_DIR ]] || echo "sluicegate ran the plugin builds in $PLUGIN_DIR in place of its embedded ones."
     [[ $PINGORA == 0 ]] || echo "pingora: bench/pingora, Pingora's round-robin, one single-threaded runtime per thread (--no-work-stealing)."
 } >"$TABLE"
