@@ -7,12 +7,15 @@
 #   BASE_BIN=/path/to/old bench/instructions.sh   also an older Sluicegate binary, for an A/B
 #
 # Each proxy runs under valgrind --tool=callgrind behind the same nginx backend (two ports, round-robin,
-# one worker thread, access logs off; Sluicegate with the Wasm router and round-robin plugins). After a
+# one worker thread; Sluicegate with the Wasm router and round-robin plugins). With LOG=1 (the default) every
+# proxy writes its access log to a file as users run it (Sluicegate its JSON lines, haproxy option httplog),
+# and a sluicegate-nolog row, the same binary with its log off, gives the log's own instructions; LOG=0 is
+# the log off everywhere. After a
 # warm-up the counters are zeroed, wrk -t1 -c$CONNS (default 10) runs for DURATION seconds, and the counters are dumped:
 # instructions / requests. Counts include every user-space instruction of the proxy (JIT'd Wasm too),
 # none of the kernel's. valgrind counts a `rep movsb` copy byte by byte, so large memcpys weigh more
 # here than in time.
-# Settings (environment): BIN, BASE_BIN, DURATION (s, default 6), CONNS (default 10; the benchmark's is 50),
+# Settings (environment): BIN, BASE_BIN, LOG (1|0), DURATION (s, default 6), CONNS (default 10; the benchmark's is 50),
 # HAPROXY (1|0), PLUGIN_DIR (BIN's plugin directory: a router.wasm or round-robin.wasm there replaces
 # the embedded one, to compare plugin builds; with BASE_BIN=$BIN the base runs the embedded ones), PORT
 # (first of 6, 18300), KEEP_WORK (1: keep the callgrind dumps; their directory is logged). valgrind reads
@@ -26,6 +29,8 @@ PLUGIN_DIR=${PLUGIN_DIR:-}
 DURATION=${DURATION:-6}
 CONNS=${CONNS:-10}
 HAPROXY=${HAPROXY:-1}
+LOG=${LOG:-1}
+[[ $LOG == 0 || $LOG == 1 ]] || { echo "LOG must be 0 or 1" >&2; exit 1; }
 PORT=${PORT:-18300}
 export RUST_LOG=warn
 log() { echo "[instructions $(date -u +%H:%M:%S)] $*" >&2; }
@@ -71,15 +76,16 @@ EOF
 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -e "$WORK/backend/error.log" -g 'daemon off;' &
 PIDS+=($!)
 
-sluicegate_config() { # port
+sluicegate_config() { # port log(1|0) name
     cat <<EOF
 workers = 1
 [[listeners]]
 address = "127.0.0.1:$1"
 [admin]
 enabled = false
-[access_log]
-enabled = false
+EOF
+    if [[ $2 == 1 ]]; then printf '[access_log]\npath = "%s"\n' "$WORK/$3.access.log"; else printf '[access_log]\nenabled = false\n'; fi
+    cat <<EOF
 [router]
 plugin = "router"
 [[router.settings.rules]]
@@ -100,12 +106,19 @@ haproxy_config() { # port
 global
     nbthread 1
     maxconn 4000
+EOF
+    # LOG=1: option httplog as raw lines on its stdout, which measure() sends to a file.
+    [[ $LOG == 0 ]] || printf '    log stdout format raw local0\n'
+    cat <<EOF
 defaults
     mode http
     timeout connect 5s
     timeout client 300s
     timeout server 300s
     http-reuse always
+EOF
+    [[ $LOG == 0 ]] || printf '    log global\n    option httplog\n'
+    cat <<EOF
 frontend fe
     bind 127.0.0.1:$1
     default_backend be
@@ -121,7 +134,8 @@ measure() {
     local name=$1 port=$2
     shift 2
     local out=$WORK/$name.callgrind pid n total dump=
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name.log" 2>&1 &
+    # stdout to a file of its own: haproxy's access log with LOG=1.
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name.stdout" 2>"$WORK/$name.log" &
     pid=$!
     PIDS+=("$pid")
     for _ in $(seq 240); do
@@ -147,11 +161,16 @@ measure() {
 }
 
 results=()
-sluicegate_config $((PORT + 2)) >"$WORK/new.toml"
+sluicegate_config $((PORT + 2)) "$LOG" new >"$WORK/new.toml"
 [[ -z $PLUGIN_DIR ]] || printf '[plugins]\ndir = "%s"\n' "$PLUGIN_DIR" >>"$WORK/new.toml"
 results+=("$(measure sluicegate $((PORT + 2)) "$BIN" run --config "$WORK/new.toml")")
+if [[ $LOG == 1 ]]; then
+    sluicegate_config $((PORT + 5)) 0 nolog >"$WORK/nolog.toml"
+    [[ -z $PLUGIN_DIR ]] || printf '[plugins]\ndir = "%s"\n' "$PLUGIN_DIR" >>"$WORK/nolog.toml"
+    results+=("$(measure sluicegate-nolog $((PORT + 5)) "$BIN" run --config "$WORK/nolog.toml")")
+fi
 if [[ -n $BASE_BIN ]]; then
-    sluicegate_config $((PORT + 3)) >"$WORK/base.toml"
+    sluicegate_config $((PORT + 3)) "$LOG" base >"$WORK/base.toml"
     results+=("$(measure sluicegate-base $((PORT + 3)) "$BASE_BIN" run --config "$WORK/base.toml")")
 fi
 if [[ $HAPROXY == 1 ]]; then
