@@ -148,10 +148,8 @@ impl LogField {
 
     /// The field's name: its JSON key and its `$name` in templates.
     pub fn name(self) -> &'static str {
-        LogField::ALL
-            .iter()
-            .find(|(_, f)| *f == self)
-            .map_or("", |(n, _)| n)
+        // `ALL` lists the fields in declaration order (a test checks it).
+        LogField::ALL[self as usize].0
     }
 
     /// The field named `name`.
@@ -429,7 +427,8 @@ mod tests {
             c.format,
             LogFormat::Text(parse_template(DEFAULT_TEMPLATE).unwrap())
         );
-        for (name, field) in LogField::ALL {
+        for (i, (name, field)) in LogField::ALL.into_iter().enumerate() {
+            assert_eq!(field as usize, i, "ALL is in declaration order");
             assert_eq!(field.name(), name);
             assert_eq!(LogField::named(name), Some(field));
         }

@@ -45,6 +45,28 @@ pub(crate) struct ConnectionLine<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// A line's shape as the config gives it, with each JSON key spelled out once (`,"time":`), so a
+/// line copies its keys instead of spelling them.
+#[derive(Debug)]
+pub(crate) enum Format {
+    Json(Vec<(LogField, Box<[u8]>)>),
+    Text(Vec<TextPart>),
+}
+
+impl Format {
+    pub(crate) fn new(format: &LogFormat) -> Format {
+        match format {
+            LogFormat::Json(fields) => Format::Json(
+                fields
+                    .iter()
+                    .map(|f| (*f, format!(",\"{}\":", f.name()).into_bytes().into()))
+                    .collect(),
+            ),
+            LogFormat::Text(parts) => Format::Text(parts.clone()),
+        }
+    }
+}
+
 /// One value, spelled per format.
 enum Value<'a> {
     Text(&'a [u8]),
@@ -103,23 +125,24 @@ impl<'a> RequestLine<'a> {
     }
 
     /// Appends the line, newline included.
-    pub(crate) fn write(&self, format: &LogFormat, out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, format: &Format, out: &mut Vec<u8>) {
         let clock = Clock::now();
         match format {
-            LogFormat::Json(fields) => {
+            Format::Json(fields) => {
                 out.push(b'{');
                 let mut first = true;
-                for &field in fields {
+                for (field, key) in fields {
                     // An empty list of tries is left out, as earlier versions did.
-                    if field == LogField::Tried && self.tried.is_empty() {
+                    if *field == LogField::Tried && self.tried.is_empty() {
                         continue;
                     }
-                    json_key(out, field.name(), &mut first);
-                    json_value(out, &self.value(field), &clock);
+                    // The first key without its comma.
+                    out.extend_from_slice(&key[usize::from(std::mem::take(&mut first))..]);
+                    json_value(out, &self.value(*field), &clock);
                 }
                 out.extend_from_slice(b"}\n");
             }
-            LogFormat::Text(parts) => {
+            Format::Text(parts) => {
                 for part in parts {
                     match part {
                         TextPart::Literal(s) => out.extend_from_slice(s.as_bytes()),
@@ -134,11 +157,11 @@ impl<'a> RequestLine<'a> {
 
 impl<'a> ConnectionLine<'a> {
     /// Appends the line, newline included.
-    pub(crate) fn write(&self, format: &LogFormat, out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, format: &Format, out: &mut Vec<u8>) {
         let clock = Clock::now();
         let text = |s: Option<&'a str>| s.map_or(Value::Missing, |s| Value::Text(s.as_bytes()));
         let connect = self.connect.map_or(Value::Missing, Value::Millis);
-        if let LogFormat::Text(_) = format {
+        if let Format::Text(_) = format {
             // The default template's columns: the request is the protocol and listener, the
             // status `-`, the bytes those sent to the client.
             let mut v = |value: Value, after: &[u8]| {
@@ -195,19 +218,14 @@ fn version(v: Version) -> &'static str {
     }
 }
 
-/// `"name":`, after a comma unless it is the first key.
+/// `"name":`, after a comma unless it is the first key (L4 lines, whose keys are fixed).
 fn json_key(out: &mut Vec<u8>, name: &str, first: &mut bool) {
-    let mut key = [0u8; 40];
-    let (comma, n) = (usize::from(!std::mem::take(first)), name.len());
-    if n + 4 > key.len() {
-        unreachable!("field names are short");
+    if !std::mem::take(first) {
+        out.push(b',');
     }
-    key[0] = b',';
-    key[1] = b'"';
-    key[2..2 + n].copy_from_slice(name.as_bytes());
-    key[2 + n] = b'"';
-    key[3 + n] = b':';
-    out.extend_from_slice(&key[1 - comma..4 + n]);
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
 }
 
 fn json_value(out: &mut Vec<u8>, value: &Value, clock: &Clock) {
@@ -513,7 +531,7 @@ mod tests {
             total: Duration::from_nanos(1_234_567_891),
             reason: None,
         }
-        .write(format, &mut out);
+        .write(&Format::new(format), &mut out);
         String::from_utf8(out).unwrap()
     }
 

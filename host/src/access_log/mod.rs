@@ -8,8 +8,10 @@ mod line;
 
 pub(crate) use line::{ConnectionLine, RequestLine};
 
+use line::Format;
+
 use crate::metrics::AccessLogMetrics;
-use sluicegate_config::{AccessLogConfig, LogFormat, WhenFull};
+use sluicegate_config::{AccessLogConfig, WhenFull};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -28,7 +30,7 @@ pub struct AccessLog {
 
 #[derive(Debug)]
 struct Shared {
-    format: LogFormat,
+    format: Format,
     when_full: WhenFull,
     batches: Arc<Batches>,
     tx: SyncSender<Msg>,
@@ -117,7 +119,7 @@ impl AccessLog {
             .expect("spawning the access log thread");
         AccessLog {
             inner: Some(Arc::new(Shared {
-                format: config.format.clone(),
+                format: Format::new(&config.format),
                 when_full: config.when_full,
                 batches,
                 tx,
@@ -140,7 +142,7 @@ impl AccessLog {
         self.append(|format, out| line.write(format, out));
     }
 
-    fn append(&self, write: impl FnOnce(&LogFormat, &mut Vec<u8>)) {
+    fn append(&self, write: impl FnOnce(&Format, &mut Vec<u8>)) {
         let Some(shared) = &self.inner else { return };
         let batches = &shared.batches;
         let slot = batches.per_thread.get_or(|| Mutex::new(batches.fresh()));
